@@ -1,0 +1,127 @@
+"""
+Speed and memory of dllmq models at real scale, with random weights (no checkpoint download needed).
+
+    python bench.py --forward                 # GPU: forward tokens/s, TFLOP/s and peak memory at LLaDA-8B and
+                                              # Dream-7B shapes, against the bf16 matmul peak measured in the run
+    python bench.py --load_memory --dir /tmp/llada8b   # peak host memory of model.load() for an LLaDA-8B-shaped
+                                              # bf16 checkpoint in 6 shards (written there first if absent)
+FLOPs of one forward over T tokens: 2*T*(linear weights + head) + 4*T^2*dim*layers (QK^T and PV).
+"""
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from model import Model, ModelArgs, load, name_map, rename
+
+SHAPES = {"LLaDA-8B": ModelArgs("llada", 4096, 32, 32, 32, 12288, 126464, 1e-5, 5e5, False, 4096, 126336),
+          "Dream-7B": ModelArgs("dream", 3584, 28, 28, 4, 18944, 152064, 1e-6, 1e6, True, 131072, 151666)}
+
+
+@torch.no_grad()
+def random_model(args, device, dtype=torch.bfloat16):
+    """A model of the given shape with random weights, built in place (never zeros: zeros time faster)."""
+    with torch.device("meta"):
+        model = Model(args).to(dtype)
+    model = model.to_empty(device=device).eval()
+    for p in model.parameters():
+        p.normal_(0.0 if p.dim() > 1 else 1.0, 0.02)
+    return model
+
+
+def forward_bench():
+    from triton.testing import do_bench
+    dev = torch.device("cuda")
+    a, b = (torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    peak = 2 * 8192**3 / do_bench(lambda: a @ b, return_mode="median") / 1e9
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  bf16 matmul 8192^3: {peak:.0f} TFLOP/s")
+    print(f"{'model':10} {'tokens':>6} {'ms':>8} {'tok/s':>8} {'TFLOP/s':>8} {'% peak':>7} {'peak GiB':>9}")
+    for name, args in SHAPES.items():
+        torch.manual_seed(0)
+        model = random_model(args, dev)
+        n_linear = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight"))
+        for T in (512, 1024, 2048):
+            ids = torch.randint(0, args.vocab_size, (1, T), device=dev)
+            torch.cuda.reset_peak_memory_stats()
+            with torch.no_grad():
+                ms = do_bench(functools.partial(model, ids), return_mode="median")
+            flops = 2 * T * (n_linear + args.dim * args.vocab_size) + 4 * T * T * args.dim * args.n_layers
+            tflops = flops / ms / 1e9
+            print(f"{name:10} {T:6d} {ms:8.2f} {T / ms * 1e3:8.0f} {tflops:8.0f} {100 * tflops / peak:6.1f}% "
+                  f"{torch.cuda.max_memory_allocated() / 2**30:9.2f}")
+        model = None  # free this model's weights before building the next
+        torch.cuda.empty_cache()
+
+
+def write_sharded(args, path, n_shards=6):
+    """A random bf16 checkpoint in n_shards files plus model.safetensors.index.json, like the LLaDA release;
+    tensors are made shard by shard, so writing it needs one shard of memory."""
+    from safetensors.torch import save_file
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in Model(args).state_dict().items()}
+    names = name_map(args)
+    keys, weight_map = sorted(shapes), {}
+    os.makedirs(path, exist_ok=True)
+    for s in range(n_shards):
+        file = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = keys[s * len(keys) // n_shards:(s + 1) * len(keys) // n_shards]
+        shard = {rename(names, k): torch.randn(shapes[k]).mul_(0.02).bfloat16() for k in part}
+        save_file(shard, os.path.join(path, file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+        print(f"wrote {file}", flush=True)
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": weight_map}, f)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(args.to_config(), f)
+
+
+def peak_rss_gib():
+    """This process's high-water RSS (VmHWM): anonymous memory plus the mapped file pages the weights sit in.
+    Unlike ru_maxrss, which Linux carries over from the parent across fork + exec, it starts fresh at exec."""
+    return next(int(s.split()[1]) for s in open("/proc/self/status") if s.startswith("VmHWM")) / 2**20
+
+
+def memory_probe(path, device):
+    """(run in a fresh process) load(), touch every weight, print the peak host RSS as JSON."""
+    base, t = peak_rss_gib(), time.time()
+    model = load(path, torch.bfloat16, device)
+    checksum = sum(float(p.sum()) for p in model.parameters())  # pages every weight in, without a copy
+    seconds = time.time() - t
+    size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    print(json.dumps({"device": device, "weights_gib": size, "base_gib": base, "peak_rss_gib": peak_rss_gib(),
+                      "seconds": seconds, "checksum": checksum}))
+
+
+def load_memory(path):
+    if not os.path.isfile(os.path.join(path, "model.safetensors.index.json")):
+        write_sharded(SHAPES["LLaDA-8B"], path)
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        out = subprocess.run([sys.executable, __file__, "--probe", path, "--device", device],
+                             capture_output=True, text=True, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(f"load(bf16, {device}) + touch every weight: weights {r['weights_gib']:.2f} GiB, peak host RSS "
+              f"{r['peak_rss_gib']:.2f} GiB ({r['peak_rss_gib'] / r['weights_gib']:.2f}x; python + torch alone "
+              f"{r['base_gib']:.2f} GiB), {r['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--forward", action="store_true", help="forward throughput at 8B shapes (needs CUDA)")
+    p.add_argument("--load_memory", action="store_true", help="peak host memory of load() for LLaDA-8B bf16")
+    p.add_argument("--dir", default="/tmp/llada8b-random", help="where the random LLaDA-8B checkpoint lives")
+    p.add_argument("--probe", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    opts = p.parse_args()
+    if opts.probe:
+        memory_probe(opts.probe, opts.device)
+    elif not (opts.forward or opts.load_memory):
+        p.error("give --forward and/or --load_memory")
+    if opts.forward:
+        forward_bench()
+    if opts.load_memory:
+        load_memory(opts.dir)
