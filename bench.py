@@ -40,20 +40,26 @@ def forward_bench():
     a, b = (torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16) for _ in range(2))
     peak = 2 * 8192**3 / do_bench(lambda: a @ b, return_mode="median") / 1e9
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  bf16 matmul 8192^3: {peak:.0f} TFLOP/s")
-    print(f"{'model':10} {'tokens':>6} {'ms':>8} {'tok/s':>8} {'TFLOP/s':>8} {'% peak':>7} {'peak GiB':>9}")
+    print(f"{'model':10} {'mode':9} {'tokens':>6} {'ms':>8} {'tok/s':>8} {'TFLOP/s':>8} {'% peak':>7} "
+          f"{'peak GiB':>9}")
     for name, args in SHAPES.items():
         torch.manual_seed(0)
         model = random_model(args, dev)
         n_linear = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight"))
-        for T in (512, 1024, 2048):
-            ids = torch.randint(0, args.vocab_size, (1, T), device=dev)
-            torch.cuda.reset_peak_memory_stats()
-            with torch.no_grad():
-                ms = do_bench(functools.partial(model, ids), return_mode="median")
-            flops = 2 * T * (n_linear + args.dim * args.vocab_size) + 4 * T * T * args.dim * args.n_layers
-            tflops = flops / ms / 1e9
-            print(f"{name:10} {T:6d} {ms:8.2f} {T / ms * 1e3:8.0f} {tflops:8.0f} {100 * tflops / peak:6.1f}% "
-                  f"{torch.cuda.max_memory_allocated() / 2**30:9.2f}")
+        for mode in ("eager", "compiled"):
+            if mode == "compiled":  # one graph for the Block code, shared by every block (sample.py --compile)
+                for block in model.blocks:
+                    block.compile()
+            for T in (512, 1024, 2048):
+                ids = torch.randint(0, args.vocab_size, (1, T), device=dev)
+                with torch.no_grad():
+                    model(ids)  # compile (if needed) outside the timed region
+                    torch.cuda.reset_peak_memory_stats()
+                    ms = do_bench(functools.partial(model, ids), return_mode="median")
+                flops = 2 * T * (n_linear + args.dim * args.vocab_size) + 4 * T * T * args.dim * args.n_layers
+                tflops = flops / ms / 1e9
+                print(f"{name:10} {mode:9} {T:6d} {ms:8.2f} {T / ms * 1e3:8.0f} {tflops:8.0f} "
+                      f"{100 * tflops / peak:6.1f}% {torch.cuda.max_memory_allocated() / 2**30:9.2f}", flush=True)
         model = None  # free this model's weights before building the next
         torch.cuda.empty_cache()
 
@@ -70,7 +76,8 @@ def write_sharded(args, path, n_shards=6):
     for s in range(n_shards):
         file = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
         part = keys[s * len(keys) // n_shards:(s + 1) * len(keys) // n_shards]
-        shard = {rename(names, k): torch.randn(shapes[k]).mul_(0.02).bfloat16() for k in part}
+        dev = "cuda" if torch.cuda.is_available() else "cpu"  # random numbers are much faster on a GPU
+        shard = {rename(names, k): torch.randn(shapes[k], device=dev).mul_(0.02).bfloat16().cpu() for k in part}
         save_file(shard, os.path.join(path, file), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, file))
         print(f"wrote {file}", flush=True)
