@@ -9,6 +9,7 @@ FLOPs of one forward over T tokens: 2*T*(linear weights + head) + 4*T^2*dim*laye
 """
 import argparse
 import functools
+import gc
 import json
 import os
 import subprocess
@@ -41,7 +42,7 @@ def forward_bench():
     peak = 2 * 8192**3 / do_bench(lambda: a @ b, return_mode="median") / 1e9
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  bf16 matmul 8192^3: {peak:.0f} TFLOP/s")
     print(f"{'model':10} {'mode':9} {'tokens':>6} {'ms':>8} {'tok/s':>8} {'TFLOP/s':>8} {'% peak':>7} "
-          f"{'peak GiB':>9}")
+          f"{'peak GiB':>9} {'1st call s':>8}")
     for name, args in SHAPES.items():
         torch.manual_seed(0)
         model = random_model(args, dev)
@@ -53,14 +54,20 @@ def forward_bench():
             for T in (512, 1024, 2048):
                 ids = torch.randint(0, args.vocab_size, (1, T), device=dev)
                 with torch.no_grad():
+                    t0 = time.time()
                     model(ids)  # compile (if needed) outside the timed region
+                    torch.cuda.synchronize()
+                    first = time.time() - t0
                     torch.cuda.reset_peak_memory_stats()
                     ms = do_bench(functools.partial(model, ids), return_mode="median")
                 flops = 2 * T * (n_linear + args.dim * args.vocab_size) + 4 * T * T * args.dim * args.n_layers
                 tflops = flops / ms / 1e9
                 print(f"{name:10} {mode:9} {T:6d} {ms:8.2f} {T / ms * 1e3:8.0f} {tflops:8.0f} "
-                      f"{100 * tflops / peak:6.1f}% {torch.cuda.max_memory_allocated() / 2**30:9.2f}", flush=True)
-        model = None  # free this model's weights before building the next
+                      f"{100 * tflops / peak:6.1f}% {torch.cuda.max_memory_allocated() / 2**30:9.2f} "
+                      f"{first:8.1f}", flush=True)
+        model = None  # free this model's weights before building the next; compiled code holds references too
+        torch._dynamo.reset()
+        gc.collect()
         torch.cuda.empty_cache()
 
 

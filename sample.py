@@ -80,8 +80,8 @@ def check(model, prompt_len, gen_length, steps, block_length, alg):
 
 
 def cfg_logits(model, x, attn_mask, prompt_len, cfg_scale):
-    """Logits, with classifier-free guidance when cfg_scale > 0: un + (cfg+1)(cond - un), where the
-    unconditional input is x with the prompt replaced by [MASK] (LLaDA, Eq. 16 / Appendix B.3)."""
+    """Logits, with LLaDA's unsupervised classifier-free guidance when cfg_scale > 0: un + (cfg+1)(cond - un),
+    where the unconditional input is x with the prompt replaced by [MASK]."""
     if cfg_scale == 0:
         return model(x, attn_mask)
     un = x.clone()
