@@ -152,6 +152,19 @@ def test_save_writes_the_real_layout_and_loads_back(family, tmp_path):
         assert torch.equal(again(ids), m(ids))
 
 
+def test_in_place_edits_never_reach_the_checkpoint_file(tmp_path):
+    """CPU weights are mapped from the file copy-on-write: transforms that edit them in place (rotations,
+    smoothing) must leave the checkpoint on disk untouched."""
+    shutil.copytree(f"{FIX}/dream-tiny", tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    m = M.load(str(tmp_path / "m"))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(2.0)
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert torch.equal(M.load(str(tmp_path / "m")).norm.weight * 2, m.norm.weight)
+
+
 def test_config_round_trip_and_bf16_load():
     for family in ("llada", "dream"):
         a = M.read_args(f"{FIX}/{family}-tiny")
