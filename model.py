@@ -67,7 +67,7 @@ END_OF_TURN = {"llada": "<|eot_id|>", "dream": "<|im_end|>"}
 SUPPORTED = {
     "llada": {"block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
               "alibi": False, "weight_tying": False, "include_bias": False, "scale_logits": False,
-              "input_emb_norm": False, "attention_layer_norm": False, "multi_query_attention": None},
+              "input_emb_norm": False, "attention_layer_norm": False},
     "dream": {"hidden_act": "silu", "tie_word_embeddings": False, "use_sliding_window": False, "rope_scaling": None},
 }
 
@@ -118,9 +118,11 @@ class ModelArgs:
         for key, value in SUPPORTED[family].items():
             if cfg.get(key, value) != value:
                 raise InputError(f"{where}: {key}={cfg[key]!r} is not supported (expected {value!r})")
-        cfg = {**cfg, "n_kv_heads": cfg.get("n_kv_heads") or cfg.get("n_heads"),  # absent or null: MHA
-               "num_key_value_heads": cfg.get("num_key_value_heads") or cfg.get("num_attention_heads"),
-               "embedding_size": cfg.get("embedding_size") or cfg.get("vocab_size")}  # LLaDA pads the vocab
+        cfg = {**cfg,  # OLMo-style defaults of LLaDA's config class: kv heads, MLP width, padded vocab
+               "n_kv_heads": cfg.get("n_kv_heads") or (1 if cfg.get("multi_query_attention") else cfg.get("n_heads")),
+               "mlp_hidden_size": cfg.get("mlp_hidden_size") or cfg.get("mlp_ratio", 4) * cfg.get("d_model", 0),
+               "embedding_size": cfg.get("embedding_size") or cfg.get("vocab_size"),
+               "num_key_value_heads": cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")}
         missing = [k for k in [*CONFIG_KEYS[family].values(), "mask_token_id"] if cfg.get(k) is None]
         if missing:
             raise InputError(f"{where}: missing key '{missing[0]}' (a {family} config needs it)")

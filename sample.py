@@ -65,10 +65,12 @@ class Args:
     dtype: str = opt("auto", "float32, bfloat16 or float16 (auto: bfloat16 on cuda, float32 on cpu)")
 
 
-def check(model, prompt_len, gen_length, steps, block_length, alg):
+def check(model, prompt_len, gen_length, steps, block_length, alg, dream_only=()):
     """One clear error per bad setting, naming the flag."""
     if alg not in LLADA_ALGS + DREAM_ALGS:
         raise InputError(f"--alg {alg!r} is unknown (expected one of {', '.join(LLADA_ALGS + DREAM_ALGS)})")
+    for flag in dream_only if alg in LLADA_ALGS else ():
+        raise InputError(f"--{flag} applies to Dream's algorithms ({', '.join(DREAM_ALGS)}), not --alg {alg}")
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
         raise InputError(f"--gen_length {gen_length} must be a positive multiple of --block_length {block_length}")
     if steps <= 0 or steps % (gen_length // block_length):
@@ -167,7 +169,8 @@ def generate(model, prompt, attn_mask=None, gen_length=128, steps=128, block_len
     on_step(i, x, conf), if given, sees the canvas after every step and the confidence used to rank."""
     a, (B, P) = model.args, prompt.shape
     block_length = block_length or gen_length
-    check(model, P, gen_length, steps, block_length, alg)
+    dream_only = [k for k, v in (("top_p", top_p), ("top_k", top_k), ("alg_temp", alg_temp)) if v]
+    check(model, P, gen_length, steps, block_length, alg, dream_only)
     if (prompt == a.mask_id).any():
         raise InputError(f"the prompt contains the mask token id {a.mask_id}")
     x = torch.cat([prompt, torch.full((B, gen_length), a.mask_id, dtype=prompt.dtype, device=prompt.device)], 1)

@@ -174,6 +174,16 @@ def test_config_round_trip_and_bf16_load():
         assert m(torch.tensor([[1, 2, 3]])).dtype == torch.bfloat16
 
 
+def test_llada_config_defaults_follow_olmo():
+    """Absent n_kv_heads: MHA, or one kv head with multi_query_attention; absent mlp_hidden_size: mlp_ratio * d."""
+    with open(f"{FIX}/llada-tiny/config.json") as f:
+        cfg = json.load(f)
+    read = lambda **kw: M.ModelArgs.from_config({**cfg, **kw})  # noqa: E731
+    assert read(n_kv_heads=None).n_kv_heads == 4 and read(multi_query_attention=False).n_kv_heads == 4
+    assert read(n_kv_heads=None, multi_query_attention=True).n_kv_heads == 1
+    assert read(mlp_hidden_size=None, mlp_ratio=3).hidden_dim == 192
+
+
 def write_tokenizer(path, tokens, special, tok_cfg):
     """A tiny word-level tokenizer.json whose special tokens sit at the given ids, plus tokenizer_config.json."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -189,6 +189,7 @@ BAD = [
     (dict(gen_length=32, block_length=8, steps=6), "--steps 6 must be a positive multiple of the number of blocks"),
     (dict(gen_length=250, block_length=250, steps=250), "exceeds the model's context of 256 tokens"),
     (dict(alg="greedy"), "--alg 'greedy' is unknown"),
+    (dict(top_k=5), "--top_k applies to Dream's algorithms"),
 ]
 
 
