@@ -291,7 +291,7 @@ def _read_json(path, what):
 
 
 def special_ids(path, args):
-    """Fill bos/eos/pad/eot (and check mask) from tokenizer files when the checkpoint has them.
+    """Fill bos/eos/pad/eot (and check or fill mask) from tokenizer files when the checkpoint has them.
 
     tokenizer_config.json names the special tokens (`bos_token`, ...), tokenizer.json's added_tokens give their
     ids; where a tokenizer exists it defines the text, so its bos/eos/pad win over config.json's."""
@@ -304,6 +304,8 @@ def special_ids(path, args):
     names = {k: tok_cfg.get(f"{k}_token") for k in ("bos", "eos", "pad", "mask")}
     names = {k: v.get("content") if isinstance(v, dict) else v for k, v in names.items()}
     ids = {k: vocab[v] for k, v in names.items() if v in vocab}
+    if args.mask_id is None:  # a model made from scratch (train.py) takes its mask id from the tokenizer
+        args.mask_id = ids.get("mask")
     if "mask" in ids and ids["mask"] != args.mask_id:
         raise InputError(f"{tok_cfg_file}: mask_token {names['mask']!r} has id {ids['mask']}, "
                          f"but config.json says mask_token_id {args.mask_id}")

@@ -1,0 +1,200 @@
+"""
+Masked-diffusion training of a LLaDA- or Dream-layout model: the bundled tiny models are made with it, and
+--init_from continues from (or adapts) an existing checkpoint.
+
+The objective is LLaDA's pre-training loss (Nie et al. 2025, arXiv:2502.09992; ML-GSAI/LLaDA GUIDELINES.md):
+for each sequence draw t ~ U(0, 1), mask every token independently with p = (1 - eps) t + eps, and minimise
+    L = sum over masked positions of CE(logits, token) / p, divided by the number of tokens,
+an upper bound on the negative log-likelihood. The model's logits are aligned (position i predicts token i) for
+both families, so one loop serves both; for Dream, position 0 is never masked, since after the shift it has no
+logit of its own.
+
+    python data/prepare.py                                    # token files and tokenizers in data/tokens
+    python train.py --family llada --out assets/tiny-llada    # see assets/*/README.md for the exact commands
+"""
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model import InputError, Model, ModelArgs, load, parse, run_cli, save, special_ids
+
+
+def opt(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Args:
+    family: str = opt("llada", "llada or dream: checkpoint layout and config keys of a model made from scratch")
+    out: str = opt("out/tiny", "output checkpoint folder (config.json, model.safetensors, tokenizer files)")
+    data: str = opt("data/tokens", "folder written by data/prepare.py (train/val/arith .bin, <family>/tokenizer)")
+    init_from: str = opt("", "start from this checkpoint folder instead of random weights")
+    dim: int = opt(256, "model width (from scratch)")
+    n_layers: int = opt(8, "blocks (from scratch)")
+    n_heads: int = opt(8, "attention heads (from scratch)")
+    n_kv_heads: int = opt(8, "key/value heads; fewer than n_heads = grouped-query attention (from scratch)")
+    hidden_dim: int = opt(768, "SwiGLU width (from scratch)")
+    vocab_size: int = opt(4096, "embedding rows (from scratch; >= the tokenizer's size)")
+    seq_len: int = opt(256, "tokens per training sequence")
+    batch_size: int = opt(128, "sequences per step")
+    arith_frac: float = opt(0.2, "fraction of the sequences drawn from arith.bin (the arithmetic task)")
+    steps: int = opt(10000, "optimizer steps")
+    lr: float = opt(2e-3, "peak learning rate (AdamW), after linear warmup, cosine decay to lr/10")
+    warmup: int = opt(300, "warmup steps")
+    weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not on norms and biases)")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this")
+    eps: float = opt(1e-3, "smallest mask probability of the objective")
+    eval_every: int = opt(500, "print the validation loss and save the checkpoint every this many steps")
+    eval_batches: int = opt(20, "validation batches (fixed masks, so the numbers are comparable)")
+    seed: int = opt(0, "seed of the initialisation, the batches and the masks")
+    device: str = opt("auto", "cuda or cpu (auto: cuda when available); bf16 autocast on cuda")
+    save_dtype: str = opt("bfloat16", "dtype of the saved weights (bfloat16 keeps the tiny models under 20 MB)")
+    compile: bool = opt(False, "torch.compile each block (on a GPU small models are launch-bound without it)")
+
+
+def diffusion_loss(model, x, eps=1e-3, generator=None):
+    """LLaDA's masked-diffusion loss on clean token ids x (B, T), one value per sequence (B,): the sum over masked
+    positions of CE / p, divided by the number of positions that can be masked (T; T - 1 for Dream)."""
+    B, T = x.shape
+    t = torch.rand(B, 1, device=x.device, generator=generator)
+    p = ((1 - eps) * t + eps).expand(B, T)
+    masked = torch.rand(B, T, device=x.device, generator=generator) < p
+    if model.args.family == "dream":
+        masked[:, 0] = False
+    logits = model(torch.where(masked, model.args.mask_id, x))
+    weighted = torch.zeros(B, T, device=x.device)
+    weighted[masked] = F.cross_entropy(logits[masked].float(), x[masked], reduction="none") / p[masked]
+    return weighted.sum(1) / (T - 1 if model.args.family == "dream" else T)
+
+
+def batch(stream, n, seq_len, gen):
+    """n random windows of seq_len tokens from a uint16 token stream -> (n, seq_len) int64."""
+    starts = torch.randint(0, len(stream) - seq_len, (n,), generator=gen).tolist()
+    return torch.from_numpy(np.stack([stream[s:s + seq_len] for s in starts]).astype(np.int64))
+
+
+def learning_rate(step, args):
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def read_stream(args, name):
+    path = os.path.join(args.data, f"{name}.bin")
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not found (run python data/prepare.py first, or give --data)")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def build_model(args, tok_dir, device):
+    """From --init_from, or from scratch with the family's special ids taken from the tokenizer files."""
+    if args.init_from:
+        return load(args.init_from, torch.float32, device).train()
+    if args.family not in ("llada", "dream"):
+        raise InputError(f"--family {args.family!r} is unknown (expected llada or dream)")
+    llada = args.family == "llada"
+    margs = special_ids(tok_dir, ModelArgs(
+        args.family, args.dim, args.n_layers, args.n_heads, args.n_kv_heads, args.hidden_dim, args.vocab_size,
+        norm_eps=1e-5 if llada else 1e-6, rope_theta=5e5 if llada else 1e6, qkv_bias=not llada, max_seq_len=4096,
+        mask_id=None))  # the norm eps and RoPE theta of LLaDA-8B / Dream-7B
+    if margs.mask_id is None:
+        raise InputError(f"{tok_dir}: tokenizer_config.json names no mask_token found in tokenizer.json")
+    torch.manual_seed(args.seed)
+    model = Model(margs).to(device)
+    with torch.no_grad():  # GPT-2 style: N(0, 0.02), the projections into the residual stream scaled by depth
+        for name, p in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                p.normal_(0.0, 0.02 / math.sqrt(2 * margs.n_layers))
+            elif p.dim() > 1:
+                p.normal_(0.0, 0.02)
+            elif name.endswith("bias"):
+                p.zero_()
+    return model.train()
+
+
+@torch.no_grad()
+def evaluate(model, stream, args, device):
+    """Mean loss over fixed validation batches with fixed masks (the same numbers every call)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(1234)
+    mask_gen = torch.Generator(device).manual_seed(1234)
+    losses = []
+    for _ in range(args.eval_batches):
+        x = batch(stream, args.batch_size, args.seq_len, gen).to(device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+            losses.append(diffusion_loss(model, x, args.eps, mask_gen).mean().item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def write_checkpoint(model, args, tok_dir, meta):
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.save_dtype]
+    copy = Model(model.args)
+    copy.load_state_dict({k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}, assign=True)
+    save(copy, args.out, metadata={"train": json.dumps(meta, sort_keys=True)})
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        src = os.path.join(tok_dir, name)
+        if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(args.out, name)):
+            shutil.copyfile(src, os.path.join(args.out, name))
+
+
+def main():
+    args = parse(Args, doc=__doc__)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    tok_dir = args.init_from or os.path.join(args.data, args.family)
+    train, val = read_stream(args, "train"), read_stream(args, "val")
+    arith = read_stream(args, "arith") if args.arith_frac > 0 else None
+    model = build_model(args, tok_dir, device)
+    for block in model.blocks if args.compile else []:
+        block.compile()
+    if int(max(train.max(), val.max())) >= model.args.vocab_size:
+        raise InputError(f"{args.data}: token ids reach {int(train.max())}, beyond the model's vocab "
+                         f"{model.args.vocab_size}")
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    rest = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device == "cuda")
+    n_arith = round(args.batch_size * args.arith_frac) if arith is not None else 0
+    gen, mask_gen = torch.Generator().manual_seed(args.seed), torch.Generator(device).manual_seed(args.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{model.args.family}: {n_params / 1e6:.2f}M parameters, {len(train):,} text + "
+          f"{len(arith) if arith is not None else 0:,} arithmetic tokens, {args.steps} steps of "
+          f"{args.batch_size}x{args.seq_len} on {device}", flush=True)
+    t0, tokens, history = time.time(), 0, []
+    for step in range(args.steps):
+        x = batch(train, args.batch_size - n_arith, args.seq_len, gen)
+        if n_arith:
+            x = torch.cat([x, batch(arith, n_arith, args.seq_len, gen)])
+        for g in optimizer.param_groups:
+            g["lr"] = learning_rate(step, args)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+            loss = diffusion_loss(model, x.to(device, non_blocking=True), args.eps, mask_gen).mean()
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += x.numel()
+        last = step == args.steps - 1
+        if step % 50 == 0 or last:
+            elapsed = time.time() - t0
+            eta = elapsed / (step + 1) * (args.steps - step - 1)
+            print(f"step {step:6d} | loss {loss.item():.4f} | lr {learning_rate(step, args):.2e} | "
+                  f"grad {norm:.2f} | {tokens / elapsed:,.0f} tok/s | ETA {eta / 60:.1f} min", flush=True)
+        if (step + 1) % args.eval_every == 0 or last:
+            val_loss = evaluate(model, val, args, device)
+            history.append({"step": step + 1, "val_loss": round(val_loss, 4)})
+            print(f"step {step + 1:6d} | val loss {val_loss:.4f} | saved to {args.out}", flush=True)
+            write_checkpoint(model, args, tok_dir, {"args": asdict(args), "tokens_seen": tokens, "val": history,
+                                                    "minutes": round((time.time() - t0) / 60, 2)})
+
+
+if __name__ == "__main__":
+    run_cli(main)
