@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from data.prepare import arithmetic
+from data.prepare import ANSWER_WIDTH, arithmetic
 from model import InputError, load, load_tokenizer, parse, run_cli
-from sample import generate, pad_left
+from sample import DEFAULT_MODEL, generate, pad_left
 from train import diffusion_loss
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -33,13 +33,13 @@ def opt(default, help):
 
 @dataclass
 class Args:
-    model: str = opt(os.path.join(ROOT, "assets", "tiny-llada"), "checkpoint folder")
+    model: str = opt(DEFAULT_MODEL, "checkpoint folder")
     tasks: str = opt("arithmetic,wiki_nll", "comma-separated: arithmetic, wiki_nll")
     limit: int = opt(500, "arithmetic: held-out problems; wiki_nll: windows (0 = all)")
     batch_size: int = opt(64, "sequences per forward")
-    gen_length: int = opt(8, "arithmetic: tokens generated after each prompt")
-    steps: int = opt(8, "arithmetic: denoising steps")
-    block_length: int = opt(8, "arithmetic: semi-autoregressive block length")
+    gen_length: int = opt(ANSWER_WIDTH, "arithmetic: tokens generated after each prompt (the answer field)")
+    steps: int = opt(ANSWER_WIDTH, "arithmetic: denoising steps")
+    block_length: int = opt(ANSWER_WIDTH, "arithmetic: semi-autoregressive block length")
     alg: str = opt("", "arithmetic: remasking algorithm (empty = low_confidence for LLaDA, entropy for Dream)")
     seq_len: int = opt(256, "wiki_nll: tokens per window")
     mc: int = opt(8, "wiki_nll: Monte Carlo mask draws per window")
@@ -50,7 +50,8 @@ class Args:
 
 @torch.no_grad()
 def arithmetic_em(model, tok, args, device):
-    """Exact match of the first line the model writes after 'Q: a+b= A: ' (held-out problems only)."""
+    """Exact match of the answer the model writes after 'Q: a+b= A: ', up to its newline or EOS (held-out problems
+    only; the canvas is one answer field, as in training)."""
     problems = arithmetic(args.limit or 500, seed=1, heldout=True)
     alg = args.alg or ("low_confidence" if model.args.family == "llada" else "entropy")
     stop = {t for t in (model.args.eos_id, model.args.eot_id) if t is not None}

@@ -304,8 +304,7 @@ def special_ids(path, args):
     names = {k: tok_cfg.get(f"{k}_token") for k in ("bos", "eos", "pad", "mask")}
     names = {k: v.get("content") if isinstance(v, dict) else v for k, v in names.items()}
     ids = {k: vocab[v] for k, v in names.items() if v in vocab}
-    if args.mask_id is None:  # a model made from scratch (train.py) takes its mask id from the tokenizer
-        args.mask_id = ids.get("mask")
+    args.mask_id = ids.get("mask") if args.mask_id is None else args.mask_id  # None: made from scratch (train.py)
     if "mask" in ids and ids["mask"] != args.mask_id:
         raise InputError(f"{tok_cfg_file}: mask_token {names['mask']!r} has id {ids['mask']}, "
                          f"but config.json says mask_token_id {args.mask_id}")

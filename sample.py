@@ -13,7 +13,8 @@ Two samplers share one loop, which differs only in how many tokens a step commit
     tokens drawn after temperature / top_p / top_k; `alg_temp > 0` samples positions instead of taking top-k.
 Both run on any model here (logits come aligned from model.py); Dream's algorithms also accept blocks.
 
-    python sample.py --model DIR --prompt "Why is the sky blue?" --chat --show_steps
+    python sample.py --prompt "Q: 347+86= A: " --gen_length 6 --steps 6 --show_steps   # the bundled tiny-llada
+    python sample.py --model DIR --prompt "Why is the sky blue?" --chat
 """
 import os
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from model import InputError, load, load_tokenizer, parse, run_cli
 
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny-llada")  # bundled
 LLADA_ALGS = ("low_confidence", "random")
 DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 # Instruct models' chat formats: LLaDA uses the LLaMA-3 header format, Dream the Qwen <|im_start|> format.
@@ -40,7 +42,7 @@ def opt(default, help):
 
 @dataclass
 class Args:
-    model: str = opt("", "checkpoint folder (config.json, *.safetensors, tokenizer.json)")
+    model: str = opt(DEFAULT_MODEL, "checkpoint folder (config.json, *.safetensors, tokenizer.json)")
     prompt: str = opt("", "the prompt text (needs the checkpoint's tokenizer.json)")
     prompt_file: str = opt("", "a text file with one prompt per line, decoded as one padded batch")
     prompt_ids: str = opt("", "comma-separated token ids instead of text (checkpoints without a tokenizer)")
@@ -259,8 +261,6 @@ def main():
     dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     if dtype_name not in dtypes:
         raise InputError(f"--dtype {args.dtype!r} is unknown (expected auto, {', '.join(dtypes)})")
-    if not args.model:
-        raise InputError("--model DIR is required (a checkpoint folder with config.json)")
     model, tok = load(args.model, dtypes[dtype_name], device), load_tokenizer(args.model)
     for block in model.blocks if args.compile else []:
         block.compile()

@@ -44,7 +44,8 @@ class Args:
     vocab_size: int = opt(4096, "embedding rows (from scratch; >= the tokenizer's size)")
     seq_len: int = opt(256, "tokens per training sequence")
     batch_size: int = opt(128, "sequences per step")
-    arith_frac: float = opt(0.2, "fraction of the sequences drawn from arith.bin (the arithmetic task)")
+    arith_frac: float = opt(0.2, "fraction of the sequences drawn from arith.bin (the arithmetic task, answers only "
+                                  "masked)")
     steps: int = opt(10000, "optimizer steps")
     lr: float = opt(2e-3, "peak learning rate (AdamW), after linear warmup, cosine decay to lr/10")
     warmup: int = opt(300, "warmup steps")
@@ -59,25 +60,28 @@ class Args:
     compile: bool = opt(False, "torch.compile each block (on a GPU small models are launch-bound without it)")
 
 
-def diffusion_loss(model, x, eps=1e-3, generator=None):
+def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None):
     """LLaDA's masked-diffusion loss on clean token ids x (B, T), one value per sequence (B,): the sum over masked
-    positions of CE / p, divided by the number of positions that can be masked (T; T - 1 for Dream)."""
+    positions of CE / p, divided by the number of positions that can be masked. maskable (B, T) restricts the
+    masking (LLaDA's SFT objective: the prompt is never masked, the loss is normalised by the answer length);
+    for Dream, position 0 is never maskable (after the shift it has no logit of its own)."""
     B, T = x.shape
+    maskable = torch.ones_like(x, dtype=torch.bool) if maskable is None else maskable.clone()
+    if model.args.family == "dream":
+        maskable[:, 0] = False
     t = torch.rand(B, 1, device=x.device, generator=generator)
     p = ((1 - eps) * t + eps).expand(B, T)
-    masked = torch.rand(B, T, device=x.device, generator=generator) < p
-    if model.args.family == "dream":
-        masked[:, 0] = False
+    masked = (torch.rand(B, T, device=x.device, generator=generator) < p) & maskable
     logits = model(torch.where(masked, model.args.mask_id, x))
     weighted = torch.zeros(B, T, device=x.device)
     weighted[masked] = F.cross_entropy(logits[masked].float(), x[masked], reduction="none") / p[masked]
-    return weighted.sum(1) / (T - 1 if model.args.family == "dream" else T)
+    return weighted.sum(1) / maskable.sum(1).clamp(min=1)
 
 
-def batch(stream, n, seq_len, gen):
-    """n random windows of seq_len tokens from a uint16 token stream -> (n, seq_len) int64."""
-    starts = torch.randint(0, len(stream) - seq_len, (n,), generator=gen).tolist()
-    return torch.from_numpy(np.stack([stream[s:s + seq_len] for s in starts]).astype(np.int64))
+def windows(streams, n, seq_len, gen):
+    """The same n random windows of seq_len tokens from each of the aligned arrays -> (n, seq_len) int64 each."""
+    starts = torch.randint(0, len(streams[0]) - seq_len, (n,), generator=gen).tolist()
+    return [torch.from_numpy(np.stack([s[i:i + seq_len] for i in starts]).astype(np.int64)) for s in streams]
 
 
 def learning_rate(step, args):
@@ -87,11 +91,11 @@ def learning_rate(step, args):
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def read_stream(args, name):
+def read_stream(args, name, dtype=np.uint16):
     path = os.path.join(args.data, f"{name}.bin")
     if not os.path.isfile(path):
         raise InputError(f"{path}: not found (run python data/prepare.py first, or give --data)")
-    return np.memmap(path, dtype=np.uint16, mode="r")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def build_model(args, tok_dir, device):
@@ -128,7 +132,7 @@ def evaluate(model, stream, args, device):
     mask_gen = torch.Generator(device).manual_seed(1234)
     losses = []
     for _ in range(args.eval_batches):
-        x = batch(stream, args.batch_size, args.seq_len, gen).to(device)
+        x = windows([stream], args.batch_size, args.seq_len, gen)[0].to(device)
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
             losses.append(diffusion_loss(model, x, args.eps, mask_gen).mean().item())
     model.train()
@@ -146,54 +150,70 @@ def write_checkpoint(model, args, tok_dir, meta):
             shutil.copyfile(src, os.path.join(args.out, name))
 
 
-def main():
-    args = parse(Args, doc=__doc__)
+def next_batch(text, arith, args, gen):
+    """Text rows (pre-training objective, every position maskable) and arithmetic rows (answer fields only)."""
+    n_arith = round(args.batch_size * args.arith_frac) if arith is not None else 0
+    x = windows([text], args.batch_size - n_arith, args.seq_len, gen)[0]
+    maskable = torch.ones_like(x, dtype=torch.bool)
+    if n_arith:
+        ax, am = windows(arith, n_arith, args.seq_len, gen)
+        x, maskable = torch.cat([x, ax]), torch.cat([maskable, am.bool()])
+    return x, maskable
+
+
+def make_optimizer(model, args, device):
+    """AdamW with weight decay on the matrices only."""
+    groups = [{"params": [p for p in model.parameters() if p.dim() > 1], "weight_decay": args.weight_decay},
+              {"params": [p for p in model.parameters() if p.dim() <= 1], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device == "cuda")
+
+
+def train(args):
+    """Train and save to args.out (at every evaluation); returns the validation history."""
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     tok_dir = args.init_from or os.path.join(args.data, args.family)
-    train, val = read_stream(args, "train"), read_stream(args, "val")
-    arith = read_stream(args, "arith") if args.arith_frac > 0 else None
+    text, val = read_stream(args, "train"), read_stream(args, "val")
+    arith = [read_stream(args, "arith"), read_stream(args, "arith_mask", np.uint8)] if args.arith_frac > 0 else None
     model = build_model(args, tok_dir, device)
+    top = int(max(text.max(), val.max(), arith[0].max() if arith else 0))
+    if top >= model.args.vocab_size:
+        raise InputError(f"{args.data}: token ids reach {top}, beyond the model's vocab {model.args.vocab_size}")
     for block in model.blocks if args.compile else []:
         block.compile()
-    if int(max(train.max(), val.max())) >= model.args.vocab_size:
-        raise InputError(f"{args.data}: token ids reach {int(train.max())}, beyond the model's vocab "
-                         f"{model.args.vocab_size}")
-    decay = [p for p in model.parameters() if p.dim() > 1]
-    rest = [p for p in model.parameters() if p.dim() <= 1]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device == "cuda")
-    n_arith = round(args.batch_size * args.arith_frac) if arith is not None else 0
+    optimizer = make_optimizer(model, args, device)
     gen, mask_gen = torch.Generator().manual_seed(args.seed), torch.Generator(device).manual_seed(args.seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{model.args.family}: {n_params / 1e6:.2f}M parameters, {len(train):,} text + "
-          f"{len(arith) if arith is not None else 0:,} arithmetic tokens, {args.steps} steps of "
+    print(f"{model.args.family}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+          f"{len(text):,} text + {len(arith[0]) if arith else 0:,} arithmetic tokens, {args.steps} steps of "
           f"{args.batch_size}x{args.seq_len} on {device}", flush=True)
-    t0, tokens, history = time.time(), 0, []
+    history = [{"step": 0, "val_loss": round(evaluate(model, val, args, device), 4)}]
+    print(f"step      0 | val loss {history[0]['val_loss']:.4f}", flush=True)
+    t0, tokens = time.time(), 0
     for step in range(args.steps):
-        x = batch(train, args.batch_size - n_arith, args.seq_len, gen)
-        if n_arith:
-            x = torch.cat([x, batch(arith, n_arith, args.seq_len, gen)])
+        x, maskable = next_batch(text, arith, args, gen)
         for g in optimizer.param_groups:
             g["lr"] = learning_rate(step, args)
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            loss = diffusion_loss(model, x.to(device, non_blocking=True), args.eps, mask_gen).mean()
+            loss = diffusion_loss(model, x.to(device), args.eps, mask_gen, maskable.to(device)).mean()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += x.numel()
-        last = step == args.steps - 1
-        if step % 50 == 0 or last:
+        if step % 50 == 0 or step == args.steps - 1:
             elapsed = time.time() - t0
-            eta = elapsed / (step + 1) * (args.steps - step - 1)
-            print(f"step {step:6d} | loss {loss.item():.4f} | lr {learning_rate(step, args):.2e} | "
-                  f"grad {norm:.2f} | {tokens / elapsed:,.0f} tok/s | ETA {eta / 60:.1f} min", flush=True)
-        if (step + 1) % args.eval_every == 0 or last:
-            val_loss = evaluate(model, val, args, device)
-            history.append({"step": step + 1, "val_loss": round(val_loss, 4)})
-            print(f"step {step + 1:6d} | val loss {val_loss:.4f} | saved to {args.out}", flush=True)
+            print(f"step {step:6d} | loss {loss.item():.4f} | lr {learning_rate(step, args):.2e} | grad {norm:.2f} | "
+                  f"{tokens / elapsed:,.0f} tok/s | ETA {elapsed / (step + 1) * (args.steps - step - 1) / 60:.1f} min",
+                  flush=True)
+        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+            history.append({"step": step + 1, "val_loss": round(evaluate(model, val, args, device), 4)})
+            print(f"step {step + 1:6d} | val loss {history[-1]['val_loss']:.4f} | saved to {args.out}", flush=True)
             write_checkpoint(model, args, tok_dir, {"args": asdict(args), "tokens_seen": tokens, "val": history,
                                                     "minutes": round((time.time() - t0) / 60, 2)})
+    return history
+
+
+def main():
+    train(parse(Args, doc=__doc__))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ Sources: Wikipedia leads (CC BY-SA), Jane Austen and the World English Bible (pu
 docs (PSF licence). The Linux kernel docs in the same corpus are GPL-2.0 and are left out, because the models
 ship with the project. wiki_heldout is never trained on: it is tokenized separately for evaluation.
 Writes to --out: train.bin, val.bin (1% of the documents, for the loss printed during training), heldout.bin
-(wiki_heldout), arith.bin (arithmetic lines), all uint16 token ids, documents separated by EOS; and llada/,
-dream/ with each family's tokenizer.json + tokenizer_config.json (same BPE, the family's special tokens).
+(wiki_heldout), all uint16 token ids, documents separated by EOS; arith.bin + arith_mask.bin, the arithmetic
+problems as a stream "Q: 347+86= A: " + an answer field of ANSWER_WIDTH tokens ("433\n" and EOS padding, as
+LLaDA's SFT pads answers), with mask 1 on the answer fields: train.py masks only those (LLaDA's SFT objective,
+the question is never masked); and llada/, dream/ with each family's tokenizer.json + tokenizer_config.json
+(same BPE, the family's special tokens).
 """
 import argparse
 import gzip
@@ -24,6 +27,7 @@ import numpy as np
 SOURCES = ["wiki_train", "austen", "bible_web", "python_docs"]
 VOCAB = 4096  # model rows; BPE gets VOCAB - RESERVED, the special tokens take ids from there up
 RESERVED = 16
+ANSWER_WIDTH = 6  # tokens of an answer field: up to 4 digits, a newline, EOS padding
 # Special tokens at fixed ids above the BPE, named as in each family's real tokenizer; EOS has the same id in both,
 # so one token file serves both families. bos/eos/pad/mask are named in tokenizer_config.json.
 SPECIALS = {
@@ -87,6 +91,19 @@ def family_tokenizer(bpe_json, family, out_dir):
     return tok
 
 
+def write_arithmetic(tok, problems, eos, out):
+    """arith.bin: questions followed by fixed-width answer fields; arith_mask.bin: 1 on the answer fields."""
+    ids, mask = [], []
+    for q, a in problems:
+        question, answer = (tok.encode(s, add_special_tokens=False).ids for s in (q, a + "\n"))
+        answer += [eos] * (ANSWER_WIDTH - len(answer))
+        ids += question + answer
+        mask += [0] * len(question) + [1] * ANSWER_WIDTH
+    np.array(ids, dtype=np.uint16).tofile(os.path.join(out, "arith.bin"))
+    np.array(mask, dtype=np.uint8).tofile(os.path.join(out, "arith_mask.bin"))
+    return len(ids)
+
+
 def write_tokens(tok, docs, eos, path):
     """Documents -> one uint16 stream, EOS after each; returns the token count."""
     ids = []
@@ -122,12 +139,11 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     toks = {f: family_tokenizer(bpe, f, os.path.join(args.out, f)) for f in SPECIALS}
     tok, eos = toks["llada"], VOCAB - RESERVED
-    lines = [q + a + "\n" for q, a in arithmetic(args.arith_problems, args.seed)]
-    arith_docs = ["".join(lines[i:i + 16]) for i in range(0, len(lines), 16)]  # 16 problems per document
-    for name, part in [("train", train), ("val", val), ("heldout", read_docs(args.corpus, "wiki_heldout")),
-                       ("arith", arith_docs)]:
+    for name, part in [("train", train), ("val", val), ("heldout", read_docs(args.corpus, "wiki_heldout"))]:
         n = write_tokens(tok, part, eos, os.path.join(args.out, f"{name}.bin"))
         print(f"{name}.bin: {n:,} tokens", flush=True)
+    n = write_arithmetic(tok, arithmetic(args.arith_problems, args.seed), eos, args.out)
+    print(f"arith.bin: {n:,} tokens ({args.arith_problems:,} problems)", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # DESIGN.md aims at 400 (model.py) and 250 (sample.py); both hold more CLI flags and checks than planned.
-BUDGETS = {"model.py": 430, "sample.py": 290, "bench.py": 150}
+BUDGETS = {"model.py": 440, "sample.py": 290, "bench.py": 150, "train.py": 300, "eval.py": 400,
+           "data/prepare.py": 200}
 
 
 def lines(name):
@@ -25,5 +26,5 @@ def test_readme_file_tree_has_the_real_line_counts():
     rows = re.findall(r"^\s*([\w/]+\.py)\s+(\d+)\s", tree, flags=re.M)
     assert len(rows) >= 5
     for name, count in rows:
-        path = name if os.path.exists(os.path.join(ROOT, name)) else os.path.join("tests", name)
+        path = next(p for p in (name, f"tests/{name}", f"data/{name}") if os.path.exists(os.path.join(ROOT, p)))
         assert lines(path) == int(count), f"README says {name} has {count} lines, it has {lines(path)}"

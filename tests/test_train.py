@@ -1,0 +1,96 @@
+"""train.py and data/prepare.py: the objective against its expectation, the arithmetic task, a short real run."""
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as M
+import train as T
+from data.prepare import ANSWER_WIDTH, arithmetic, is_heldout, write_arithmetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "assets", "tiny-llada")
+
+
+class InputBlind(torch.nn.Module):
+    """Logits that do not depend on the input, so E[loss] has a closed form: the mean CE over maskable positions
+    (each position is masked with probability p and weighted by 1/p)."""
+    def __init__(self, family, T_, V=11):
+        super().__init__()
+        self.args = M.ModelArgs(family, 8, 1, 1, 1, 8, V, 1e-5, 1e4, family == "dream", 64, mask_id=V - 1)
+        self.logits = torch.randn(T_, V, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x, attn_mask=None):
+        return self.logits[None].expand(x.shape[0], -1, -1)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_diffusion_loss_is_unbiased_for_the_mean_cross_entropy(family):
+    m, x = InputBlind(family, 12), torch.randint(0, 10, (1, 12))
+    maskable = torch.ones(1, 12, dtype=torch.bool)
+    maskable[0, 3:6] = False  # an SFT-style prompt: never masked, not counted
+    ce = F.cross_entropy(m.logits, x[0], reduction="none")
+    keep = maskable[0].clone()
+    keep[0] &= family == "llada"  # Dream's position 0 is never masked
+    expected = ce[keep].mean()
+    gen = torch.Generator().manual_seed(1)
+    draws = torch.cat([T.diffusion_loss(m, x.expand(4000, -1), 1e-3, gen, maskable.expand(4000, -1))
+                       for _ in range(5)])
+    assert abs(draws.mean() - expected) < 4 * draws.std() / len(draws) ** 0.5
+
+
+def test_arithmetic_task_is_deterministic_correct_and_disjoint():
+    train, held = arithmetic(3000, seed=0), arithmetic(500, seed=1, heldout=True)
+    assert train == arithmetic(3000, seed=0) and len(set(train)) == 3000
+    for (q, a), is_held in [(p, False) for p in train] + [(p, True) for p in held]:
+        x, op, y = re.fullmatch(r"Q: (\d{1,3})([+-])(\d{1,3})= A: ", q).groups()
+        assert int(a) == (int(x) + int(y) if op == "+" else int(x) - int(y)) >= 0
+        assert is_heldout(int(x), op, int(y)) == is_held
+    assert not {q for q, _ in train} & {q for q, _ in held}
+
+
+def test_answer_fields_have_fixed_width_and_are_the_only_maskable_tokens(tmp_path):
+    tok = M.load_tokenizer(TINY)
+    eos = tok.token_to_id("<|endoftext|>")
+    problems = [("Q: 7+5= A: ", "12"), ("Q: 999+999= A: ", "1998")]
+    write_arithmetic(tok, problems, eos, str(tmp_path))
+    ids, mask = np.fromfile(tmp_path / "arith.bin", np.uint16), np.fromfile(tmp_path / "arith_mask.bin", np.uint8)
+    assert len(ids) == len(mask) and mask.sum() == 2 * ANSWER_WIDTH
+    answers = ids[mask == 1].reshape(2, ANSWER_WIDTH)
+    assert tok.decode(answers[0].tolist()) == "12\n" and answers[0, -1] == eos
+    assert tok.decode(ids[mask == 0].tolist()) == "Q: 7+5= A: Q: 999+999= A: "
+
+
+def toy_data(path):
+    """A token folder like data/prepare.py's, from repetitive text and a few arithmetic problems."""
+    tok = M.load_tokenizer(TINY)
+    eos = tok.token_to_id("<|endoftext|>")
+    os.makedirs(path / "llada")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(TINY, name), path / "llada" / name)
+    text = " ".join(["the cat sat on the mat and the dog sat on the log."] * 400)
+    ids = np.array(tok.encode(text, add_special_tokens=False).ids + [eos], dtype=np.uint16)
+    ids.tofile(path / "train.bin")
+    ids[:600].tofile(path / "val.bin")
+    write_arithmetic(tok, arithmetic(200, seed=0), eos, str(path))
+
+
+def test_a_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
+    toy_data(tmp_path / "data")
+    args = T.Args(family="llada", data=str(tmp_path / "data"), out=str(tmp_path / "out"), dim=64, n_layers=2,
+                  n_heads=4, n_kv_heads=4, hidden_dim=192, seq_len=32, batch_size=16, steps=20, warmup=2, lr=3e-3,
+                  eval_every=20, eval_batches=2, device="cpu", save_dtype="float32")
+    history = T.train(args)
+    assert history[-1]["val_loss"] < history[0]["val_loss"] - 1.0
+    m = M.load(str(tmp_path / "out"))
+    assert m.args.mask_id == M.load_tokenizer(str(tmp_path / "out")).token_to_id("<|mdm_mask|>")
+    assert M.special_ids(str(tmp_path / "out"), M.ModelArgs.from_config(m.args.to_config())) == m.args
+
+
+def test_missing_token_files_give_one_clear_line(tmp_path):
+    with pytest.raises(M.InputError, match="train.bin: not found"):
+        T.train(T.Args(data=str(tmp_path), out=str(tmp_path / "out"), device="cpu"))
