@@ -89,6 +89,9 @@ def test_a_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
     m = M.load(str(tmp_path / "out"))
     assert m.args.mask_id == M.load_tokenizer(str(tmp_path / "out")).token_to_id("<|mdm_mask|>")
     assert M.special_ids(str(tmp_path / "out"), M.ModelArgs.from_config(m.args.to_config())) == m.args
+    args.init_from, args.out, args.steps = str(tmp_path / "out"), str(tmp_path / "again"), 2
+    again = T.train(args)  # continues from the saved weights: its step-0 loss is the first run's last
+    assert again[0]["val_loss"] == pytest.approx(history[-1]["val_loss"], abs=1e-4)
 
 
 def test_missing_token_files_give_one_clear_line(tmp_path):
