@@ -5,9 +5,10 @@ Masked-diffusion training of a LLaDA- or Dream-layout model: the bundled tiny mo
 The objective is LLaDA's pre-training loss (Nie et al. 2025, arXiv:2502.09992; ML-GSAI/LLaDA GUIDELINES.md):
 for each sequence draw t ~ U(0, 1), mask every token independently with p = (1 - eps) t + eps, and minimise
     L = sum over masked positions of CE(logits, token) / p, divided by the number of tokens,
-an upper bound on the negative log-likelihood. The model's logits are aligned (position i predicts token i) for
-both families, so one loop serves both; for Dream, position 0 is never masked, since after the shift it has no
-logit of its own.
+an upper bound on the negative log-likelihood. Rows of the arithmetic task use LLaDA's SFT variant: only the
+answer may be masked, and L is divided by the answer length. The model's logits are aligned (position i predicts
+token i) for both families, so one loop serves both; for Dream, position 0 is never masked, since after the shift
+it has no logit of its own.
 
     python data/prepare.py                                    # token files and tokenizers in data/tokens
     python train.py --family llada --out assets/tiny-llada    # see assets/*/README.md for the exact commands
