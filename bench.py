@@ -5,6 +5,7 @@ Speed and memory of dllmq models at real scale, with random weights (no checkpoi
                                               # Dream-7B shapes, against the bf16 matmul peak measured in the run
     python bench.py --load_memory --dir /tmp/llada8b   # peak host memory of model.load() for an LLaDA-8B-shaped
                                               # bf16 checkpoint in 6 shards (written there first if absent)
+    python bench.py --gptq                    # GPU: GPTQ W4 g128 of an LLaDA-8B-shaped model, 128 x 2048 tokens
 FLOPs of one forward over T tokens: 2*T*(linear weights + head) + 4*T^2*dim*layers (QK^T and PV).
 """
 import argparse
@@ -71,6 +72,27 @@ def forward_bench():
         torch.cuda.empty_cache()
 
 
+def gptq_bench(nsamples=128, seqlen=2048):
+    """GPTQ W4 g128 of an LLaDA-8B-shaped model with random bf16 weights, calibrated block by block on the GPU
+    while the weights wait on the host (calibrate.py's path): wall time and peak GPU memory."""
+    from types import SimpleNamespace
+    from quantizers import gptq
+    from quantizers.core import Calib
+    args = SHAPES["LLaDA-8B"]
+    torch.manual_seed(0)
+    model = random_model(args, "cuda").to("cpu")  # random numbers are fast on the GPU; the weights live on the host
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    tokens = torch.randint(0, args.vocab_size, (nsamples, seqlen))
+    settings = SimpleNamespace(wbits=4, group_size=128, sym=False, damp=0.01, act_order=False, abits=16, a_sym=True,
+                               a_clip=1.0, device="cuda")
+    t0 = time.time()
+    gptq.quantize(model, Calib(tokens, torch.zeros_like(tokens, dtype=torch.bool)), settings)
+    minutes = (time.time() - t0) / 60
+    print(f"GPTQ W4 g128, LLaDA-8B shape, {nsamples} x {seqlen} calibration tokens on {torch.cuda.get_device_name()}: "
+          f"{minutes:.1f} min, peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
 def write_sharded(args, path, n_shards=6):
     """A random bf16 checkpoint in n_shards files plus model.safetensors.index.json, like the LLaDA release;
     tensors are made shard by shard, so writing it needs one shard of memory."""
@@ -127,15 +149,18 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--forward", action="store_true", help="forward throughput at 8B shapes (needs CUDA)")
     p.add_argument("--load_memory", action="store_true", help="peak host memory of load() for LLaDA-8B bf16")
+    p.add_argument("--gptq", action="store_true", help="GPTQ W4 of an LLaDA-8B-shaped model, 128 x 2048 tokens (CUDA)")
     p.add_argument("--dir", default="/tmp/llada8b-random", help="where the random LLaDA-8B checkpoint lives")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     opts = p.parse_args()
     if opts.probe:
         memory_probe(opts.probe, opts.device)
-    elif not (opts.forward or opts.load_memory):
-        p.error("give --forward and/or --load_memory")
+    elif not (opts.forward or opts.load_memory or opts.gptq):
+        p.error("give --forward, --load_memory and/or --gptq")
     if opts.forward:
         forward_bench()
     if opts.load_memory:
         load_memory(opts.dir)
+    if opts.gptq:
+        gptq_bench()

@@ -341,16 +341,23 @@ def tensor_files(path):
 
 @torch.no_grad()
 def load(path, dtype=torch.float32, device="cpu"):
-    """Load a LLaDA or Dream checkpoint folder. The model is built on the meta device and the tensors are read
-    one by one straight to `device` and assigned, so peak host memory stays about one copy of the weights."""
-    args = read_args(path)
+    """Load a LLaDA or Dream checkpoint folder, float or quantized (calibrate.py). The model is built on the meta
+    device and the tensors are read one by one straight to `device` and assigned, so peak host memory stays about
+    one copy of the weights. Floating tensors are cast to dtype; packed integer codes are kept as they are."""
+    args, files = read_args(path), tensor_files(path)
+    with _open(next(iter(files.values()))) as f:  # a quantized checkpoint lists its QLinear layers in the metadata
+        layers = json.loads((f.metadata() or {}).get("quant", "{}")).get("layers", {})
     with torch.device("meta"):
         model = Model(args)
+        if layers:
+            from quantizers.core import QLinear, swap  # the one project import of model.py
+            for name, cfg in layers.items():
+                swap(model, name, QLinear(**cfg))
     expected = {k: v.shape for k, v in model.state_dict().items()}
     names = name_map(args)
     canonical = {v: k for k, v in names.items()}
     by_file, sd = {}, {}
-    for key, file in tensor_files(path).items():
+    for key, file in files.items():
         if key.endswith("rotary_emb.inv_freq"):  # a buffer some Qwen2 checkpoints carry; we compute it
             continue
         name = rename(canonical, key)

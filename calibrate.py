@@ -1,0 +1,254 @@
+"""
+Quantize a dLLM checkpoint: build calibration data, run the methods in order, save a packed checkpoint that
+model.load(), sample.py and eval.py read like any other.
+
+    python calibrate.py --method gptq --wbits 4                      # the bundled tiny-llada, W4 g128
+    python calibrate.py --model DIR --method awq,gptq --wbits 4 --calib_mode masked --out out/llada-w4
+
+Calibration data is where dLLMs differ from autoregressive models: at inference they read canvases full of [MASK].
+  clean       fully visible text windows: what the study of GPTQ/AWQ/... on dLLMs calibrated on (arXiv:2508.14896).
+  masked      Quant-dLLM's masked calibration simulation (arXiv:2510.03274): the first gamma = 25% of each window
+              stays visible; every other token is visible with probability t/T for a timestep t on a grid of T = 20
+              (t = 0 .. T-1, the fully visible endpoint dropped), otherwise replaced by the model's mask id.
+  trajectory  DLLMQuant's temporal-mask adaptive sampling (arXiv:2508.14090): run the model's own sampler on prompts
+              cut from the windows, record every canvas along the denoising trajectory, and draw the samples from
+              mask-ratio buckets [0, .25) [.25, .5) [.5, .75) [.75, 1] in proportions 0.3 / 0.2 / 0.2 / 0.3.
+Each sample keeps which tokens are masked, and (trajectory) the model's confidence in each token.
+Blocks are quantized one at a time on --device while the rest of the model waits on the host.
+"""
+import gzip
+import importlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from model import InputError, load, load_tokenizer, parse, run_cli, save
+from quantizers.core import LINEARS, Calib, QLinear, model_bytes
+from sample import DEFAULT_MODEL, generate
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+WEIGHT_ACTIVATION = {"smoothquant", "quarot", "duquant"}  # --bits N means W{N}A{N} for these, W{N}A16 otherwise
+BUCKETS = [(0.0, 0.25, 0.3), (0.25, 0.5, 0.2), (0.5, 0.75, 0.2), (0.75, 1.01, 0.3)]  # TMAS: mask ratio, share
+
+
+def opt(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+def available_methods():
+    files = os.listdir(os.path.join(ROOT, "quantizers"))
+    return sorted(f[:-3] for f in files if f.endswith(".py") and f != "core.py")
+
+
+@dataclass
+class Args:
+    model: str = opt(DEFAULT_MODEL, "checkpoint folder to quantize")
+    out: str = opt("out/quantized", "output checkpoint folder (written complete, then renamed into place)")
+    method: str = opt("rtn", f"comma-separated, applied in order: {', '.join(available_methods())}")
+    bits: int = opt(0, "shorthand: W{bits}A16 for weight-only methods, W{bits}A{bits} for smoothquant/quarot/duquant")
+    wbits: int = opt(4, "weight bits, 2-8; 16 leaves the weights in float")
+    abits: int = opt(16, "activation bits (per-token dynamic), 4-8; 16 = no activation quantization")
+    group_size: int = opt(128, "input channels per weight scale; -1 = one scale per output channel")
+    sym: bool = opt(False, "symmetric weight grid (zero point fixed at 2^(bits-1)); default asymmetric")
+    a_sym: bool = opt(True, "symmetric activation grid")
+    a_clip: float = opt(1.0, "activation clipping ratio of each token's range")
+    damp: float = opt(0.01, "GPTQ: damping as a fraction of mean(diag H)")
+    act_order: bool = opt(False, "GPTQ: quantize columns in order of decreasing H_jj (static groups)")
+    nsamples: int = opt(128, "calibration sequences")
+    seqlen: int = opt(256, "tokens per calibration sequence (the study used 2048 for GPTQ, 512 for AWQ)")
+    calib_data: str = opt(os.path.join(ROOT, "data", "wiki_calib.txt.gz"),
+                          "text: .txt or .txt.gz (documents separated by blank lines) or .jsonl with a 'text' field")
+    calib_mode: str = opt("clean", "clean, masked (Quant-dLLM MCS) or trajectory (DLLMQuant TMAS)")
+    mcs_gamma: float = opt(0.25, "masked: visible prefix fraction")
+    mcs_steps: int = opt(20, "masked: timesteps T of the visibility grid")
+    nll_windows: int = opt(32, "held-out windows for the before/after NLL line, same masks both times (0 = skip)")
+    seed: int = opt(0, "seed of the calibration windows, masks and trajectories")
+    device: str = opt("auto", "where blocks are quantized: cuda or cpu (auto: cuda when available)")
+    dtype: str = opt("auto", "model dtype: float32, bfloat16 (auto: bfloat16 on cuda, float32 on cpu)")
+
+
+def resolve(args):
+    """Resolve --bits and the auto values; refuse bad flags with one line naming the flag."""
+    methods, known = args.method.split(","), available_methods()
+    for m in methods:
+        if m not in known:
+            raise InputError(f"--method {m!r} is unknown (available: {', '.join(known)})")
+    if args.bits:
+        args.wbits, args.abits = args.bits, args.bits if WEIGHT_ACTIVATION & set(methods) else 16
+    if not (2 <= args.wbits <= 8 or args.wbits == 16):
+        raise InputError(f"--wbits {args.wbits} is out of range (2-8, or 16 to leave the weights in float)")
+    if not (4 <= args.abits <= 8 or args.abits == 16):
+        raise InputError(f"--abits {args.abits} is out of range (4-8, or 16 for no activation quantization)")
+    if args.wbits == 16 and args.abits < 16:
+        raise InputError(f"--abits {args.abits} with --wbits 16: activation-only quantization is not supported")
+    if args.calib_mode not in ("clean", "masked", "trajectory"):
+        raise InputError(f"--calib_mode {args.calib_mode!r} is unknown (expected clean, masked or trajectory)")
+    args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    args.dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
+    if args.dtype not in ("float32", "bfloat16"):
+        raise InputError(f"--dtype {args.dtype!r} is unknown (expected float32 or bfloat16)")
+
+
+def check(args, model):
+    """Settings that depend on the model: group size against every Linear's width, sequence length."""
+    for i, block in enumerate(model.blocks):
+        for name in LINEARS:
+            K = block.get_submodule(name).in_features
+            if args.wbits < 16 and args.group_size != -1 and (args.group_size <= 0 or K % args.group_size):
+                raise InputError(f"--group_size {args.group_size} does not divide the input width {K} of "
+                                 f"blocks.{i}.{name}; use a divisor of it or -1 (one scale per channel)")
+    if args.nsamples <= 0 or not 2 <= args.seqlen <= model.args.max_seq_len:
+        raise InputError(f"--nsamples {args.nsamples} must be positive and --seqlen {args.seqlen} within 2.."
+                         f"{model.args.max_seq_len} (the model's context)")
+
+
+def read_texts(path):
+    if not os.path.isfile(path):
+        raise InputError(f"--calib_data {path}: not found")
+    with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
+        raw = f.read()
+    if ".jsonl" in path:
+        texts = [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
+    else:
+        texts = raw.strip().split("\n\n")
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise InputError(f"--calib_data {path}: no text in it")
+    return texts
+
+
+def text_windows(args, model, tok):
+    """nsamples random windows of seqlen tokens from the calibration text (documents joined by EOS)."""
+    if tok is None:
+        raise InputError(f"{args.model}: no tokenizer.json, so the calibration text cannot be tokenized")
+    ids = [t for e in tok.encode_batch(read_texts(args.calib_data), add_special_tokens=False)
+           for t in e.ids + [model.args.eos_id]]
+    if len(ids) <= args.seqlen:
+        raise InputError(f"--calib_data {args.calib_data}: {len(ids)} tokens, fewer than --seqlen {args.seqlen}")
+    gen = torch.Generator().manual_seed(args.seed)
+    starts = torch.randint(0, len(ids) - args.seqlen, (args.nsamples,), generator=gen).tolist()
+    return torch.tensor([ids[s:s + args.seqlen] for s in starts])
+
+
+def masked_simulation(tokens, mask_id, gamma, T, seed):
+    """Quant-dLLM MCS: sample i keeps its first floor(gamma L) tokens and shows each later token with probability
+    t_i / T, t_i = i mod T (so the masked share of the rest runs 1, 1 - 1/T, ..., 1/T)."""
+    N, L = tokens.shape
+    t = (torch.arange(N) % T).float()[:, None] / T
+    masked = torch.rand(N, L, generator=torch.Generator().manual_seed(seed)) >= t
+    masked[:, :int(gamma * L)] = False
+    return Calib(torch.where(masked, mask_id, tokens), masked)
+
+
+@torch.no_grad()
+def trajectories(model, windows, args):
+    """DLLMQuant TMAS: canvases along the model's own denoising trajectories, drawn from mask-ratio buckets.
+    The confidence of a token is 1 in the prompt, the probability the sampler gave it when it was committed, and
+    for a still-masked position the probability of the sampler's current guess (0 before its block is reached).
+    Probability-valued rankings are used for this: low_confidence for LLaDA, maskgit_plus for Dream."""
+    gen_length = max(32, args.seqlen // 2 // 32 * 32)
+    P, steps = args.seqlen - gen_length, gen_length // 2
+    n_prompts = max(1, math.ceil(2 * args.nsamples / steps))  # a pool of about twice nsamples canvases
+    prompts = windows[torch.arange(n_prompts) % len(windows), :P].to(args.device)
+    canvases, confidences = [], []
+    conf = torch.ones(len(prompts), args.seqlen, device=args.device)
+    conf[:, P:] = 0.0
+
+    def record(i, x, c):  # x after step i is the canvas the model reads at step i + 1
+        masked = x == model.args.mask_id
+        conf[:] = torch.where(torch.isfinite(c) & ~masked, c, conf)  # just committed: their confidence
+        conf[:] = torch.where(masked & torch.isfinite(c), c, conf)
+        if masked.any():
+            canvases.append(x.clone().cpu())
+            confidences.append(conf.clone().cpu())
+    alg = "low_confidence" if model.args.family == "llada" else "maskgit_plus"
+    model.to(args.device)
+    generate(model, prompts, None, gen_length, steps, min(32, gen_length), alg, on_step=record)
+    model.to("cpu")
+    start = torch.cat([prompts.cpu(), torch.full((len(prompts), gen_length), model.args.mask_id)], 1)
+    pool = torch.cat([start, *canvases])
+    pool_conf = torch.cat([torch.cat([torch.ones(len(prompts), P), torch.zeros(len(prompts), gen_length)], 1),
+                           *confidences])
+    ratio = (pool[:, P:] == model.args.mask_id).float().mean(1)
+    gen = torch.Generator().manual_seed(args.seed)
+    shares = [round(args.nsamples * w) for *_, w in BUCKETS]
+    shares[-1] += args.nsamples - sum(shares)
+    pick = []
+    for (lo, hi, _), n in zip(BUCKETS, shares, strict=True):
+        idx = torch.nonzero((ratio >= lo) & (ratio < hi))[:, 0]
+        pick.append(idx[torch.randint(0, len(idx), (n,), generator=gen)] if len(idx) else idx[:0])
+    pick = torch.cat(pick)
+    return Calib(pool[pick], pool[pick] == model.args.mask_id, pool_conf[pick])
+
+
+def calibration(args, model, tok):
+    windows = text_windows(args, model, tok)
+    if args.calib_mode == "masked":
+        return masked_simulation(windows, model.args.mask_id, args.mcs_gamma, args.mcs_steps, args.seed)
+    if args.calib_mode == "trajectory":
+        return trajectories(model, windows, args)
+    return Calib(windows, torch.zeros_like(windows, dtype=torch.bool))
+
+
+def heldout_nll(model, tok, args):
+    """Masked-diffusion NLL on held-out Wikipedia (eval.py's scorer, fixed masks), on args.device."""
+    from eval import Args as EvalArgs, wiki_nll
+    home = next(model.parameters()).device
+    model.to(args.device)
+    result = wiki_nll(model, tok, EvalArgs(limit=args.nll_windows, seq_len=min(256, model.args.max_seq_len), mc=2,
+                                           seed=args.seed), args.device)
+    model.to(home)
+    return result["nll"]
+
+
+def write(model, tok_dir, args):
+    """Save into a temporary folder, then swap it in, so a failed run never leaves a half-written checkpoint."""
+    layers = {n: m.config() for n, m in model.named_modules() if isinstance(m, QLinear)}
+    tmp = args.out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(model, tmp, metadata={"quant": json.dumps({"args": asdict(args), "layers": layers})})
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.isfile(os.path.join(tok_dir, name)):
+            shutil.copyfile(os.path.join(tok_dir, name), os.path.join(tmp, name))
+    if os.path.isdir(args.out):
+        shutil.rmtree(args.out)
+    os.replace(tmp, args.out)
+
+
+def calibrate(args):
+    """Quantize args.model with args.method and save to args.out; returns the quantized model."""
+    t0 = time.time()
+    resolve(args)
+    model = load(args.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
+    tok = load_tokenizer(args.model)
+    check(args, model)
+    calib = calibration(args, model, tok)
+    print(f"{args.model}: {args.method} W{args.wbits}A{args.abits} g{args.group_size} on {args.device}; "
+          f"calibration {args.calib_mode}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens, "
+          f"{calib.masked.float().mean().item():.0%} masked", flush=True)
+    before = heldout_nll(model, tok, args) if args.nll_windows and tok else None
+    float_bytes = model_bytes(model)
+    for name in args.method.split(",") if args.wbits < 16 else []:  # --wbits 16: the weights stay as they are
+        print(f"--- {name}", flush=True)
+        importlib.import_module(f"quantizers.{name}").quantize(model, calib, args)
+    if before is not None:
+        after = heldout_nll(model, tok, args)
+        print(f"held-out masked-diffusion NLL: {before:.4f} -> {after:.4f} nats/token ({after / before - 1:+.2%})")
+    print(f"weights: {float_bytes / 2**20:.1f} MiB -> {model_bytes(model) / 2**20:.1f} MiB; "
+          f"{time.time() - t0:.0f} s in all")
+    write(model, args.model, args)
+    print(f"saved {args.out}")
+    return model
+
+
+def main():
+    calibrate(parse(Args, doc=__doc__))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,238 @@
+"""
+The quantization core every method imports: the uniform integer grid, bit packing, QLinear, and the block walker.
+
+Grid (the convention of GPTQ and AWQ). A group of `group_size` consecutive input channels of one output row is
+stored as b-bit codes q = clamp(round(W / s) + z, 0, 2^b - 1) and read back as (q - z) * s:
+  asymmetric  s = (hi - lo) / (2^b - 1), z = round(-lo / s), where [lo, hi] is the group's range widened to
+              include 0 and shrunk by the clip ratio;
+  symmetric   s = max|W| * clip / (2^(b-1) - 1), z = 2^(b-1), so 0 is exact and the grid is centred.
+group_size -1 means one group per row (per channel). Activations use the same grid per token.
+
+Packing. Codes are laid out along the input dimension in chunks of 32 (the last chunk zero-padded). A chunk of 32
+b-bit codes is read as one 32*b-bit little-endian bit string and stored as b int32 words: code j of a chunk occupies
+bits b*j .. b*j+b-1 of that string. So 4-bit codes sit 8 to a word in order, 8-bit codes 4 and 2-bit codes 16, and
+3-bit codes straddle word boundaries (codes 10 and 21 of each chunk).
+"""
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+           "mlp.down_proj")
+
+
+# ------------------------------------------------------------------------------------------------------ grid
+def n_groups(K, group_size):
+    return 1 if group_size == -1 else K // group_size
+
+
+def fit_grid(W, bits, group_size=128, sym=False, clip=1.0):
+    """Scales s and zero points z, each (N, G) float32, of the groups of W (N, K)."""
+    Wg = W.float().reshape(W.shape[0], n_groups(W.shape[1], group_size), -1)
+    if sym:
+        s = Wg.abs().amax(-1) * clip / (2 ** (bits - 1) - 1)
+        z = torch.full_like(s, 2 ** (bits - 1))
+    else:
+        lo, hi = Wg.amin(-1).clamp(max=0) * clip, Wg.amax(-1).clamp(min=0) * clip
+        s = (hi - lo) / (2 ** bits - 1)
+        z = torch.round(-lo / torch.where(s > 0, s, 1.0))
+    return torch.where(s > 0, s, 1.0), z  # an all-zero group gets scale 1 (its codes are all z)
+
+
+def quantize(W, s, z, bits):
+    """W (N, K), s and z (N, G) -> codes (N, K) uint8."""
+    Wg = W.float().reshape(s.shape[0], s.shape[1], -1)
+    q = torch.clamp(torch.round(Wg / s[..., None]) + z[..., None], 0, 2 ** bits - 1)
+    return q.reshape(W.shape).to(torch.uint8)
+
+
+def dequantize(q, s, z):
+    """codes (N, K), s and z (N, G) -> (q - z) * s, (N, K) in s's dtype."""
+    qg = q.reshape(s.shape[0], s.shape[1], -1).to(s.dtype)
+    return ((qg - z[..., None]) * s[..., None]).reshape(q.shape)
+
+
+def fake_quant(W, bits, group_size=128, sym=False, clip=1.0):
+    """Round W to its grid and back (float in, float out): what a method sees when it measures quantization error."""
+    s, z = fit_grid(W, bits, group_size, sym, clip)
+    return dequantize(quantize(W, s, z, bits), s, z).to(W.dtype)
+
+
+def quantize_tokens(x, bits, sym=True, clip=1.0):
+    """Per-token dynamic fake quantization of activations x (..., K): one grid per token, from its own range."""
+    return fake_quant(x.reshape(-1, x.shape[-1]), bits, -1, sym, clip).view_as(x)
+
+
+# --------------------------------------------------------------------------------------------------- packing
+def _slots(bits):
+    """For each code j of a 32-code chunk: its word, its bit offset in that word, and whether it spills over."""
+    return [(bits * j // 32, bits * j % 32, bits * j % 32 + bits > 32) for j in range(32)]
+
+
+def pack(q, bits):
+    """codes (N, K) in [0, 2^bits) -> int32 words (N, ceil(K / 32) * bits)."""
+    N, K = q.shape
+    q = F.pad(q.long(), (0, -K % 32)).view(N, -1, 32)
+    words = torch.zeros(N, q.shape[1], bits, dtype=torch.long, device=q.device)
+    for j, (w, off, spill) in enumerate(_slots(bits)):
+        words[..., w] |= (q[..., j] << off) & 0xFFFFFFFF
+        if spill:
+            words[..., w + 1] |= q[..., j] >> (32 - off)
+    return (words - (words >> 31 << 32)).to(torch.int32).view(N, -1)  # reinterpret the unsigned bits as int32
+
+
+def unpack(words, bits, K):
+    """int32 words (N, ceil(K / 32) * bits) -> codes (N, K) uint8."""
+    N = words.shape[0]
+    w = words.view(N, -1, bits).long() & 0xFFFFFFFF
+    q = torch.empty(N, w.shape[1], 32, dtype=torch.long, device=words.device)
+    for j, (i, off, spill) in enumerate(_slots(bits)):
+        q[..., j] = w[..., i] >> off
+        if spill:
+            q[..., j] |= w[..., i + 1] << (32 - off)
+    return (q & (2 ** bits - 1)).view(N, -1)[:, :K].to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------------- QLinear
+class QLinear(nn.Module):
+    """A Linear whose weight is stored as packed b-bit codes with per-group scales and zero points.
+
+    forward: x -> (optional online rotation x @ R) -> (optional per-token activation fake quantization) ->
+    x @ dequant(W)^T + bias. This is the pure-torch twin that defines the format; CUDA kernels must match it."""
+
+    def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
+                 act_sym=True, act_clip=1.0, rotate=False, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features, self.bits, self.group_size, self.sym = (
+            in_features, out_features, bits, group_size, sym)
+        self.act_bits, self.act_sym, self.act_clip, self.rotate = act_bits, act_sym, act_clip, rotate
+        G = n_groups(in_features, group_size)
+        words = math.ceil(in_features / 32) * bits
+        self.register_buffer("qweight", torch.zeros(out_features, words, dtype=torch.int32))
+        self.register_buffer("scales", torch.ones(out_features, G, dtype=dtype))
+        self.register_buffer("zeros", torch.zeros(out_features, G, dtype=dtype))
+        self.register_buffer("rotation", torch.eye(in_features, dtype=dtype) if rotate else None)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_codes(cls, q, s, z, bias=None, **cfg):
+        """Build from codes (N, K), scales and zeros (N, G); cfg: bits, group_size, sym, act_bits, ..."""
+        dtype = cfg.pop("dtype", None) or (bias.dtype if bias is not None else torch.float32)
+        m = cls(q.shape[1], q.shape[0], bias=bias is not None, dtype=dtype, **cfg)
+        m.qweight.copy_(pack(q, m.bits))
+        m.scales.copy_(s)
+        m.zeros.copy_(z)
+        if bias is not None:
+            m.bias.data.copy_(bias)
+        return m.to(q.device)
+
+    def config(self):
+        """The constructor arguments (minus dtype): what a checkpoint stores to rebuild this module."""
+        keys = ("in_features", "out_features", "bits", "group_size", "sym", "act_bits", "act_sym", "act_clip",
+                "rotate")
+        return {**{k: getattr(self, k) for k in keys}, "bias": self.bias is not None}
+
+    def weight(self):
+        """The dequantized weight (N, K) in the scales' dtype."""
+        return dequantize(unpack(self.qweight, self.bits, self.in_features), self.scales, self.zeros)
+
+    def forward(self, x):
+        if self.rotation is not None:
+            x = x @ self.rotation.to(x.dtype)
+        if self.act_bits < 16:
+            x = quantize_tokens(x, self.act_bits, self.act_sym, self.act_clip)
+        return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def swap(block, name, module):
+    """Replace the submodule `name` (e.g. "mlp.down_proj") of block."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(block.get_submodule(parent) if parent else block, leaf, module)
+
+
+def model_bytes(model):
+    """Bytes of all parameters and buffers: the size of the weights in memory and on disk."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+# ------------------------------------------------------------------------------------------ the block walker
+@dataclass
+class Calib:
+    """Calibration batch: tokens (N, T) the model reads (masks included), which of them are [MASK], and for
+    sampler trajectories the model's confidence in each token; quantizers that weight tokens use the last two."""
+    tokens: torch.Tensor
+    masked: torch.Tensor
+    confidence: torch.Tensor | None = None
+
+
+@dataclass
+class BlockInputs:
+    """The inputs x (N, T, C) of one block plus what a block forward needs; run() evaluates a block on them."""
+    x: torch.Tensor
+    rope: tuple
+    chunk: int = 8  # sequences per forward: bounds the MLP activations of a big model
+
+    @torch.no_grad()
+    def run(self, block):
+        return torch.cat([block(self.x[i:i + self.chunk], self.rope) for i in range(0, len(self.x), self.chunk)])
+
+
+def rel_error(y, ref):
+    return ((y.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+@torch.no_grad()
+def walk_blocks(model, calib, device, log=print):
+    """Yield (i, block, inputs) for each block, on `device`, with inputs computed through the already-modified
+    blocks 0..i-1. The caller changes the block in place (swaps in QLinear, rescales); then the walker runs the
+    changed block to get the next inputs, logs its relative output error against the unchanged block on the same
+    inputs, and moves the block back to where it was, so only one block's weights and inputs sit on the device."""
+    home = next(model.parameters()).device
+    x, rope, _ = model.block_inputs(calib.tokens.to(home))
+    inputs = BlockInputs(x.to(device), tuple(t.to(device) for t in rope))
+    t0, n = time.time(), len(model.blocks)
+    for i, block in enumerate(model.blocks):
+        block.to(device)
+        reference = inputs.run(block)
+        yield i, block, inputs
+        inputs.x = inputs.run(block)
+        err = rel_error(inputs.x, reference)
+        block.to(home)
+        elapsed = time.time() - t0
+        log(f"block {i + 1:3d}/{n} | output error {err:.4f} | {elapsed:6.1f} s | "
+            f"ETA {elapsed / (i + 1) * (n - i - 1):6.1f} s")
+
+
+@torch.no_grad()
+def input_stats(block, inputs, names, fn, weights=None):
+    """Run block on inputs and fold every named Linear's input through fn: acc[name] = fn(acc, X, w), where X
+    (tokens, K) are the inputs of one chunk and w (tokens,) the matching token weights (or None)."""
+    acc, hooks, rows = dict.fromkeys(names), [], {}
+
+    def hook(name):
+        def record(module, args, output):
+            X = args[0].reshape(-1, args[0].shape[-1])
+            w = None if weights is None else weights[rows["lo"]:rows["hi"]].reshape(-1).to(X.device)
+            acc[name] = fn(acc[name], X, w)
+        return record
+    for name in names:
+        hooks.append(block.get_submodule(name).register_forward_hook(hook(name)))
+    try:
+        for i in range(0, len(inputs.x), inputs.chunk):
+            rows.update(lo=i, hi=i + inputs.chunk)
+            block(inputs.x[i:i + inputs.chunk], inputs.rope)
+    finally:
+        for h in hooks:
+            h.remove()
+    return acc
+
+
+def gram(acc, X, w=None):
+    """Running Hessian proxy H = sum_j w_j x_j x_j^T (float32; w = 1 without token weights)."""
+    X = X.float()
+    H = (X * w[:, None].float() if w is not None else X).T @ X
+    return H if acc is None else acc + H

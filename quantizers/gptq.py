@@ -1,0 +1,81 @@
+"""
+GPTQ (Frantar et al. 2022, arXiv:2210.17323), Algorithm 1 with lazy batch updates. A Linear's weight is rounded one
+input column at a time, and each column's rounding error is spread over the columns not yet rounded, weighted by
+the inverse of H = sum_j x_j x_j^T, the Gram matrix of the layer's calibration inputs. Blocks are visited in order
+and each block is calibrated on the outputs of the already-quantized blocks before it; within a block the Linears
+go in data-flow order (q/k/v, o, gate/up, down), each group seeing the outputs of the quantized groups before it.
+
+    python calibrate.py --method gptq --wbits 4 --group_size 128 [--act_order]
+
+Notation: W (N, K) weight; H (K, K); U = upper Cholesky factor of H^-1 (so H^-1 = U^T U); s, z group scales and
+zero points (quantizers/core.py). Dead inputs (H_jj = 0) are pinned to 0. Damping adds damp * mean(diag H) to the
+diagonal (scale-free), multiplied by 10 until the Cholesky factorisation succeeds.
+"""
+import torch
+
+from quantizers.core import fit_grid, gram, input_stats, swap, walk_blocks
+from quantizers.rtn import qlinear
+
+GROUPS = [("attn.q_proj", "attn.k_proj", "attn.v_proj"), ("attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"),
+          ("mlp.down_proj",)]  # Linears of a group read the same input, so they share one H
+
+
+def inverse_hessian_factor(H, damp):
+    """U with H^-1 = U^T U for H + damp * mean(diag H) * I, escalating damp x10 on failure -> (U, damp used)."""
+    mean = H.diagonal().mean()
+    while damp <= 10:
+        L, info = torch.linalg.cholesky_ex(H + damp * mean * torch.eye(len(H), device=H.device))
+        if info == 0:
+            return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True), damp
+        damp *= 10
+    raise ValueError("GPTQ: the Hessian stays singular with damping 10 x mean(diag H)")
+
+
+@torch.no_grad()
+def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_order=False):
+    """W (N, K), H (K, K) -> codes (N, K) uint8, scales and zeros (N, G), the damping used.
+
+    Group grids are fitted to the updated weights when a group's first column comes up; with act_order the columns
+    go in order of decreasing H_jj and the grids are fitted once, beforehand, per natural group (static groups)."""
+    W, H = W.float().clone(), H.float().clone()
+    N, K = W.shape
+    g = K if group_size == -1 else group_size
+    dead = H.diagonal() == 0
+    H[dead, dead], W[:, dead] = 1.0, 0.0
+    perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(K, device=W.device)
+    S, Z = fit_grid(W, bits, group_size, sym) if act_order else (torch.empty(N, K // g, device=W.device),) * 2
+    S, Z = S.clone(), Z.clone()
+    W, H = W[:, perm], H[perm][:, perm]
+    U, damp = inverse_hessian_factor(H, damp)
+    Q = torch.zeros(N, K, dtype=torch.uint8, device=W.device)
+    for i1 in range(0, K, block_size):
+        i2 = min(i1 + block_size, K)
+        W1, E1, U1 = W[:, i1:i2].clone(), torch.zeros(N, i2 - i1, device=W.device), U[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if not act_order and col % g == 0:  # this group's grid, from the weights as updated so far
+                S[:, col // g], Z[:, col // g] = (t[:, 0] for t in fit_grid(
+                    torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym))
+            s, z = S[:, perm[col] // g], Z[:, perm[col] // g]
+            q = torch.clamp(torch.round(W1[:, i] / s) + z, 0, 2 ** bits - 1)
+            Q[:, col] = q.to(torch.uint8)
+            E1[:, i] = (W1[:, i] - (q - z) * s) / U1[i, i]
+            W1[:, i:] -= E1[:, i:i + 1] @ U1[i:i + 1, i:]  # spread the error over this block's later columns
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]  # ... and, lazily, once per block over the columns after it
+    return Q[:, torch.argsort(perm)], S, Z, damp
+
+
+def run(model, calib, args, token_weights=None):
+    """GPTQ over the whole model; token_weights (N, T) turn H into sum_j w_j x_j x_j^T (used by CGQ)."""
+    for _, block, inputs in walk_blocks(model, calib, args.device):
+        for names in GROUPS:
+            H = input_stats(block, inputs, names[:1], gram, token_weights)[names[0]]
+            for name in names:
+                lin = block.get_submodule(name)
+                q, s, z, _ = gptq(lin.weight, H, args.wbits, args.group_size, args.sym, args.damp,
+                                  act_order=args.act_order)
+                swap(block, name, qlinear(lin, q, s, z, args))
+
+
+def quantize(model, calib, args):
+    run(model, calib, args)

@@ -1,0 +1,114 @@
+"""The quantization core (grid, packing, QLinear) and the methods: GPTQ beats RTN, AWQ's scaling is exact in float."""
+import os
+
+import pytest
+import torch
+
+import model as M
+from quantizers import awq, gptq, rtn
+from quantizers.core import (BlockInputs, QLinear, dequantize, fake_quant, fit_grid, input_stats, pack, quantize,
+                             quantize_tokens, unpack)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_pack_unpack_every_code_in_every_slot(bits):
+    n = 2 ** bits
+    q = ((torch.arange(n)[:, None] + torch.arange(64)[None]) % n).to(torch.uint8)  # each slot sees every code
+    assert torch.equal(unpack(pack(q, bits), bits, 64), q)
+    ragged = torch.randint(0, n, (3, 592), dtype=torch.uint8)  # 592 = 18.5 chunks of 32: zero-padded
+    words = pack(ragged, bits)
+    assert words.dtype == torch.int32 and words.shape == (3, 19 * bits)
+    assert torch.equal(unpack(words, bits, 592), ragged)
+
+
+def test_4bit_layout_is_eight_codes_per_word_in_order():
+    q = torch.tensor([list(range(1, 16)) + [15] * 17], dtype=torch.uint8)
+    words = pack(q, 4)[0].tolist()
+    assert words[0] == 0x87654321 - 2**32 and words[1] == 0xFFEDCBA9 - 2**32
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("group_size", [32, -1])
+def test_grid_rounds_to_nearest_level(bits, sym, group_size):
+    W = torch.randn(16, 128) * torch.rand(16, 1) * 3
+    s, z = fit_grid(W, bits, group_size, sym)
+    q = quantize(W, s, z, bits)
+    assert q.max() <= 2 ** bits - 1
+    err = (dequantize(q, s, z) - W).reshape(16, s.shape[1], -1).abs()
+    assert (err <= s[..., None] / 2 * (1 + 1e-5)).all()  # no value is outside its group's range
+    if sym:
+        assert torch.equal(dequantize(torch.full_like(q, 2 ** (bits - 1)), s, z), torch.zeros_like(W))
+
+
+def test_clip_shrinks_the_range_and_tokens_get_their_own_grid():
+    W = torch.randn(4, 64)
+    step = W.abs().amax(1) / 15  # the rounded zero point can move the clipped range by up to one step
+    assert (fake_quant(W, 4, -1, clip=0.5).abs().amax(1) <= W.abs().amax(1) * 0.5 + step).all()
+    x = torch.randn(2, 3, 64) * torch.tensor([1.0, 100.0, 0.01])[None, :, None]
+    xq = quantize_tokens(x, 8)
+    assert ((xq - x).abs().amax(-1) <= x.abs().amax(-1) / 127 / 2 * 1.001).all()  # per-token scale
+
+
+def test_qlinear_forward_is_rotation_then_token_quantization_then_dequantized_matmul():
+    W, x = torch.randn(48, 64), torch.randn(5, 64)
+    R = torch.linalg.qr(torch.randn(64, 64))[0]
+    q, s, z = rtn.rtn(W, 4, 32)
+    m = QLinear.from_codes(q, s, z, torch.randn(48), bits=4, group_size=32, act_bits=8, rotate=True)
+    m.rotation.copy_(R)
+    expect = quantize_tokens(x @ R, 8) @ dequantize(q, s, z).T + m.bias
+    assert torch.allclose(m(x), expect, atol=1e-5)
+    assert m.config()["bits"] == 4 and m.config()["bias"]
+
+
+def calibration_inputs(name, n=16, T=128):
+    """The real inputs of block 0's Linear `name` in the bundled tiny-llada, on held-out text."""
+    from calibrate import Args, text_windows
+    path = os.path.join(ROOT, "assets", "tiny-llada")
+    m, tok = M.load(path), M.load_tokenizer(path)
+    ids = text_windows(Args(nsamples=n, seqlen=T, calib_data=os.path.join(ROOT, "data", "wiki_heldout.txt.gz")),
+                       m, tok)
+    x, rope, _ = m.block_inputs(ids)
+    keep = lambda acc, X, w: X if acc is None else torch.cat([acc, X])  # noqa: E731
+    X = input_stats(m.blocks[0], BlockInputs(x, rope), [name], keep)[name]
+    return m.blocks[0].get_submodule(name).weight.detach(), X
+
+
+@pytest.mark.parametrize("name", ["attn.q_proj", "mlp.down_proj"])
+@pytest.mark.parametrize("bits,act_order", [(4, False), (3, False), (3, True)])
+def test_gptq_beats_rtn_on_the_same_layer_and_data(name, bits, act_order):
+    W, X = calibration_inputs(name)
+    H = X.T @ X / len(X)
+    out = X @ W.T
+    q, s, z, _ = gptq.gptq(W, H, bits, 128, act_order=act_order)
+    err_gptq = (X @ dequantize(q, s, z).T - out).norm() / out.norm()
+    err_rtn = (X @ dequantize(*rtn.rtn(W, bits, 128)).T - out).norm() / out.norm()
+    assert err_gptq < 0.8 * err_rtn
+
+
+def test_gptq_pins_dead_inputs_and_survives_a_singular_hessian():
+    W, X = torch.randn(8, 64), torch.randn(32, 64)
+    X[:, 5] = 0  # a dead input channel; 32 tokens < 64 channels: H is singular
+    q, s, z, damp = gptq.gptq(W, X.T @ X, 4, 32, damp=0.0 + 1e-12)
+    Wq = dequantize(q, s, z)
+    assert damp > 1e-12 and Wq[:, 5].abs().max() <= s.max() and torch.isfinite(Wq).all()
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_awq_scaling_leaves_the_float64_block_unchanged(family):
+    m = M.load(os.path.join(ROOT, "assets", f"tiny-{family}")).double()
+    x, rope, _ = m.block_inputs(torch.randint(0, 4000, (4, 48)))
+    inputs, block = BlockInputs(x, rope), m.blocks[3]
+    before = inputs.run(block)
+    scaled = 0
+    for prev, names, judge in awq.SCALE_GROUPS:
+        linears = [block.get_submodule(n) for n in names]
+        if block.get_submodule(prev).weight.shape[0] != linears[0].weight.shape[1]:
+            continue
+        s = awq.search_scale(linears, awq.capture(block, inputs, names[0]), awq.judge_fn(block, judge, inputs), 4,
+                             16, False)
+        awq.apply_scale(block, prev, names, s)
+        scaled += not torch.allclose(s, torch.ones_like(s))
+    assert scaled >= 2 and (inputs.run(block) - before).abs().max() <= 1e-10 * before.abs().max()
