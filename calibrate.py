@@ -228,8 +228,8 @@ def calibrate(args):
     tok = load_tokenizer(args.model)
     check(args, model)
     calib = calibration(args, model, tok)
-    print(f"{args.model}: {args.method} W{args.wbits}A{args.abits} g{args.group_size} on {args.device}; "
-          f"calibration {args.calib_mode}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens, "
+    print(f"{os.path.relpath(args.model)}: {args.method} W{args.wbits}A{args.abits} g{args.group_size} on "
+          f"{args.device}; calibration {args.calib_mode}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens, "
           f"{calib.masked.float().mean().item():.0%} masked", flush=True)
     before = heldout_nll(model, tok, args) if args.nll_windows and tok else None
     float_bytes = model_bytes(model)

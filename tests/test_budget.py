@@ -6,8 +6,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # DESIGN.md aims at 400 (model.py) and 250 (sample.py); both hold more CLI flags and checks than planned.
-BUDGETS = {"model.py": 440, "sample.py": 290, "bench.py": 150, "train.py": 300, "eval.py": 400,
-           "data/prepare.py": 200}
+BUDGETS = {"model.py": 440, "sample.py": 290, "bench.py": 200, "train.py": 300, "eval.py": 400,
+           "calibrate.py": 300, "data/prepare.py": 200, "quantizers/core.py": 250, "quantizers/rtn.py": 250,
+           "quantizers/gptq.py": 250, "quantizers/awq.py": 250}
 
 
 def lines(name):
@@ -26,5 +27,6 @@ def test_readme_file_tree_has_the_real_line_counts():
     rows = re.findall(r"^\s*([\w/]+\.py)\s+(\d+)\s", tree, flags=re.M)
     assert len(rows) >= 5
     for name, count in rows:
-        path = next(p for p in (name, f"tests/{name}", f"data/{name}") if os.path.exists(os.path.join(ROOT, p)))
+        dirs = ("", "tests/", "data/", "quantizers/")
+        path = next(d + name for d in dirs if os.path.exists(os.path.join(ROOT, d + name)))
         assert lines(path) == int(count), f"README says {name} has {count} lines, it has {lines(path)}"
