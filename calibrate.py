@@ -126,8 +126,8 @@ def text_windows(args, model, tok):
     """nsamples random windows of seqlen tokens from the calibration text (documents joined by EOS)."""
     if tok is None:
         raise InputError(f"{args.model}: no tokenizer.json, so the calibration text cannot be tokenized")
-    ids = [t for e in tok.encode_batch(read_texts(args.calib_data), add_special_tokens=False)
-           for t in e.ids + [model.args.eos_id]]
+    sep = [] if model.args.eos_id is None else [model.args.eos_id]
+    ids = [t for e in tok.encode_batch(read_texts(args.calib_data), add_special_tokens=False) for t in e.ids + sep]
     if len(ids) <= args.seqlen:
         raise InputError(f"--calib_data {args.calib_data}: {len(ids)} tokens, fewer than --seqlen {args.seqlen}")
     gen = torch.Generator().manual_seed(args.seed)
@@ -160,10 +160,8 @@ def trajectories(model, windows, args):
     conf[:, P:] = 0.0
 
     def record(i, x, c):  # x after step i is the canvas the model reads at step i + 1
-        masked = x == model.args.mask_id
-        conf[:] = torch.where(torch.isfinite(c) & ~masked, c, conf)  # just committed: their confidence
-        conf[:] = torch.where(masked & torch.isfinite(c), c, conf)
-        if masked.any():
+        conf[:] = torch.where(torch.isfinite(c), c, conf)  # c is finite at this step's candidates: committed or not
+        if (x == model.args.mask_id).any():
             canvases.append(x.clone().cpu())
             confidences.append(conf.clone().cpu())
     alg = "low_confidence" if model.args.family == "llada" else "maskgit_plus"
@@ -215,9 +213,12 @@ def write(model, tok_dir, args):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(tok_dir, name)):
             shutil.copyfile(os.path.join(tok_dir, name), os.path.join(tmp, name))
-    if os.path.isdir(args.out):
-        shutil.rmtree(args.out)
+    old = args.out.rstrip("/") + ".old"
+    if os.path.isdir(args.out):  # the previous checkpoint stays whole until the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(args.out, old)
     os.replace(tmp, args.out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def calibrate(args):
