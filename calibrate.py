@@ -201,7 +201,7 @@ def heldout_nll(model, tok, args):
     result = wiki_nll(model, tok, EvalArgs(limit=args.nll_windows, seq_len=min(256, model.args.max_seq_len), mc=2,
                                            seed=args.seed), args.device)
     model.to(home)
-    return result["nll"]
+    return result["nll"]["value"]
 
 
 def write(model, tok_dir, args):

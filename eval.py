@@ -1,23 +1,38 @@
 """
-Score a checkpoint with dllmq's own lightweight scorers (no lm-eval dependency).
+Score checkpoints (float or quantized) with dllmq's own lightweight scorers; no lm-eval dependency.
 
-Tasks so far:
-  arithmetic  exact match on held-out problems of the tiny models' synthetic task (data/prepare.py: a fixed tenth
-              of all problems is never trained on), decoded with sample.py's sampler, greedy.
-  wiki_nll    masked-diffusion NLL in nats per token on data/wiki_heldout.txt.gz: the training objective (an upper
-              bound on the NLL, LLaDA's ELBO) averaged over `mc` mask draws per window, with a standard error over
-              windows; deterministic for a seed.
+  wiki_nll      masked-diffusion NLL, nats/token, on data/wiki_heldout.txt.gz: the training objective (LLaDA's ELBO)
+                averaged over `mc` mask draws per window, standard error over windows; deterministic for a seed
+  arithmetic    exact match on the tiny models' held-out synthetic problems (data/prepare.py)
+  arc_easy, arc_challenge, openbookqa, piqa
+                multiple choice by Monte Carlo log-likelihood of each answer given the question: LLaDA's estimator
+                (stratified mask counts on the answer, loss / (count / L)) for LLaDA, Dream's (p = (1-eps) t + eps
+                with stratified t, i.i.d. masks on the answer, EOS appended and never masked) for Dream; exact for
+                one-token answers; acc and length-normalised acc_norm as in lm-eval
+  gsm8k         k-shot generation (train-split shots), exact match with lm-eval's strict (#### N) and flexible
+                (last number) filters
+  humaneval, mbpp
+                pass@1 of greedy completions, the task's tests run by sandbox.py (needs --allow_code_exec)
+Sampler settings per task follow the study (arXiv:2508.14896 scripts): gsm8k 4-shot gen/steps/block 256/256/32,
+humaneval 0-shot 512/512/32, mbpp 3-shot 512/512/32; --gen_length/--steps/--block_length/--fewshot override.
+Task files live in --data_dir (data/tasks holds small samples; see its README for the full sets).
 
-    python eval.py --model assets/tiny-llada --tasks arithmetic,wiki_nll
+    python eval.py --tasks arithmetic,wiki_nll
+    python eval.py --model assets/tiny-llada,out/quantized --tasks arc_easy,gsm8k --data_dir ../shared/data --limit 50
 """
+import functools
 import gzip
+import hashlib
 import json
 import math
 import os
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from data.prepare import ANSWER_WIDTH, arithmetic
 from model import InputError, load, load_tokenizer, parse, run_cli
@@ -25,6 +40,10 @@ from sample import DEFAULT_MODEL, generate, pad_left
 from train import diffusion_loss
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+GEN = {"gsm8k": (4, 256, 256, 32), "humaneval": (0, 512, 512, 32), "mbpp": (3, 512, 512, 32),
+       "arithmetic": (0, ANSWER_WIDTH, ANSWER_WIDTH, ANSWER_WIDTH)}  # task: few-shot, gen_length, steps, block
+STOP = {"gsm8k": ["Question:"], "humaneval": ["\nclass", "\ndef", "\n#", "\nif", "\nprint"],  # lm-eval's
+        "mbpp": ["[DONE]"], "arithmetic": ["\n"]}
 
 
 def opt(default, help):
@@ -33,39 +52,229 @@ def opt(default, help):
 
 @dataclass
 class Args:
-    model: str = opt(DEFAULT_MODEL, "checkpoint folder")
-    tasks: str = opt("arithmetic,wiki_nll", "comma-separated: arithmetic, wiki_nll")
-    limit: int = opt(500, "arithmetic: held-out problems; wiki_nll: windows (0 = all)")
-    batch_size: int = opt(64, "sequences per forward")
-    gen_length: int = opt(ANSWER_WIDTH, "arithmetic: tokens generated after each prompt (the answer field)")
-    steps: int = opt(ANSWER_WIDTH, "arithmetic: denoising steps")
-    block_length: int = opt(ANSWER_WIDTH, "arithmetic: semi-autoregressive block length")
-    alg: str = opt("", "arithmetic: remasking algorithm (empty = low_confidence for LLaDA, entropy for Dream)")
+    model: str = opt(DEFAULT_MODEL, "checkpoint folder(s), comma-separated: scored side by side")
+    tasks: str = opt("arithmetic,wiki_nll", "comma-separated task names (see above)")
+    data_dir: str = opt(os.path.join(ROOT, "data", "tasks"), "folder with the task files (layout of data/tasks)")
+    limit: int = opt(0, "score only the first N items of each task (0 = all; arithmetic: 500)")
+    batch_size: int = opt(32, "sequences per forward")
+    mc_num: int = opt(128, "multiple choice: Monte Carlo samples per answer")
+    fewshot: int = opt(-1, "few-shot examples (-1 = the task's default)")
+    gen_length: int = opt(0, "generation tasks: tokens to generate (0 = the task's default)")
+    steps: int = opt(0, "generation tasks: denoising steps (0 = the task's default)")
+    block_length: int = opt(0, "generation tasks: block length (0 = the task's default)")
+    alg: str = opt("", "remasking algorithm (empty: low_confidence for LLaDA, entropy for Dream)")
     seq_len: int = opt(256, "wiki_nll: tokens per window")
-    mc: int = opt(8, "wiki_nll: Monte Carlo mask draws per window")
-    seed: int = opt(0, "seed of the arithmetic draw's sampler noise and of the NLL masks")
-    out: str = opt("", "write the results as JSON to this file too")
+    mc: int = opt(8, "wiki_nll: mask draws per window")
+    allow_code_exec: bool = opt(False, "run model-written code for humaneval/mbpp (sandboxed: sandbox.py)")
+    workers: int = opt(4, "code tasks: programs run in parallel")
+    code_timeout: float = opt(10.0, "code tasks: seconds each program may run")
+    seed: int = opt(0, "seed of every random draw (masks, sampler noise)")
+    out: str = opt("", "write the results as JSON here too")
     device: str = opt("auto", "cpu or cuda (auto: cuda when available)")
+    dtype: str = opt("auto", "float32 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)")
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def read_jsonl(path):
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not found (give --data_dir; data/tasks/README.md says where the sets come from)")
+    with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def first(items, args):
+    return items[:args.limit] if args.limit else items
+
+
+def progress(task, done, total, t0):
+    rate = done / max(time.time() - t0, 1e-9)
+    print(f"  {task}: {done}/{total} | {rate:.2f} samples/s | ETA {(total - done) / rate:.0f} s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------- likelihood
+def round_loss(model, seq, masked, p, prompt_len):
+    """One Monte Carlo round: rows of seq with the answer positions `masked` (b, L) replaced by [MASK];
+    sum over masked answer tokens of CE / p, divided by the rows (the loss LLaDA's and Dream's code compute)."""
+    x = seq.repeat(len(masked), 1)
+    x[:, prompt_len:][masked] = model.args.mask_id
+    logits = model(x)[:, prompt_len:]
+    target = seq[prompt_len:].expand_as(masked)
+    return (F.cross_entropy(logits[masked].float(), target[masked], reduction="none") / p[masked]).sum() / len(masked)
+
+
+def llada_masks(b, L, gen):
+    """LLaDA (get_log_likelihood.py): stratified counts k, k + L/b, ... (mod L, in 1..L), that many answer tokens
+    masked at random per row, p = count / L."""
+    k = float(torch.randint(1, L + 1, (), generator=gen))
+    counts = ((torch.round(torch.linspace(k, k + (b - 1) * (L / b), b)).long() - 1) % L) + 1
+    order = torch.rand(b, L, generator=gen).argsort(1)
+    masked = order < counts[:, None]
+    return masked, (counts / L)[:, None].expand(b, L)
+
+
+def dream_masks(b, L, gen, eps=1e-3):
+    """Dream (eval/eval.py): t = (u + i/b) mod 1, p = (1 - eps) t + eps, each answer token masked with probability p;
+    the last token (the EOS Dream appends) is never masked."""
+    t = (torch.rand(1, generator=gen) + torch.arange(b) / b) % 1
+    p = ((1 - eps) * t + eps)[:, None].expand(b, L)
+    masked = torch.rand(b, L, generator=gen) < p
+    masked[:, -1] = False
+    return masked, p
 
 
 @torch.no_grad()
-def arithmetic_em(model, tok, args, device):
-    """Exact match of the answer the model writes after 'Q: a+b= A: ', up to its newline or EOS (held-out problems
-    only; the canvas is one answer field, as in training)."""
-    problems = arithmetic(args.limit or 500, seed=1, heldout=True)
+def loglikelihood(model, prefix, target, args, gen):
+    """log p(target | prefix): Monte Carlo with the family's estimator, exact for a one-token target."""
+    dream = model.args.family == "dream"
+    target = target + [model.args.eos_id] if dream else target
+    dev = next(model.parameters()).device
+    seq = torch.tensor(prefix + target, device=dev)
+    L = len(target) - dream  # Dream's appended EOS is never scored
+    if L == 1:  # the single answer token masked: one forward gives its exact conditional log-probability
+        return -round_loss(model, seq, torch.tensor([[True] + [False] * dream], device=dev),
+                           torch.ones(1, 1 + dream, device=dev), len(prefix)).item()
+    b = min(args.batch_size, args.mc_num)
+    losses = []
+    for _ in range(max(1, args.mc_num // b)):
+        masked, p = dream_masks(b, L + dream, gen) if dream else llada_masks(b, L, gen)
+        losses.append(round_loss(model, seq, masked.to(dev), p.to(dev), len(prefix)).item())
+    return -sum(losses) / len(losses)
+
+
+def encode_pair(model, tok, context, continuation):
+    """Token ids of (context, continuation) as both references make them: lm-eval moves the context's trailing
+    spaces to the continuation; LLaDA's tokenizer adds its own special tokens, Dream's eval prepends the bos text."""
+    n = len(context) - len(context.rstrip())
+    context, continuation = context[:len(context) - n], context[len(context) - n:] + continuation
+    if model.args.family == "dream" and model.args.bos_id is not None:
+        context = tok.id_to_token(model.args.bos_id) + context
+    whole, ctx = tok.encode(context + continuation).ids, tok.encode(context).ids
+    return ctx, whole[len(ctx):]
+
+
+def mc_items(task, args):
+    """(context, choices, gold) for each multiple-choice item, in lm-eval's formats."""
+    if task == "piqa":
+        rows = read_jsonl(os.path.join(args.data_dir, "piqa", "valid.jsonl"))
+        with open(os.path.join(args.data_dir, "piqa", "valid-labels.lst")) as f:
+            labels = [int(s) for s in f.read().split()]
+        return [(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], g)
+                for r, g in zip(rows, labels, strict=True)]
+    rows = read_jsonl(os.path.join(args.data_dir, "mc", f"{task}_test.jsonl"))
+    suffix = "\nAnswer:" if task.startswith("arc") else ""
+    return [(r["query"] + suffix, r["choices"], r["gold"]) for r in rows]
+
+
+def multiple_choice(task):
+    def score(model, tok, args, device):
+        items, gen = first(mc_items(task, args), args), torch.Generator().manual_seed(args.seed)
+        acc, acc_norm, t0 = [], [], time.time()
+        for i, (context, choices, gold) in enumerate(items):
+            lls = [loglikelihood(model, *encode_pair(model, tok, context, " " + c), args, gen) for c in choices]
+            acc.append(max(range(len(lls)), key=lls.__getitem__) == gold)
+            norm = [ll / len(" " + c) for ll, c in zip(lls, choices, strict=True)]  # lm-eval: per answer character
+            acc_norm.append(max(range(len(norm)), key=norm.__getitem__) == gold)
+            if (i + 1) % 20 == 0:
+                progress(task, i + 1, len(items), t0)
+        return {"acc": rate(acc), "acc_norm": rate(acc_norm)}
+    return score
+
+
+def rate(hits):
+    p = sum(hits) / len(hits)
+    return {"value": p, "stderr": math.sqrt(p * (1 - p) / len(hits)), "n": len(hits)}
+
+
+# ----------------------------------------------------------------------------------------- generation
+def completions(model, tok, prompts, task, args, device):
+    """Greedy completions of the prompts, batched, cut at the task's stop strings and at EOS / end of turn."""
+    shots, gen_length, steps, block = GEN[task]
+    gen_length, steps, block = args.gen_length or gen_length, args.steps or steps, args.block_length or block
     alg = args.alg or ("low_confidence" if model.args.family == "llada" else "entropy")
-    stop = {t for t in (model.args.eos_id, model.args.eot_id) if t is not None}
-    correct = []
-    for i in range(0, len(problems), args.batch_size):
-        chunk = problems[i:i + args.batch_size]
-        ids, mask = pad_left([tok.encode(q, add_special_tokens=False).ids for q, _ in chunk], model.args.pad_id)
-        out = generate(model, ids.to(device), mask.to(device), args.gen_length, args.steps, args.block_length, alg)
-        for row, (_, answer) in zip(out[:, ids.shape[1]:].tolist(), chunk, strict=True):
-            row = row[:next((j for j, t in enumerate(row) if t in stop), len(row))]
-            correct.append(tok.decode(row).split("\n")[0].strip() == answer)
-    return {"exact_match": sum(correct) / len(correct), "n": len(correct)}
+    stop_ids = {t for t in (model.args.eos_id, model.args.eot_id) if t is not None}
+    texts, t0 = [], time.time()
+    for i in range(0, len(prompts), args.batch_size):
+        ids, mask = pad_left([tok.encode(p, add_special_tokens=False).ids for p in prompts[i:i + args.batch_size]],
+                             model.args.pad_id if model.args.pad_id is not None else model.args.eos_id)
+        out = generate(model, ids.to(device), mask.to(device), gen_length, steps, block, alg,
+                       generator=torch.Generator(device).manual_seed(args.seed))
+        for row in out[:, ids.shape[1]:].tolist():
+            text = tok.decode(row[:next((j for j, t in enumerate(row) if t in stop_ids), len(row))])
+            texts.append(min((text[:text.find(s)] for s in STOP[task] if s in text), key=len, default=text))
+        progress(task, len(texts), len(prompts), t0)
+    return texts
 
 
+def arithmetic_em(model, tok, args, device):
+    """Exact match of the answer field written after 'Q: a+b= A: ' (held-out problems only)."""
+    problems = arithmetic(args.limit or 500, seed=1, heldout=True)
+    answers = completions(model, tok, [q for q, _ in problems], "arithmetic", args, device)
+    return {"exact_match": rate([a.strip() == gold for a, (_, gold) in zip(answers, problems, strict=True)])}
+
+
+def number(text):
+    return text.replace(",", "").replace("$", "").rstrip(".").strip()
+
+
+def gsm8k_extract(text):
+    """lm-eval's filters: strict = the number after '#### '; flexible = the last number in the text."""
+    strict = re.search(r"#### (\-?[0-9\.\,]+)", text)
+    flexible = re.findall(r"(-?[$0-9.,]{2,})|(-?[0-9]+)", text)
+    return (number(strict.group(1)) if strict else None,
+            number(next(g for g in flexible[-1] if g)) if flexible else None)
+
+
+def gsm8k(model, tok, args, device):
+    k = GEN["gsm8k"][0] if args.fewshot < 0 else args.fewshot
+    train = read_jsonl(os.path.join(args.data_dir, "gsm8k", "train.jsonl"))[:k]
+    test = first(read_jsonl(os.path.join(args.data_dir, "gsm8k", "test.jsonl")), args)
+    shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in train)
+    outputs = completions(model, tok, [f"{shots}Question: {r['question']}\nAnswer:" for r in test], "gsm8k",
+                          args, device)
+    gold = [gsm8k_extract(r["answer"])[0] for r in test]
+    found = [gsm8k_extract(o) for o in outputs]
+    return {"exact_match,strict-match": rate([s == g for (s, _), g in zip(found, gold, strict=True)]),
+            "exact_match,flexible-extract": rate([f == g for (_, f), g in zip(found, gold, strict=True)])}
+
+
+# ---------------------------------------------------------------------------------------------------- code
+def humaneval_programs(args):
+    """(prompt, program(completion)) per HumanEval task: prompt + completion + the task's check()."""
+    tasks = first(read_jsonl(os.path.join(args.data_dir, "humaneval", "HumanEval.jsonl.gz")), args)
+    return [(t["prompt"], lambda c, t=t: f"{t['prompt']}{c}\n\n{t['test']}\n\ncheck({t['entry_point']})\n")
+            for t in tasks]
+
+
+def mbpp_programs(args):
+    """(prompt, program(completion)) per MBPP test task (ids 11-510), with lm-eval's prompt and 3 shots (ids 1-3)."""
+    rows = {r["task_id"]: r for r in read_jsonl(os.path.join(args.data_dir, "mbpp", "mbpp.jsonl"))}
+    k = GEN["mbpp"][0] if args.fewshot < 0 else args.fewshot
+
+    def ask(r):
+        tests = "\n".join(r["test_list"])
+        return f"You are an expert Python programmer, and here is your task: {r['text']} Your code should pass " \
+               f"these tests:\n\n{tests}\n[BEGIN]\n"
+    shots = "".join(ask(rows[i]) + rows[i]["code"] + "\n[DONE]\n\n" for i in range(1, k + 1))
+    tasks = first([rows[i] for i in range(11, 511) if i in rows], args)
+    return [(shots + ask(r), lambda c, r=r: f"{c}\n{r['test_setup_code']}\n" + "\n".join(r["test_list"]) + "\n")
+            for r in tasks]
+
+
+def code_task(task):
+    def score(model, tok, args, device):
+        if not args.allow_code_exec:
+            raise InputError(f"--tasks {task} runs model-written code: add --allow_code_exec (sandboxed, sandbox.py)")
+        import sandbox
+        items = humaneval_programs(args) if task == "humaneval" else mbpp_programs(args)
+        texts = completions(model, tok, [p for p, _ in items], task, args, device)
+        with ThreadPoolExecutor(args.workers) as pool:
+            results = list(pool.map(lambda pc: sandbox.run(pc[0][1](pc[1]), args.code_timeout),
+                                    zip(items, texts, strict=True)))
+        return {"pass@1": rate([r.passed for r in results])}
+    return score
+
+
+# ---------------------------------------------------------------------------------------------------- NLL
 @torch.no_grad()
 def wiki_nll(model, tok, args, device):
     """Masked-diffusion NLL (nats/token) on the held-out Wikipedia text, windows of seq_len tokens."""
@@ -81,32 +290,67 @@ def wiki_nll(model, tok, args, device):
         for _ in range(args.mc):
             per_window[i:i + len(x)] += diffusion_loss(model, x, 1e-3, gen).float().cpu()
     per_window /= args.mc
-    return {"nll": per_window.mean().item(), "stderr": (per_window.std() / math.sqrt(len(windows))).item(),
-            "windows": len(windows), "tokens": windows.numel()}
+    return {"nll": {"value": per_window.mean().item(), "stderr": (per_window.std() / math.sqrt(len(windows))).item(),
+                    "n": len(windows)}}
 
 
-TASKS = {"arithmetic": arithmetic_em, "wiki_nll": wiki_nll}
+TASKS = {"wiki_nll": wiki_nll, "arithmetic": arithmetic_em, "gsm8k": gsm8k, "humaneval": code_task("humaneval"),
+         "mbpp": code_task("mbpp"), **{t: multiple_choice(t) for t in ("arc_easy", "arc_challenge", "openbookqa",
+                                                                        "piqa")}}
 
 
-def main():
-    args = parse(Args, doc=__doc__)
+# ---------------------------------------------------------------------------------------------- reporting
+def model_hash(path):
+    """sha256 of the checkpoint's safetensors files, in name order: which weights were scored."""
+    h = hashlib.sha256()
+    for name in sorted(n for n in os.listdir(path) if n.endswith(".safetensors")):
+        with open(os.path.join(path, name), "rb") as f:
+            for chunk in iter(functools.partial(f.read, 1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def table(records, models):
+    """Markdown: one row per task and metric, one column per model."""
+    rows = {}
+    for r in records:
+        rows.setdefault((r["task"], r["metric"]), {})[r["model"]] = f"{r['value']:.4f} ± {r['stderr']:.4f}"
+    head = "| task | metric | " + " | ".join(os.path.basename(m.rstrip("/")) for m in models) + " |"
+    lines = [head, "|" + "---|" * (len(models) + 2)]
+    lines += [f"| {t} | {m} | " + " | ".join(v.get(x, "") for x in models) + " |" for (t, m), v in rows.items()]
+    return "\n".join(lines)
+
+
+def evaluate(args):
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    unknown = [t for t in args.tasks.split(",") if t not in TASKS]
-    if unknown:
-        raise InputError(f"--tasks: unknown task '{unknown[0]}' (expected {', '.join(TASKS)})")
-    model, tok = load(args.model, device=device), load_tokenizer(args.model)
-    if tok is None:
-        raise InputError(f"{args.model}: no tokenizer.json (eval needs text)")
-    results = {}
-    for name in args.tasks.split(","):
-        t = time.time()
-        results[name] = TASKS[name](model, tok, args, device)
-        print(f"{name}: {json.dumps(results[name])}  ({time.time() - t:.1f} s)", flush=True)
+    dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16}.get(args.dtype)
+    if dtype is None:
+        raise InputError(f"--dtype {args.dtype!r} is unknown (expected auto, float32 or bfloat16)")
+    names = args.tasks.split(",")
+    for name in names:
+        if name not in TASKS:
+            raise InputError(f"--tasks: unknown task '{name}' (expected {', '.join(TASKS)})")
+    models, records = args.model.split(","), []
+    for path in models:
+        model, tok = load(path, dtype, device), load_tokenizer(path)
+        if tok is None:
+            raise InputError(f"{path}: no tokenizer.json (eval needs text)")
+        digest = model_hash(path)
+        for name in names:
+            t0 = time.time()
+            for metric, r in TASKS[name](model, tok, args, device).items():
+                records.append({"model": path, "model_hash": digest, "task": name, "metric": metric, **r,
+                                "settings": {k: v for k, v in asdict(args).items() if k not in ("model", "out")}})
+                print(f"{os.path.basename(path.rstrip('/'))} {name} {metric}: {r['value']:.4f} ± {r['stderr']:.4f} "
+                      f"(n={r['n']}, {time.time() - t0:.1f} s)", flush=True)
+    print(table(records, models))
     if args.out:
         with open(args.out + ".tmp", "w") as f:
-            json.dump({"args": asdict(args), "results": results}, f, indent=2)
+            json.dump(records, f, indent=2)
         os.replace(args.out + ".tmp", args.out)
+    return records
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(lambda: evaluate(parse(Args, doc=__doc__)))

@@ -32,7 +32,7 @@ def test_bundled_model_solves_held_out_arithmetic(family):
     m = M.load(os.path.join(ROOT, "assets", f"tiny-{family}"))
     args = E.Args(limit=32, batch_size=32)
     result = E.arithmetic_em(m, M.load_tokenizer(os.path.join(ROOT, "assets", f"tiny-{family}")), args, "cpu")
-    assert result["n"] == 32 and result["exact_match"] >= 0.8
+    assert result["exact_match"]["n"] == 32 and result["exact_match"]["value"] >= 0.8
 
 
 def test_sample_cli_defaults_to_the_bundled_model():
