@@ -53,10 +53,15 @@ class Args:
     bits: int = opt(0, "shorthand: W{bits}A16 for weight-only methods, W{bits}A{bits} for smoothquant/quarot/duquant")
     wbits: int = opt(4, "weight bits, 2-8; 16 leaves the weights in float")
     abits: int = opt(16, "activation bits (per-token dynamic), 4-8; 16 = no activation quantization")
-    group_size: int = opt(128, "input channels per weight scale; -1 = one scale per output channel")
+    group_size: int = opt(0, "input channels per weight scale; -1 = one per output channel; 0 = 128 for weight-only "
+                             "methods, -1 for smoothquant/quarot/duquant (what integer GEMMs need)")
     sym: bool = opt(False, "symmetric weight grid (zero point fixed at 2^(bits-1)); default asymmetric")
     a_sym: bool = opt(True, "symmetric activation grid")
     a_clip: float = opt(1.0, "activation clipping ratio of each token's range")
+    w_clip: float = opt(1.0, "weight clipping ratio of each group's range (DuQuant used 0.8)")
+    alpha: float = opt(0.5, "SmoothQuant / DuQuant migration strength: s = max|X|^alpha / max|W|^(1-alpha)")
+    block_size: int = opt(128, "DuQuant: channels per rotation block (lowered to a divisor of the width)")
+    rotation_steps: int = opt(256, "DuQuant: greedy rotation steps per block")
     damp: float = opt(0.01, "GPTQ: damping as a fraction of mean(diag H)")
     act_order: bool = opt(False, "GPTQ: quantize columns in order of decreasing H_jj (static groups)")
     nsamples: int = opt(128, "calibration sequences")
@@ -80,6 +85,8 @@ def resolve(args):
             raise InputError(f"--method {m!r} is unknown (available: {', '.join(known)})")
     if args.bits:
         args.wbits, args.abits = args.bits, args.bits if WEIGHT_ACTIVATION & set(methods) else 16
+    if args.group_size == 0:
+        args.group_size = -1 if WEIGHT_ACTIVATION & set(methods) else 128
     if not (2 <= args.wbits <= 8 or args.wbits == 16):
         raise InputError(f"--wbits {args.wbits} is out of range (2-8, or 16 to leave the weights in float)")
     if not (4 <= args.abits <= 8 or args.abits == 16):

@@ -268,9 +268,15 @@ def name_map(args):
 
 
 def rename(names, key):
-    """Rename a tensor's module prefix with `names` and keep its leaf (`weight`, `bias`, ...); None if unknown."""
-    module, _, leaf = key.rpartition(".")
-    return f"{names[module]}.{leaf}" if module in names else None
+    """Rename a tensor's longest known module prefix with `names` and keep the rest (`weight`, `rotation.r1`...);
+    None if no prefix is known."""
+    module, leaf = key, ""
+    while "." in module:
+        module, _, last = module.rpartition(".")
+        leaf = f"{last}.{leaf}" if leaf else last
+        if module in names:
+            return f"{names[module]}.{leaf}"
+    return None
 
 
 def _open(file, device="cpu"):

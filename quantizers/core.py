@@ -98,43 +98,94 @@ def unpack(words, bits, K):
 
 
 # --------------------------------------------------------------------------------------------------- QLinear
+class Rotation(nn.Module):
+    """An orthogonal input transform x -> x T, applied online, in the compact form the rotation methods need.
+    The K = m * b channels are m blocks of b: T = blockdiag(R1) [P blockdiag(R2)] [M (x) I_b], i.e. per-block
+    matrices R1 (m of them, or one shared), optionally a channel permutation P and a second per-block stage R2, and
+    optionally a mix M (m, m) across blocks. QuaRot's online Hadamard H_m (x) H_b is a shared R1 = H_b with M = H_m;
+    DuQuant's transform is R1, its zigzag P, then R2. The same call rotates a weight offline: W T."""
+
+    def __init__(self, m, b, shared=False, perm=False, second=False, mix=False, dtype=None):
+        super().__init__()
+        self.m, self.b, self.shared = m, b, shared
+        eye = torch.eye(b, dtype=dtype).expand(1 if shared else m, b, b).clone()
+        self.register_buffer("r1", eye)
+        self.register_buffer("perm", torch.arange(m * b) if perm else None)
+        self.register_buffer("r2", eye.clone() if second else None)
+        self.register_buffer("mix", torch.eye(m, dtype=dtype) if mix else None)
+
+    def config(self):
+        return {"m": self.m, "b": self.b, "shared": self.shared, "perm": self.perm is not None,
+                "second": self.r2 is not None, "mix": self.mix is not None}
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        y = x.reshape(*lead, self.m, self.b)
+        y = torch.einsum("...mb,mbc->...mc", y, self.r1.to(y.dtype).expand(self.m, -1, -1))
+        if self.perm is not None:
+            y = y.reshape(*lead, -1)[..., self.perm].reshape(*lead, self.m, self.b)
+        if self.r2 is not None:
+            y = torch.einsum("...mb,mbc->...mc", y, self.r2.to(y.dtype).expand(self.m, -1, -1))
+        if self.mix is not None:
+            y = torch.einsum("...mb,mn->...nb", y, self.mix.to(y.dtype))
+        return y.reshape(x.shape)
+
+
+class RotLinear(nn.Linear):
+    """A float Linear whose input is rotated online (its weight already holds W T): the state a rotation method
+    leaves for the rounder, which carries the rotation over into the QLinear."""
+
+    @classmethod
+    def wrap(cls, linear, rotation):
+        m = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
+        m.weight, m.bias, m.rotation = linear.weight, linear.bias, rotation
+        return m
+
+    def forward(self, x):
+        return F.linear(self.rotation(x), self.weight, self.bias)
+
+
 class QLinear(nn.Module):
     """A Linear whose weight is stored as packed b-bit codes with per-group scales and zero points.
 
-    forward: x -> (optional online rotation x @ R) -> (optional per-token activation fake quantization) ->
+    forward: x -> (optional online rotation x T) -> (optional per-token activation fake quantization) ->
     x @ dequant(W)^T + bias. This is the pure-torch twin that defines the format; CUDA kernels must match it."""
 
     def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
-                 act_sym=True, act_clip=1.0, rotate=False, dtype=None):
+                 act_sym=True, act_clip=1.0, rotation=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features, self.bits, self.group_size, self.sym = (
             in_features, out_features, bits, group_size, sym)
-        self.act_bits, self.act_sym, self.act_clip, self.rotate = act_bits, act_sym, act_clip, rotate
+        self.act_bits, self.act_sym, self.act_clip = act_bits, act_sym, act_clip
         G = n_groups(in_features, group_size)
         words = math.ceil(in_features / 32) * bits
         self.register_buffer("qweight", torch.zeros(out_features, words, dtype=torch.int32))
         self.register_buffer("scales", torch.ones(out_features, G, dtype=dtype))
         self.register_buffer("zeros", torch.zeros(out_features, G, dtype=dtype))
-        self.register_buffer("rotation", torch.eye(in_features, dtype=dtype) if rotate else None)
+        self.rotation = Rotation(**rotation, dtype=dtype) if rotation else None  # a config dict, as saved
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
 
     @classmethod
-    def from_codes(cls, q, s, z, bias=None, **cfg):
-        """Build from codes (N, K), scales and zeros (N, G); cfg: bits, group_size, sym, act_bits, ..."""
+    def from_codes(cls, q, s, z, bias=None, rotation=None, **cfg):
+        """Build from codes (N, K), scales and zeros (N, G), and the Rotation the input gets (or None);
+        cfg: bits, group_size, sym, act_bits, act_sym, act_clip, dtype."""
         dtype = cfg.pop("dtype", None) or (bias.dtype if bias is not None else torch.float32)
-        m = cls(q.shape[1], q.shape[0], bias=bias is not None, dtype=dtype, **cfg)
+        m = cls(q.shape[1], q.shape[0], bias=bias is not None, dtype=dtype,
+                rotation=rotation.config() if rotation is not None else None, **cfg)
         m.qweight.copy_(pack(q, m.bits))
         m.scales.copy_(s)
         m.zeros.copy_(z)
         if bias is not None:
             m.bias.data.copy_(bias)
+        if rotation is not None:
+            m.rotation.load_state_dict(rotation.state_dict())
         return m.to(q.device)
 
     def config(self):
         """The constructor arguments (minus dtype): what a checkpoint stores to rebuild this module."""
-        keys = ("in_features", "out_features", "bits", "group_size", "sym", "act_bits", "act_sym", "act_clip",
-                "rotate")
-        return {**{k: getattr(self, k) for k in keys}, "bias": self.bias is not None}
+        keys = ("in_features", "out_features", "bits", "group_size", "sym", "act_bits", "act_sym", "act_clip")
+        return {**{k: getattr(self, k) for k in keys}, "bias": self.bias is not None,
+                "rotation": self.rotation.config() if self.rotation is not None else None}
 
     def weight(self):
         """The dequantized weight (N, K) in the scales' dtype."""
@@ -142,7 +193,7 @@ class QLinear(nn.Module):
 
     def forward(self, x):
         if self.rotation is not None:
-            x = x @ self.rotation.to(x.dtype)
+            x = self.rotation(x)
         if self.act_bits < 16:
             x = quantize_tokens(x, self.act_bits, self.act_sym, self.act_clip)
         return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -214,8 +265,9 @@ def input_stats(block, inputs, names, fn, weights=None):
     acc, hooks, rows = dict.fromkeys(names), [], {}
 
     def hook(name):
-        def record(module, args, output):
-            X = args[0].reshape(-1, args[0].shape[-1])
+        def record(module, args, output):  # a rotated Linear's input is what its weight meets: x T
+            x = module.rotation(args[0]) if getattr(module, "rotation", None) is not None else args[0]
+            X = x.reshape(-1, x.shape[-1])
             w = None if weights is None else weights[rows["lo"]:rows["hi"]].reshape(-1).to(X.device)
             acc[name] = fn(acc[name], X, w)
         return record

@@ -32,7 +32,7 @@ def inverse_hessian_factor(H, damp):
 
 
 @torch.no_grad()
-def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_order=False):
+def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_order=False, clip=1.0):
     """W (N, K), H (K, K) -> codes (N, K) uint8, scales and zeros (N, G), the damping used.
 
     Group grids are fitted to the updated weights when a group's first column comes up; with act_order the columns
@@ -43,7 +43,7 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
     dead = H.diagonal() == 0
     H[dead, dead], W[:, dead] = 1.0, 0.0
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(K, device=W.device)
-    S, Z = fit_grid(W, bits, group_size, sym) if act_order else (torch.empty(N, K // g, device=W.device),) * 2
+    S, Z = fit_grid(W, bits, group_size, sym, clip) if act_order else (torch.empty(N, K // g, device=W.device),) * 2
     S, Z = S.clone(), Z.clone()
     W, H = W[:, perm], H[perm][:, perm]
     U, damp = inverse_hessian_factor(H, damp)
@@ -55,7 +55,7 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
             col = i1 + i
             if not act_order and col % g == 0:  # this group's grid, from the weights as updated so far
                 S[:, col // g], Z[:, col // g] = (t[:, 0] for t in fit_grid(
-                    torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym))
+                    torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym, clip))
             s, z = S[:, perm[col] // g], Z[:, perm[col] // g]
             q = torch.clamp(torch.round(W1[:, i] / s) + z, 0, 2 ** bits - 1)
             Q[:, col] = q.to(torch.uint8)
@@ -73,7 +73,7 @@ def run(model, calib, args, token_weights=None):
             for name in names:
                 lin = block.get_submodule(name)
                 q, s, z, _ = gptq(lin.weight, H, args.wbits, args.group_size, args.sym, args.damp,
-                                  act_order=args.act_order)
+                                  act_order=args.act_order, clip=args.w_clip)
                 swap(block, name, qlinear(lin, q, s, z, args))
 
 

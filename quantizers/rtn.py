@@ -15,15 +15,16 @@ def rtn(W, bits, group_size=128, sym=False, clip=1.0):
 
 def qlinear(linear, q, s, z, args):
     """The QLinear that replaces `linear`, with the weight and activation settings of args."""
-    return QLinear.from_codes(q, s, z, linear.bias, bits=args.wbits, group_size=args.group_size, sym=args.sym,
-                              act_bits=args.abits, act_sym=args.a_sym, act_clip=args.a_clip, dtype=linear.weight.dtype)
+    return QLinear.from_codes(q, s, z, linear.bias, getattr(linear, "rotation", None), bits=args.wbits,
+                              group_size=args.group_size, sym=args.sym, act_bits=args.abits, act_sym=args.a_sym,
+                              act_clip=args.a_clip, dtype=linear.weight.dtype)
 
 
 def round_block(block, args, names=LINEARS):
     """Round the named float Linears of a block to QLinear by RTN."""
     for name in names:
         lin = block.get_submodule(name)
-        swap(block, name, qlinear(lin, *rtn(lin.weight, args.wbits, args.group_size, args.sym), args))
+        swap(block, name, qlinear(lin, *rtn(lin.weight, args.wbits, args.group_size, args.sym, args.w_clip), args))
 
 
 def quantize(model, calib, args):

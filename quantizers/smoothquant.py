@@ -1,0 +1,55 @@
+"""
+SmoothQuant (Xiao et al. 2023, arXiv:2211.10438): migrate the difficulty of quantizing activations into the weights.
+For each input channel j of a group of Linears sharing one input X, with every W of the group stacked,
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha),
+the input is divided by s (folded into the RMSNorm weight, or into v_proj's output rows for o_proj) and the weights'
+columns multiplied by s, which in float leaves every output unchanged. alpha = 0.5 balances the two ranges
+(mit-han-lab/smoothquant; the study's scripts use 0.5). The weights are then rounded by RTN, or by a later rounder
+(`--method smoothquant,gptq`), and the activations quantized per token.
+
+    python calibrate.py --method smoothquant --bits 8 --alpha 0.5     # W8A8
+
+Groups: attn_norm -> q, k, v; mlp_norm -> gate, up; v -> o where v's output width equals o's input width (not under
+grouped-query attention). down_proj is not smoothed, as in SmoothQuant.
+"""
+import torch
+
+from quantizers.awq import apply_scale
+from quantizers.core import input_stats, walk_blocks
+from quantizers.rtn import round_block
+
+GROUPS = [("attn_norm", ("attn.q_proj", "attn.k_proj", "attn.v_proj")), ("attn.v_proj", ("attn.o_proj",)),
+          ("mlp_norm", ("mlp.gate_proj", "mlp.up_proj"))]
+
+
+def smooth_scales(x_max, w_max, alpha):
+    """s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (both clamped away from 0)."""
+    return (x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+
+
+def absmax(acc, X, w=None):
+    """Per-channel max |x| over the calibration tokens."""
+    m = X.abs().amax(0).float()
+    return m if acc is None else torch.maximum(acc, m)
+
+
+def smooth_block(block, inputs, groups, alpha):
+    """Smooth every group of one block whose widths allow it; returns the number of groups smoothed."""
+    done = 0
+    for prev, names in groups:
+        linears = [block.get_submodule(n) for n in names]
+        if block.get_submodule(prev).weight.shape[0] != linears[0].weight.shape[1]:
+            continue
+        x_max = input_stats(block, inputs, names[:1], absmax)[names[0]]
+        w_max = torch.cat([lin.weight for lin in linears]).abs().amax(0).float()
+        apply_scale(block, prev, names, smooth_scales(x_max, w_max, alpha))
+        done += 1
+    return done
+
+
+def quantize(model, calib, args):
+    round_after = args.method.split(",")[-1] == "smoothquant"
+    for _, block, inputs in walk_blocks(model, calib, args.device):
+        smooth_block(block, inputs, GROUPS, args.alpha)
+        if round_after:
+            round_block(block, args)
