@@ -6,8 +6,8 @@ import torch
 
 import model as M
 from quantizers import awq, gptq, rtn
-from quantizers.core import (BlockInputs, QLinear, dequantize, fake_quant, fit_grid, input_stats, pack, quantize,
-                             quantize_tokens, unpack)
+from quantizers.core import (BlockInputs, QLinear, Rotation, dequantize, fake_quant, fit_grid, input_stats, pack,
+                             quantize, quantize_tokens, unpack)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,8 +56,9 @@ def test_qlinear_forward_is_rotation_then_token_quantization_then_dequantized_ma
     W, x = torch.randn(48, 64), torch.randn(5, 64)
     R = torch.linalg.qr(torch.randn(64, 64))[0]
     q, s, z = rtn.rtn(W, 4, 32)
-    m = QLinear.from_codes(q, s, z, torch.randn(48), bits=4, group_size=32, act_bits=8, rotate=True)
-    m.rotation.copy_(R)
+    rot = Rotation(1, 64, shared=True)
+    rot.r1.copy_(R[None])
+    m = QLinear.from_codes(q, s, z, torch.randn(48), rotation=rot, bits=4, group_size=32, act_bits=8)
     expect = quantize_tokens(x @ R, 8) @ dequantize(q, s, z).T + m.bias
     assert torch.allclose(m(x), expect, atol=1e-5)
     assert m.config()["bits"] == 4 and m.config()["bias"]
