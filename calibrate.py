@@ -28,11 +28,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from model import InputError, load, load_tokenizer, parse, run_cli, save
-from quantizers.core import LINEARS, Calib, QLinear, model_bytes
+from quantizers.core import LINEARS, BinaryLinear, Calib, QLinear, model_bytes
 from sample import DEFAULT_MODEL, generate
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-WEIGHT_ACTIVATION = {"smoothquant", "quarot", "duquant"}  # --bits N means W{N}A{N} for these, W{N}A16 otherwise
+WEIGHT_ACTIVATION = {"smoothquant", "quarot", "duquant", "dllmquant"}  # --bits N: W{N}A{N} for these, else W{N}A16
 BUCKETS = [(0.0, 0.25, 0.3), (0.25, 0.5, 0.2), (0.5, 0.75, 0.2), (0.75, 1.01, 0.3)]  # TMAS: mask ratio, share
 
 
@@ -62,7 +62,17 @@ class Args:
     alpha: float = opt(0.5, "SmoothQuant / DuQuant migration strength: s = max|X|^alpha / max|W|^(1-alpha)")
     block_size: int = opt(128, "DuQuant: channels per rotation block (lowered to a divisor of the width)")
     rotation_steps: int = opt(256, "DuQuant: greedy rotation steps per block")
-    damp: float = opt(0.01, "GPTQ: damping as a fraction of mean(diag H)")
+    v_bits: int = opt(0, "bits of the attention values V, per channel over the tokens (the V of softmax(P) V); "
+                         "0 = --abits with dllmquant, else 16 (off)")
+    cgq_visible: float = opt(0.7, "DLLMQuant CGQ: Hessian weight of a visible token (masked ones weigh about 1)")
+    cgq_beta: float = opt(0.5, "DLLMQuant CGQ: a masked token weighs (1 - beta) + 2 beta x the model's confidence")
+    iaaq_grid: int = opt(11, "DLLMQuant IA-AQ: clipping factors of V tried, evenly spaced in [0.5, 1]")
+    abmp_k: float = opt(-1.0, "Quant-dLLM ABMP: share of column groups one bit above, and one below, --wbits "
+                              "(-1: 0.05 for LLaDA, 0.10 for Dream)")
+    daq_iters: int = opt(10, "Quant-dLLM DAQ: rounds of scale refits and joint re-binarisation")
+    daq_lambda: float = opt(2.0, "Quant-dLLM DAQ: loss weight of the 3-sigma outliers of the importance Z")
+    daq_compensate: str = opt("column", "Quant-dLLM: GPTQ-style error compensation per column, or per group only")
+    damp: float = opt(0.01, "GPTQ (and Quant-dLLM): damping as a fraction of mean(diag H)")
     act_order: bool = opt(False, "GPTQ: quantize columns in order of decreasing H_jj (static groups)")
     nsamples: int = opt(128, "calibration sequences")
     seqlen: int = opt(256, "tokens per calibration sequence (the study used 2048 for GPTQ, 512 for AWQ)")
@@ -91,8 +101,14 @@ def resolve(args):
         raise InputError(f"--wbits {args.wbits} is out of range (2-8, or 16 to leave the weights in float)")
     if not (4 <= args.abits <= 8 or args.abits == 16):
         raise InputError(f"--abits {args.abits} is out of range (4-8, or 16 for no activation quantization)")
+    if args.v_bits == 0:
+        args.v_bits = args.abits if "dllmquant" in methods else 16
+    if not (4 <= args.v_bits <= 8 or args.v_bits == 16):
+        raise InputError(f"--v_bits {args.v_bits} is out of range (4-8, or 16 to leave V in float)")
     if args.wbits == 16 and args.abits < 16:
         raise InputError(f"--abits {args.abits} with --wbits 16: activation-only quantization is not supported")
+    if args.daq_compensate not in ("column", "group"):
+        raise InputError(f"--daq_compensate {args.daq_compensate!r} is unknown (expected column or group)")
     if args.calib_mode not in ("clean", "masked", "trajectory"):
         raise InputError(f"--calib_mode {args.calib_mode!r} is unknown (expected clean, masked or trajectory)")
     args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -103,10 +119,12 @@ def resolve(args):
 
 def check(args, model):
     """Settings that depend on the model: group size against every Linear's width, sequence length."""
+    lowers = args.method.split(",")[-1] == "quantdllm"  # it lowers the group to a divisor of the width
     for i, block in enumerate(model.blocks):
         for name in LINEARS:
             K = block.get_submodule(name).in_features
-            if args.wbits < 16 and args.group_size != -1 and (args.group_size <= 0 or K % args.group_size):
+            bad = args.group_size < 1 or K % args.group_size
+            if args.wbits < 16 and args.group_size != -1 and not lowers and bad:
                 raise InputError(f"--group_size {args.group_size} does not divide the input width {K} of "
                                  f"blocks.{i}.{name}; use a divisor of it or -1 (one scale per channel)")
     if args.nsamples <= 0 or not 2 <= args.seqlen <= model.args.max_seq_len:
@@ -213,7 +231,7 @@ def heldout_nll(model, tok, args):
 
 def write(model, tok_dir, args):
     """Save into a temporary folder, then swap it in, so a failed run never leaves a half-written checkpoint."""
-    layers = {n: m.config() for n, m in model.named_modules() if isinstance(m, QLinear)}
+    layers = {n: m.config() for n, m in model.named_modules() if isinstance(m, (QLinear, BinaryLinear))}
     tmp = args.out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save(model, tmp, metadata={"quant": json.dumps({"args": asdict(args), "layers": layers})})
@@ -244,6 +262,9 @@ def calibrate(args):
     for name in args.method.split(",") if args.wbits < 16 else []:  # --wbits 16: the weights stay as they are
         print(f"--- {name}", flush=True)
         importlib.import_module(f"quantizers.{name}").quantize(model, calib, args)
+    for block in model.blocks if args.v_bits < 16 else []:  # V at --v_bits for methods that leave it alone
+        if isinstance(block.attn.v_proj, QLinear) and block.attn.v_proj.out_bits == 16:
+            block.attn.v_proj.out_bits = args.v_bits
     if before is not None:
         after = heldout_nll(model, tok, args)
         print(f"held-out masked-diffusion NLL: {before:.4f} -> {after:.4f} nats/token ({after / before - 1:+.2%})")

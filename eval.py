@@ -283,7 +283,7 @@ def wiki_nll(model, tok, args, device):
     ids = [t for enc in tok.encode_batch(docs, add_special_tokens=False) for t in enc.ids + [model.args.eos_id]]
     windows = torch.tensor(ids[:len(ids) // args.seq_len * args.seq_len]).view(-1, args.seq_len)
     windows = windows[:args.limit] if args.limit else windows
-    gen = torch.Generator(device).manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)  # masks drawn on the CPU: the same on every machine
     per_window = torch.zeros(len(windows))
     for i in range(0, len(windows), args.batch_size):
         x = windows[i:i + args.batch_size].to(device)

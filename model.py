@@ -356,9 +356,9 @@ def load(path, dtype=torch.float32, device="cpu"):
     with torch.device("meta"):
         model = Model(args)
         if layers:
-            from quantizers.core import QLinear, swap  # the one project import of model.py
+            from quantizers.core import build_layer, swap  # the one project import of model.py
             for name, cfg in layers.items():
-                swap(model, name, QLinear(**cfg))
+                swap(model, name, build_layer(cfg))
     expected = {k: v.shape for k, v in model.state_dict().items()}
     names = name_map(args)
     canonical = {v: k for k, v in names.items()}

@@ -70,9 +70,10 @@ def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None):
     maskable = torch.ones_like(x, dtype=torch.bool) if maskable is None else maskable.clone()
     if model.args.family == "dream":
         maskable[:, 0] = False
-    t = torch.rand(B, 1, device=x.device, generator=generator)
+    where = generator.device if generator is not None else x.device  # a CPU generator: the same masks on any device
+    t = torch.rand(B, 1, device=where, generator=generator).to(x.device)
     p = ((1 - eps) * t + eps).expand(B, T)
-    masked = (torch.rand(B, T, device=x.device, generator=generator) < p) & maskable
+    masked = (torch.rand(B, T, device=where, generator=generator).to(x.device) < p) & maskable
     logits = model(torch.where(masked, model.args.mask_id, x))
     weighted = torch.zeros(B, T, device=x.device)
     weighted[masked] = F.cross_entropy(logits[masked].float(), x[masked], reduction="none") / p[masked]

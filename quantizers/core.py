@@ -67,6 +67,13 @@ def quantize_tokens(x, bits, sym=True, clip=1.0):
     return fake_quant(x.reshape(-1, x.shape[-1]), bits, -1, sym, clip).view_as(x)
 
 
+def quantize_channels(y, bits, clip=1.0):
+    """Per-channel symmetric fake quantization of y (B, T, C) over the T tokens of each sequence: the grid an
+    integer softmax(P) V needs for V, whose scales must be constant along the tokens that the matmul sums over."""
+    B, T, C = y.shape
+    return fake_quant(y.transpose(1, 2).reshape(B * C, T), bits, -1, True, clip).view(B, C, T).transpose(1, 2)
+
+
 # --------------------------------------------------------------------------------------------------- packing
 def _slots(bits):
     """For each code j of a 32-code chunk: its word, its bit offset in that word, and whether it spills over."""
@@ -152,11 +159,12 @@ class QLinear(nn.Module):
     x @ dequant(W)^T + bias. This is the pure-torch twin that defines the format; CUDA kernels must match it."""
 
     def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
-                 act_sym=True, act_clip=1.0, rotation=None, dtype=None):
+                 act_sym=True, act_clip=1.0, rotation=None, out_bits=16, out_clip=1.0, dtype=None):
         super().__init__()
         self.in_features, self.out_features, self.bits, self.group_size, self.sym = (
             in_features, out_features, bits, group_size, sym)
         self.act_bits, self.act_sym, self.act_clip = act_bits, act_sym, act_clip
+        self.out_bits, self.out_clip = out_bits, out_clip  # v_proj's output: the V of softmax(P) V (DLLMQuant)
         G = n_groups(in_features, group_size)
         words = math.ceil(in_features / 32) * bits
         self.register_buffer("qweight", torch.zeros(out_features, words, dtype=torch.int32))
@@ -183,7 +191,8 @@ class QLinear(nn.Module):
 
     def config(self):
         """The constructor arguments (minus dtype): what a checkpoint stores to rebuild this module."""
-        keys = ("in_features", "out_features", "bits", "group_size", "sym", "act_bits", "act_sym", "act_clip")
+        keys = ("in_features", "out_features", "bits", "group_size", "sym", "act_bits", "act_sym", "act_clip",
+                "out_bits", "out_clip")
         return {**{k: getattr(self, k) for k in keys}, "bias": self.bias is not None,
                 "rotation": self.rotation.config() if self.rotation is not None else None}
 
@@ -196,7 +205,57 @@ class QLinear(nn.Module):
             x = self.rotation(x)
         if self.act_bits < 16:
             x = quantize_tokens(x, self.act_bits, self.act_sym, self.act_clip)
+        y = F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return quantize_channels(y, self.out_bits, self.out_clip) if self.out_bits < 16 else y
+
+
+class BinaryLinear(nn.Module):
+    """A Linear stored in Quant-dLLM's binary-residual form: column group g of `group_size` inputs with order K_g
+    is W_g ~ sum_k (a_r^(k) a_c^(k)^T) * B_k, B_k in {-1, +1} (one bit each), a_r (N,) and a_c (group_size,) per
+    order in the model dtype. `orders` lists K_g per group (mixed precision: ABMP gives 1, 2 or 3)."""
+
+    def __init__(self, in_features, out_features, group_size, orders, bias=False, dtype=None, format="binary"):
+        super().__init__()
+        self.in_features, self.out_features, self.group_size, self.orders = (
+            in_features, out_features, group_size, list(orders))
+        planes = sum(self.orders)
+        self.register_buffer("qweight", torch.zeros(out_features, math.ceil(planes * group_size / 32),
+                                                    dtype=torch.int32))
+        self.register_buffer("row_scales", torch.zeros(planes, out_features, dtype=dtype))
+        self.register_buffer("col_scales", torch.zeros(planes, group_size, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_planes(cls, signs, row_scales, col_scales, orders, bias=None, dtype=None):
+        """signs (P, N, g) in {-1, +1}, row_scales (P, N), col_scales (P, g): plane p of the groups in order."""
+        P, N, g = signs.shape
+        m = cls(g * len(orders), N, g, orders, bias is not None, dtype or row_scales.dtype)
+        m.qweight.copy_(pack((signs > 0).to(torch.uint8).permute(1, 0, 2).reshape(N, P * g), 1))
+        m.row_scales.copy_(row_scales)
+        m.col_scales.copy_(col_scales)
+        if bias is not None:
+            m.bias.data.copy_(bias)
+        return m.to(signs.device)
+
+    def config(self):
+        return {"format": "binary", "in_features": self.in_features, "out_features": self.out_features,
+                "group_size": self.group_size, "orders": self.orders, "bias": self.bias is not None}
+
+    def weight(self):
+        """The dequantized weight (N, K) in the scales' dtype."""
+        P, g = len(self.row_scales), self.group_size
+        B = unpack(self.qweight, 1, P * g).view(self.out_features, P, g).permute(1, 0, 2).to(self.row_scales.dtype)
+        planes = (2 * B - 1) * self.row_scales[:, :, None] * self.col_scales[:, None, :]  # (P, N, g)
+        ends = torch.tensor(self.orders).cumsum(0).tolist()
+        return torch.cat([planes[e - k:e].sum(0) for k, e in zip(self.orders, ends, strict=True)], 1)
+
+    def forward(self, x):
         return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def build_layer(cfg):
+    """The quantized layer a checkpoint's metadata describes (model.load builds it on the meta device)."""
+    return BinaryLinear(**cfg) if cfg.get("format") == "binary" else QLinear(**cfg)
 
 
 def swap(block, name, module):

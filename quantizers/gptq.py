@@ -65,17 +65,18 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
     return Q[:, torch.argsort(perm)], S, Z, damp
 
 
-def run(model, calib, args, token_weights=None):
-    """GPTQ over the whole model; token_weights (N, T) turn H into sum_j w_j x_j x_j^T (used by CGQ)."""
-    for _, block, inputs in walk_blocks(model, calib, args.device):
-        for names in GROUPS:
-            H = input_stats(block, inputs, names[:1], gram, token_weights)[names[0]]
-            for name in names:
-                lin = block.get_submodule(name)
-                q, s, z, _ = gptq(lin.weight, H, args.wbits, args.group_size, args.sym, args.damp,
-                                  act_order=args.act_order, clip=args.w_clip)
-                swap(block, name, qlinear(lin, q, s, z, args))
+def gptq_block(block, inputs, args, token_weights=None):
+    """Round every Linear of one block by GPTQ, group after group; token_weights (N, T) turn H into
+    sum_j w_j x_j x_j^T (CGQ, quantizers/dllmquant.py)."""
+    for names in GROUPS:
+        H = input_stats(block, inputs, names[:1], gram, token_weights)[names[0]]
+        for name in names:
+            lin = block.get_submodule(name)
+            q, s, z, _ = gptq(lin.weight, H, args.wbits, args.group_size, args.sym, args.damp,
+                              act_order=args.act_order, clip=args.w_clip)
+            swap(block, name, qlinear(lin, q, s, z, args))
 
 
 def quantize(model, calib, args):
-    run(model, calib, args)
+    for _, block, inputs in walk_blocks(model, calib, args.device):
+        gptq_block(block, inputs, args)

@@ -1,0 +1,233 @@
+"""
+Look inside a dLLM: where its activation outliers sit, and how a quantized copy drifts along the denoising steps.
+
+    python analyze.py                                        # tiny-llada: outliers on clean and on masked text
+    python analyze.py --method quarot                        # ... and again after QuaRot's (exact) transform
+    python analyze.py --quantized out/quantized --out report.md   # + the checkpoint's error step by step
+
+Outliers. For the input of every group of Linears of every block (attn_in = q/k/v, o_in, mlp_in = gate/up,
+down_in), on calibration windows both clean and masked as in Quant-dLLM's simulation (calibrate.py --calib_mode
+masked): max |x|; the ratio of the largest channel's max |x| to the median channel's; the kurtosis of the values
+(3 for a Gaussian); the channels with the largest max |x|; and the tokens carrying "massive" activations, any
+|x| > --massive x the median |x| of that input, split into masked and visible tokens. The study of PTQ on dLLMs
+(arXiv:2508.14896) finds the massive outliers at the input of the MLP's down projection, on more tokens than in
+autoregressive models; `--method` shows the same statistics after SmoothQuant / QuaRot / DuQuant's transform.
+
+Error across steps (DLLMQuant, arXiv:2508.14090: the error accumulates as decoding proceeds). The float model
+decodes prompts cut from held-out text; at every step the quantized checkpoint reads the same canvas, and we report
+the KL divergence of its token distributions from the float ones at the masked positions, their top-1 agreement,
+and the relative error of the final hidden state. Then the quantized model decodes on its own from the same
+prompts; we report the first step where its canvas differs from the float model's.
+
+Prints a markdown report (and writes it to --out). With matplotlib installed (optional, not a requirement), also
+writes PNG figures next to --out: max |x| per block and input, a channel x token heat map of the worst input, and
+the error against the step.
+"""
+import importlib
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import calibrate as C
+from model import load, load_tokenizer, parse, run_cli
+from quantizers.core import BlockInputs, input_stats
+from sample import DEFAULT_MODEL, generate
+
+INPUTS = {"attn_in": "attn.q_proj", "o_in": "attn.o_proj", "mlp_in": "mlp.gate_proj", "down_in": "mlp.down_proj"}
+
+
+def opt(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Args:
+    model: str = opt(DEFAULT_MODEL, "float checkpoint to look at")
+    quantized: str = opt("", "quantized checkpoint of the same model: adds the error-across-steps report")
+    method: str = opt("", "also show the outliers after this transform: smoothquant, quarot or duquant")
+    nsamples: int = opt(16, "calibration windows for the outlier statistics")
+    seqlen: int = opt(256, "tokens per window")
+    calib_data: str = opt(C.Args.calib_data, "text the windows come from")
+    massive: float = opt(100.0, "a 'massive' activation is |x| > this x the median |x| of its input")
+    top: int = opt(4, "channels listed per input")
+    prompts: int = opt(8, "error across steps: prompts, cut from the held-out text")
+    gen_length: int = opt(64, "error across steps: tokens generated (steps = gen_length, blocks of 32)")
+    out: str = opt("", "also write the markdown report here (figures beside it when matplotlib is installed)")
+    seed: int = opt(0, "seed of the windows and masks")
+
+
+# ------------------------------------------------------------------------------------------------- outliers
+def channel_stats(X, masked, massive=100.0, top=4):
+    """Statistics of one Linear input X (tokens, K); masked (tokens,) bool says which tokens were [MASK]."""
+    X = X.double()
+    absX, col = X.abs(), X.abs().amax(0)
+    z = (X - X.mean()) / X.std()
+    heavy = (absX > massive * absX.median()).any(1)
+    return {"max": absX.max().item(), "ratio": (col.max() / col.median().clamp(min=1e-12)).item(),
+            "kurtosis": z.pow(4).mean().item(), "channels": col.topk(min(top, len(col))).indices.tolist(),
+            "massive_masked": int((heavy & masked).sum()), "massive_visible": int((heavy & ~masked).sum()),
+            "tokens_masked": int(masked.sum()), "tokens_visible": int((~masked).sum())}
+
+
+@torch.no_grad()
+def outlier_table(model, calib, args):
+    """{(block, input name): channel_stats} over every block, the inputs computed through the model; the stats of
+    the input with the largest |x| also keep its |x| on the first window, (tokens, channels), for the heat map."""
+    x, rope, _ = model.block_inputs(calib.tokens)
+    inputs, stats, T = BlockInputs(x, rope), {}, calib.tokens.shape[1]
+    keep = lambda acc, X, w: (X, w) if acc is None else (torch.cat([acc[0], X]), torch.cat([acc[1], w]))  # noqa: E731
+    for i, block in enumerate(model.blocks):
+        seen = input_stats(block, inputs, list(INPUTS.values()), keep, calib.masked.float())
+        for short, name in INPUTS.items():
+            X, m = seen[name]
+            stats[i, short] = channel_stats(X, m.bool(), args.massive, args.top)
+            if stats[i, short]["max"] >= max(s["max"] for s in stats.values()):
+                for s in stats.values():
+                    s.pop("heat", None)
+                stats[i, short]["heat"] = X[:T].abs().float()
+        inputs.x = inputs.run(block)
+    return stats
+
+
+def transformed(model, calib, method, seed):
+    """The model after `method`'s float transform only (the rounding step is skipped: the function is unchanged)."""
+    if method not in C.WEIGHT_ACTIVATION - {"dllmquant"}:
+        raise C.InputError(f"--method {method!r}: expected smoothquant, quarot or duquant")
+    a = C.Args(method=f"{method},gptq", bits=4, device="cpu", seed=seed)
+    C.resolve(a)
+    importlib.import_module(f"quantizers.{method}").quantize(model, calib, a)
+    return model
+
+
+def outlier_report(tables, args):
+    """Markdown: one row per block and input, one column group per condition (clean, masked, ...)."""
+    names = list(tables)
+    head = "| block | input | " + " | ".join(f"{n}: max / ratio / kurtosis / massive tokens (masked, visible)"
+                                            for n in names) + " | top channels |"
+    rows = [head, "|" + "---|" * (len(names) + 3)]
+    for key in tables[names[0]]:
+        cells = [f"{s['max']:.1f} / {s['ratio']:.1f} / {s['kurtosis']:.1f} / "
+                 f"{s['massive_masked']}, {s['massive_visible']}" for s in (tables[n][key] for n in names)]
+        rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + f" | {tables[names[0]][key]['channels']} |")
+    worst = {n: max(t.items(), key=lambda kv: kv[1]["max"]) for n, t in tables.items()}
+    summary = [f"- {n}: largest |x| {s['max']:.1f} at block {k[0]} {k[1]}; massive tokens there: "
+               f"{s['massive_masked']} of {s['tokens_masked']} masked, {s['massive_visible']} of "
+               f"{s['tokens_visible']} visible" for n, (k, s) in worst.items()]
+    return "\n".join(summary + ["", *rows])
+
+
+# -------------------------------------------------------------------------------------- error across steps
+def step_error(ref, other, canvas, mask_id):
+    """KL(p_ref || p_other) and top-1 agreement at the masked positions of canvas, relative hidden-state error."""
+    with torch.no_grad():
+        h_ref, h = ref.hidden(canvas), other.hidden(canvas)
+        lr, lo = ref(canvas).float(), other(canvas).float()
+    m = canvas == mask_id
+    logp, logq = F.log_softmax(lr[m], -1), F.log_softmax(lo[m], -1)
+    kl = (logp.exp() * (logp - logq)).sum(-1).mean().item() if m.any() else 0.0
+    agree = (lr[m].argmax(-1) == lo[m].argmax(-1)).float().mean().item() if m.any() else 1.0
+    return {"kl": kl, "top1": agree, "hidden": ((h - h_ref).norm() / h_ref.norm()).item()}
+
+
+def trajectory(model, prompts, gen_length):
+    canvases = []
+    generate(model, prompts, None, gen_length, gen_length, min(32, gen_length),
+             on_step=lambda i, x, c: canvases.append(x.clone()))
+    return canvases
+
+
+@torch.no_grad()
+def error_report(ref, quant, prompts, gen_length):
+    """Per step: the quantized model on the float model's canvases; then the first step where its own decoding
+    differs. Returns (markdown, per-step records)."""
+    ours, theirs = trajectory(ref, prompts, gen_length), trajectory(quant, prompts, gen_length)
+    start = torch.cat([prompts, torch.full((len(prompts), gen_length), ref.args.mask_id)], 1)
+    records = [step_error(ref, quant, x, ref.args.mask_id) for x in [start, *ours[:-1]]]
+    differ = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if not torch.equal(a, b)]
+    rows = ["| step | KL at masked positions | top-1 agreement | hidden-state rel. error |", "|---|---|---|---|"]
+    every = max(1, len(records) // 16)
+    rows += [f"| {i + 1} | {r['kl']:.4f} | {r['top1']:.1%} | {r['hidden']:.4f} |"
+             for i, r in enumerate(records) if i % every == 0 or i == len(records) - 1]
+    same = sum(torch.equal(a, b) for a, b in zip(ours[-1], theirs[-1], strict=True))
+    free = (f"Free-running: the quantized model's canvas first differs from the float model's after step "
+            f"{differ[0] + 1} of {len(ours)}" if differ else "Free-running: identical canvases at every step")
+    return "\n".join(rows + ["", f"{free}; {same} of {len(prompts)} final outputs are identical."]), records
+
+
+# ------------------------------------------------------------------------------------------------- figures
+def figures(tables, records, path):
+    """PNG figures beside path when matplotlib is installed; returns the files written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    stem, written = os.path.splitext(path)[0], []
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for cond, table in tables.items():
+        for short in INPUTS:
+            ys = [s["max"] for (b, name), s in table.items() if name == short]
+            ax.plot(range(len(ys)), ys, marker="o", label=f"{cond} {short}")
+    ax.set(yscale="log", xlabel="block", ylabel="max |x|", title="largest activation per Linear input")
+    ax.legend(fontsize=6)
+    written.append(f"{stem}-outliers.png")
+    fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+    (b, name), worst = next((k, s) for k, s in tables["clean"].items() if "heat" in s)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    im = ax.imshow(worst["heat"].T, aspect="auto", cmap="magma", norm=matplotlib.colors.LogNorm(vmin=1e-3))
+    ax.set(xlabel="token", ylabel="channel", title=f"|x| at block {b} {name}, one clean window")
+    fig.colorbar(im)
+    written.append(f"{stem}-heatmap.png")
+    fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+    if records:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot([r["kl"] for r in records], label="KL at masked positions")
+        ax.plot([r["hidden"] for r in records], label="hidden-state rel. error")
+        ax.set(xlabel="denoising step", title="quantized vs float on the float model's canvases")
+        ax.legend()
+        written.append(f"{stem}-steps.png")
+        fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+    return written
+
+
+def analyze(args):
+    model, tok = load(args.model), load_tokenizer(args.model)
+    cargs = C.Args(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, calib_data=args.calib_data,
+                   seed=args.seed)
+    windows = C.text_windows(cargs, model, tok)
+    clean = C.Calib(windows, torch.zeros_like(windows, dtype=torch.bool))
+    masked = C.masked_simulation(windows, model.args.mask_id, 0.25, 20, args.seed)
+    tables = {"clean": outlier_table(model, clean, args), "masked": outlier_table(model, masked, args)}
+    print(f"outliers: {len(model.blocks)} blocks x {len(INPUTS)} inputs, {windows.numel()} tokens", file=sys.stderr)
+    if args.method:
+        t = transformed(load(args.model), clean, args.method, args.seed)
+        tables[f"{args.method} clean"] = outlier_table(t, clean, args)
+    parts = [f"# {os.path.relpath(args.model)}: activation outliers", "", outlier_report(tables, args)]
+    records = []
+    if args.quantized:
+        quant = load(args.quantized)
+        prompts = windows[:args.prompts, :max(8, args.seqlen // 4)]
+        print(f"error across steps: {len(prompts)} prompts, {args.gen_length} steps", file=sys.stderr)
+        text, records = error_report(model, quant, prompts, args.gen_length)
+        parts += ["", f"# {os.path.relpath(args.quantized)} against the float model, step by step", "", text]
+    report = "\n".join(parts)
+    print(report)
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            f.write(report + "\n")
+        os.replace(args.out + ".tmp", args.out)
+        for png in figures(tables, records, args.out):
+            print(f"wrote {png}", file=sys.stderr)
+    return tables, records
+
+
+def main():
+    analyze(parse(Args, doc=__doc__))
+
+
+if __name__ == "__main__":
+    run_cli(main)
