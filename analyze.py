@@ -26,21 +26,18 @@ the error against the step.
 import importlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import calibrate as C
+from calibrate import opt
 from model import load, load_tokenizer, parse, run_cli
 from quantizers.core import BlockInputs, input_stats
 from sample import DEFAULT_MODEL, generate
 
 INPUTS = {"attn_in": "attn.q_proj", "o_in": "attn.o_proj", "mlp_in": "mlp.gate_proj", "down_in": "mlp.down_proj"}
-
-
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
