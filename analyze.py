@@ -50,8 +50,9 @@ class Args:
     calib_data: str = opt(C.Args.calib_data, "text the windows come from")
     massive: float = opt(100.0, "a 'massive' activation is |x| > this x the median |x| of its input")
     top: int = opt(4, "channels listed per input")
-    prompts: int = opt(8, "error across steps: prompts, cut from the held-out text")
-    gen_length: int = opt(64, "error across steps: tokens generated (steps = gen_length, blocks of 32)")
+    prompts: int = opt(4, "error across steps: prompts (the first --prompt_length tokens of the first windows)")
+    prompt_length: int = opt(32, "error across steps: tokens per prompt")
+    gen_length: int = opt(32, "error across steps: tokens generated (steps = gen_length, blocks of 32)")
     out: str = opt("", "also write the markdown report here (figures beside it when matplotlib is installed)")
     seed: int = opt(0, "seed of the windows and masks")
 
@@ -117,11 +118,20 @@ def outlier_report(tables, args):
 
 
 # -------------------------------------------------------------------------------------- error across steps
+def logits_and_hidden(model, canvas):
+    """One forward: the logits and the final-norm hidden states (caught on their way to the head)."""
+    seen = {}
+    hook = model.norm.register_forward_hook(lambda m, a, out: seen.update(h=out))
+    try:
+        with torch.no_grad():
+            return model(canvas).float(), seen["h"]
+    finally:
+        hook.remove()
+
+
 def step_error(ref, other, canvas, mask_id):
     """KL(p_ref || p_other) and top-1 agreement at the masked positions of canvas, relative hidden-state error."""
-    with torch.no_grad():
-        h_ref, h = ref.hidden(canvas), other.hidden(canvas)
-        lr, lo = ref(canvas).float(), other(canvas).float()
+    (lr, h_ref), (lo, h) = logits_and_hidden(ref, canvas), logits_and_hidden(other, canvas)
     m = canvas == mask_id
     logp, logq = F.log_softmax(lr[m], -1), F.log_softmax(lo[m], -1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean().item() if m.any() else 0.0
@@ -207,7 +217,7 @@ def analyze(args):
     records = []
     if args.quantized:
         quant = load(args.quantized)
-        prompts = windows[:args.prompts, :max(8, args.seqlen // 4)]
+        prompts = windows[:args.prompts, :args.prompt_length]
         print(f"error across steps: {len(prompts)} prompts, {args.gen_length} steps", file=sys.stderr)
         text, records = error_report(model, quant, prompts, args.gen_length)
         parts += ["", f"# {os.path.relpath(args.quantized)} against the float model, step by step", "", text]
