@@ -16,7 +16,8 @@ autoregressive models; `--method` shows the same statistics after SmoothQuant / 
 Error across steps (DLLMQuant, arXiv:2508.14090: the error accumulates as decoding proceeds). The float model
 decodes prompts cut from held-out text; at every step the quantized checkpoint reads the same canvas, and we report
 the KL divergence of its token distributions from the float ones at the masked positions, their top-1 agreement,
-and the relative error of the final hidden state. Then the quantized model decodes on its own from the same
+and the relative error of the logits (not of the final hidden state, which a rotation method turns into another
+basis). Then the quantized model decodes on its own from the same
 prompts; we report the first step where its canvas differs from the float model's.
 
 Prints a markdown report (and writes it to --out). With matplotlib installed (optional, not a requirement), also
@@ -118,25 +119,17 @@ def outlier_report(tables, args):
 
 
 # -------------------------------------------------------------------------------------- error across steps
-def logits_and_hidden(model, canvas):
-    """One forward: the logits and the final-norm hidden states (caught on their way to the head)."""
-    seen = {}
-    hook = model.norm.register_forward_hook(lambda m, a, out: seen.update(h=out))
-    try:
-        with torch.no_grad():
-            return model(canvas).float(), seen["h"]
-    finally:
-        hook.remove()
-
-
 def step_error(ref, other, canvas, mask_id):
-    """KL(p_ref || p_other) and top-1 agreement at the masked positions of canvas, relative hidden-state error."""
-    (lr, h_ref), (lo, h) = logits_and_hidden(ref, canvas), logits_and_hidden(other, canvas)
+    """KL(p_ref || p_other) and top-1 agreement at the masked positions of canvas; relative error of the logits.
+    The logits, not the final hidden state: QuaRot rotates the residual stream (and the head with it), so a
+    rotated model's hidden states live in another basis while its logits are comparable."""
+    with torch.no_grad():
+        lr, lo = ref(canvas).float(), other(canvas).float()
     m = canvas == mask_id
     logp, logq = F.log_softmax(lr[m], -1), F.log_softmax(lo[m], -1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean().item() if m.any() else 0.0
     agree = (lr[m].argmax(-1) == lo[m].argmax(-1)).float().mean().item() if m.any() else 1.0
-    return {"kl": kl, "top1": agree, "hidden": ((h - h_ref).norm() / h_ref.norm()).item()}
+    return {"kl": kl, "top1": agree, "logits": ((lo - lr).norm() / lr.norm()).item()}
 
 
 def trajectory(model, prompts, gen_length):
@@ -154,9 +147,9 @@ def error_report(ref, quant, prompts, gen_length):
     start = torch.cat([prompts, torch.full((len(prompts), gen_length), ref.args.mask_id)], 1)
     records = [step_error(ref, quant, x, ref.args.mask_id) for x in [start, *ours[:-1]]]
     differ = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if not torch.equal(a, b)]
-    rows = ["| step | KL at masked positions | top-1 agreement | hidden-state rel. error |", "|---|---|---|---|"]
+    rows = ["| step | KL at masked positions | top-1 agreement | logits rel. error |", "|---|---|---|---|"]
     every = max(1, len(records) // 16)
-    rows += [f"| {i + 1} | {r['kl']:.4f} | {r['top1']:.1%} | {r['hidden']:.4f} |"
+    rows += [f"| {i + 1} | {r['kl']:.4f} | {r['top1']:.1%} | {r['logits']:.4f} |"
              for i, r in enumerate(records) if i % every == 0 or i == len(records) - 1]
     same = sum(torch.equal(a, b) for a, b in zip(ours[-1], theirs[-1], strict=True))
     free = (f"Free-running: the quantized model's canvas first differs from the float model's after step "
@@ -185,7 +178,7 @@ def figures(tables, records, path):
     fig.savefig(written[-1], dpi=110, bbox_inches="tight")
     (b, name), worst = next((k, s) for k, s in tables["clean"].items() if "heat" in s)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    im = ax.imshow(worst["heat"].T, aspect="auto", cmap="magma", norm=matplotlib.colors.LogNorm(vmin=1e-3))
+    im = ax.imshow(worst["heat"].T.numpy(), aspect="auto", cmap="magma", norm=matplotlib.colors.LogNorm(vmin=1e-3))
     ax.set(xlabel="token", ylabel="channel", title=f"|x| at block {b} {name}, one clean window")
     fig.colorbar(im)
     written.append(f"{stem}-heatmap.png")
@@ -193,7 +186,7 @@ def figures(tables, records, path):
     if records:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.plot([r["kl"] for r in records], label="KL at masked positions")
-        ax.plot([r["hidden"] for r in records], label="hidden-state rel. error")
+        ax.plot([r["logits"] for r in records], label="logits rel. error")
         ax.set(xlabel="denoising step", title="quantized vs float on the float model's canvases")
         ax.legend()
         written.append(f"{stem}-steps.png")

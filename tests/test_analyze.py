@@ -35,7 +35,7 @@ def test_step_error_of_a_model_against_itself_is_zero():
     m = M.load(TINY)
     prompts = torch.randint(0, 4000, (2, 16), generator=torch.Generator().manual_seed(0))
     text, records = A.error_report(m, m, prompts, 32)
-    assert len(records) == 32 and all(r["kl"] == 0 and r["top1"] == 1 and r["hidden"] == 0 for r in records)
+    assert len(records) == 32 and all(r["kl"] == 0 and r["top1"] == 1 and r["logits"] == 0 for r in records)
     assert "identical canvases at every step" in text and "2 of 2 final outputs are identical" in text
 
 
