@@ -93,8 +93,6 @@ def outlier_table(model, calib, args):
 
 def transformed(model, calib, method, seed):
     """The model after `method`'s float transform only (the rounding step is skipped: the function is unchanged)."""
-    if method not in C.WEIGHT_ACTIVATION - {"dllmquant"}:
-        raise C.InputError(f"--method {method!r}: expected smoothquant, quarot or duquant")
     a = C.Args(method=f"{method},gptq", bits=4, device="cpu", seed=seed)
     C.resolve(a)
     importlib.import_module(f"quantizers.{method}").quantize(model, calib, a)
@@ -195,6 +193,8 @@ def figures(tables, records, path):
 
 
 def analyze(args):
+    if args.method and args.method not in ("smoothquant", "quarot", "duquant"):
+        raise C.InputError(f"--method {args.method!r}: expected smoothquant, quarot or duquant")
     model, tok = load(args.model), load_tokenizer(args.model)
     cargs = C.Args(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, calib_data=args.calib_data,
                    seed=args.seed)
