@@ -135,6 +135,11 @@ def quantdllm(W, H, bits=2, group_size=128, k=0.05, lam=2.0, iters=10, damp=0.01
 
 def quantize(model, calib, args):
     k = args.abmp_k if args.abmp_k >= 0 else (0.05 if model.args.family == "llada" else 0.10)
+    for K in sorted({lin.in_features for lin in model.modules() if isinstance(lin, torch.nn.Linear)}):
+        if group_width(K, args.group_size) != (K if args.group_size <= 0 else args.group_size):
+            print(f"quantdllm: groups of {group_width(K, args.group_size)} for inputs {K} wide "
+                  f"(--group_size {args.group_size} does not divide it)", flush=True)
+    print(f"quantdllm: W{args.wbits} average, ABMP k = {k:.0%} of the groups one bit above and below", flush=True)
     for _, block, inputs in walk_blocks(model, calib, args.device):
         for names in GROUPS:
             H = input_stats(block, inputs, names[:1], gram)[names[0]]
