@@ -183,12 +183,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=a.qkv_bias)
         self.o_proj = nn.Linear(a.n_heads * a.head_dim, a.dim, bias=False)
 
-    def forward(self, x, rope, mask=None):
+    def qkv(self, x, rope):
+        """q (B, H, T, hd) and k, v (B, H_kv, T, hd), RoPE applied to q and k (DLLMQuant's IA-AQ reads them too)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return apply_rope(q, *rope), apply_rope(k, *rope), v
+
+    def forward(self, x, rope, mask=None):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x, rope)
         if self.n_kv_heads != self.n_heads:  # kv head j serves query heads j*g .. j*g+g-1 (interleave, not tile)
             g = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)

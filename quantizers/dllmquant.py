@@ -23,7 +23,6 @@ The method rounds, so it goes last; before it, AWQ or QuaRot transform the float
 """
 import torch
 
-from model import apply_rope
 from quantizers.core import quantize_channels, walk_blocks
 from quantizers.gptq import gptq_block
 
@@ -38,14 +37,11 @@ def certainty_weights(calib, visible=0.7, beta=0.5):
 @torch.no_grad()
 def attention_parts(block, x, rope):
     """Query-key probabilities P (B, H, T, T) and values V (B, T, C) of block's attention on the block input x."""
-    attn, h = block.attn, block.attn_norm(x)
-    B, T, _ = h.shape
-    q = attn.q_proj(h).view(B, T, attn.n_heads, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(h).view(B, T, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    attn = block.attn
+    q, k, v = attn.qkv(block.attn_norm(x), rope)
     k = k.repeat_interleave(attn.n_heads // attn.n_kv_heads, dim=1)
     P = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * attn.head_dim ** -0.5, dim=-1)
-    return P, attn.v_proj(h).float()
+    return P, v.transpose(1, 2).flatten(2).float()  # V as v_proj wrote it: (B, T, H_kv * hd)
 
 
 def value_error(P, dV, n_kv_heads):

@@ -31,17 +31,23 @@ def inverse_hessian_factor(H, damp):
     raise ValueError("GPTQ: the Hessian stays singular with damping 10 x mean(diag H)")
 
 
+def pin_dead(W, H):
+    """float32 copies of W and H with the dead inputs (H_jj = 0) pinned: H_jj = 1, W[:, j] = 0."""
+    W, H = W.float().clone(), H.float().clone()
+    dead = H.diagonal() == 0
+    H[dead, dead], W[:, dead] = 1.0, 0.0
+    return W, H
+
+
 @torch.no_grad()
 def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_order=False, clip=1.0):
     """W (N, K), H (K, K) -> codes (N, K) uint8, scales and zeros (N, G), the damping used.
 
     Group grids are fitted to the updated weights when a group's first column comes up; with act_order the columns
     go in order of decreasing H_jj and the grids are fitted once, beforehand, per natural group (static groups)."""
-    W, H = W.float().clone(), H.float().clone()
+    W, H = pin_dead(W, H)
     N, K = W.shape
     g = K if group_size == -1 else group_size
-    dead = H.diagonal() == 0
-    H[dead, dead], W[:, dead] = 1.0, 0.0
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(K, device=W.device)
     S, Z = fit_grid(W, bits, group_size, sym, clip) if act_order else (torch.empty(N, K // g, device=W.device),) * 2
     S, Z = S.clone(), Z.clone()

@@ -29,7 +29,7 @@ The group size is --group_size (128 by default), lowered to the largest divisor 
 import torch
 
 from quantizers.core import BinaryLinear, gram, input_stats, swap, walk_blocks
-from quantizers.gptq import GROUPS, inverse_hessian_factor
+from quantizers.gptq import GROUPS, inverse_hessian_factor, pin_dead
 
 
 def importance(W, U):
@@ -53,8 +53,18 @@ def abmp_orders(Z, group_size, k, bits=2):
     return orders.tolist()
 
 
+def rebuild(ar, ac, B):
+    """W^ = sum_k (a_r^(k) a_c^(k)^T) * B_k."""
+    return torch.einsum("kn,kg,kng->ng", ar, ac, B)
+
+
+def sign_patterns(K, like):
+    """All 2^K sign vectors, (2^K, K)."""
+    return torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * K).view(-1, K).to(like)
+
+
 def weighted_loss(W, L2, ar, ac, B):
-    return (L2 * (W - torch.einsum("kn,kg,kng->ng", ar, ac, B)).pow(2)).sum().item()
+    return (L2 * (W - rebuild(ar, ac, B)).pow(2)).sum().item()
 
 
 def fit_scales(R, L2, B, ac):
@@ -77,10 +87,10 @@ def daq(W, K, L2, iters=10):
         ar[k], ac[k] = fit_scales(R, L2, B[k], ac[k])
         R -= ar[k, :, None] * ac[k] * B[k]
     history = [weighted_loss(W, L2, ar, ac, B)]
-    patterns = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * K).view(-1, K).to(W)  # (2^K, K)
+    patterns = sign_patterns(K, W)
     for _ in range(iters):
         for k in range(K):
-            R = W - torch.einsum("kn,kg,kng->ng", ar, ac, B) + ar[k, :, None] * ac[k] * B[k]
+            R = W - rebuild(ar, ac, B) + ar[k, :, None] * ac[k] * B[k]
             ar[k], ac[k] = fit_scales(R, L2, B[k], ac[k])
         A = ar[:, :, None] * ac[:, None, :]  # (K, N, g): every order's magnitude at every weight
         err = (W[None] - torch.einsum("pk,kng->png", patterns, A)).pow(2)
@@ -99,7 +109,7 @@ def round_columns(W, ar, ac, U):
     """GPTQ's column loop on the DAQ grid: each column of the group W (N, g) takes the sign pattern nearest to its
     weights as updated so far, and its error is spread over the group's later columns -> B (K, N, g), E (N, g)."""
     W, K = W.clone(), len(ar)
-    patterns = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * K).view(-1, K).to(W)
+    patterns = sign_patterns(K, W)
     B, E = torch.empty(K, *W.shape, device=W.device), torch.zeros_like(W)
     for j in range(W.shape[1]):
         points = patterns @ (ar * ac[:, j:j + 1])  # (2^K, N): the grid of column j, row by row
@@ -112,11 +122,8 @@ def round_columns(W, ar, ac, U):
 
 def quantdllm(W, H, bits=2, group_size=128, k=0.05, lam=2.0, iters=10, damp=0.01, per_column=True):
     """W (N, K), H (K, K) -> signs (P, N, g), a_r (P, N), a_c (P, g), orders per group (P = sum of orders)."""
-    W = W.float().clone()
+    W, H = pin_dead(W, H)
     g = group_width(W.shape[1], group_size)
-    dead = H.diagonal() == 0
-    H = H.float().clone()
-    H[dead, dead], W[:, dead] = 1.0, 0.0
     U, _ = inverse_hessian_factor(H, damp)
     Z = importance(W, U)
     L2, orders = outlier_weights(Z, lam).pow(2), abmp_orders(Z, g, k, bits)
@@ -126,7 +133,7 @@ def quantdllm(W, H, bits=2, group_size=128, k=0.05, lam=2.0, iters=10, damp=0.01
         ar, ac, B, _ = daq(W[:, i1:i2], K, L2[:, i1:i2], iters)
         B, E = round_columns(W[:, i1:i2], ar, ac, U[i1:i2, i1:i2]) if per_column else (B, None)
         if E is None:  # group-level compensation only: E U_gg = the group's error
-            err = W[:, i1:i2] - torch.einsum("kn,kg,kng->ng", ar, ac, B)
+            err = W[:, i1:i2] - rebuild(ar, ac, B)
             E = torch.linalg.solve_triangular(U[i1:i2, i1:i2], err, upper=True, left=False)
         W[:, i2:] -= E @ U[i1:i2, i2:]
         signs.append(B), rows.append(ar), cols.append(ac)
