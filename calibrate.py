@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from model import InputError, load, load_tokenizer, parse, run_cli, save
-from quantizers.core import LINEARS, BinaryLinear, Calib, QLinear, model_bytes
+from quantizers.core import LINEARS, BinaryLinear, Calib, QLinear, group_width, model_bytes
 from sample import DEFAULT_MODEL, generate
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +54,8 @@ class Args:
     wbits: int = opt(4, "weight bits, 2-8; 16 leaves the weights in float")
     abits: int = opt(16, "activation bits (per-token dynamic), 4-8; 16 = no activation quantization")
     group_size: int = opt(0, "input channels per weight scale; -1 = one per output channel; 0 = 128 for weight-only "
-                             "methods, -1 for smoothquant/quarot/duquant (what integer GEMMs need)")
+                             "methods, -1 for smoothquant/quarot/duquant (what integer GEMMs need); a width it does "
+                             "not divide gets its largest divisor below it (printed)")
     sym: bool = opt(False, "symmetric weight grid (zero point fixed at 2^(bits-1)); default asymmetric")
     a_sym: bool = opt(True, "symmetric activation grid")
     a_clip: float = opt(1.0, "activation clipping ratio of each token's range")
@@ -119,14 +120,12 @@ def resolve(args):
 
 def check(args, model):
     """Settings that depend on the model: group size against every Linear's width, sequence length."""
-    lowers = args.method.split(",")[-1] == "quantdllm"  # it lowers the group to a divisor of the width
-    for i, block in enumerate(model.blocks):
-        for name in LINEARS:
-            K = block.get_submodule(name).in_features
-            bad = args.group_size < 1 or K % args.group_size
-            if args.wbits < 16 and args.group_size != -1 and not lowers and bad:
-                raise InputError(f"--group_size {args.group_size} does not divide the input width {K} of "
-                                 f"blocks.{i}.{name}; use a divisor of it or -1 (one scale per channel)")
+    if args.wbits < 16 and args.group_size < 1 and args.group_size != -1:
+        raise InputError(f"--group_size {args.group_size} must be positive or -1 (one scale per output channel)")
+    for K in sorted({block.get_submodule(name).in_features for block in model.blocks for name in LINEARS}):
+        if args.wbits < 16 and args.group_size != -1 and K % args.group_size:
+            print(f"groups of {group_width(K, args.group_size)} for the inputs {K} wide (--group_size "
+                  f"{args.group_size} does not divide {K})", flush=True)
     if args.nsamples <= 0 or not 2 <= args.seqlen <= model.args.max_seq_len:
         raise InputError(f"--nsamples {args.nsamples} must be positive and --seqlen {args.seqlen} within 2.."
                          f"{model.args.max_seq_len} (the model's context)")

@@ -17,7 +17,7 @@ output); up -> down.
 """
 import torch
 
-from quantizers.core import LINEARS, fake_quant, input_stats, walk_blocks
+from quantizers.core import LINEARS, fake_quant, group_width, input_stats, walk_blocks
 from quantizers.rtn import round_block
 
 # (the operation scaled down, the Linears scaled up, the module whose output judges the scales)
@@ -74,7 +74,7 @@ def search_clip(W, X, bits, group_size, sym):
     """Per (row, group) clip of the range to max|W| * (1 - i/20), i < 10, minimising the error of X W^T.
     W (N, K), X (tokens, K) -> the clipped W."""
     N, K = W.shape
-    g = K if group_size == -1 else group_size
+    g = group_width(K, group_size)
     Xg = X.float().reshape(len(X), K // g, g)
     out = torch.empty_like(W, dtype=torch.float32)
     for r in range(0, N, 1024):  # row chunks bound the (tokens, rows, groups) error tensor

@@ -6,7 +6,9 @@ stored as b-bit codes q = clamp(round(W / s) + z, 0, 2^b - 1) and read back as (
   asymmetric  s = (hi - lo) / (2^b - 1), z = round(-lo / s), where [lo, hi] is the group's range widened to
               include 0 and shrunk by the clip ratio;
   symmetric   s = max|W| * clip / (2^(b-1) - 1), z = 2^(b-1), so 0 is exact and the grid is centred.
-group_size -1 means one group per row (per channel). Activations use the same grid per token.
+group_size -1 means one group per row (per channel). A width that group_size does not divide (tiny-dream's MLP width
+592 at 128) gets groups of its largest divisor below group_size (74), so no layer needs a larger budget than
+asked. Activations use the same grid per token.
 
 Packing. Codes are laid out along the input dimension in chunks of 32 (the last chunk zero-padded). A chunk of 32
 b-bit codes is read as one 32*b-bit little-endian bit string and stored as b int32 words: code j of a chunk occupies
@@ -26,8 +28,13 @@ LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate
 
 
 # ------------------------------------------------------------------------------------------------------ grid
+def group_width(K, group_size):
+    """group_size, or the largest divisor of K below it (-1: the whole row)."""
+    return K if group_size <= 0 else max(d for d in range(1, min(group_size, K) + 1) if K % d == 0)
+
+
 def n_groups(K, group_size):
-    return 1 if group_size == -1 else K // group_size
+    return K // group_width(K, group_size)
 
 
 def fit_grid(W, bits, group_size=128, sym=False, clip=1.0):

@@ -39,23 +39,27 @@ def spread(b):
     return torch.eye(b, dtype=torch.float64) - 2 * torch.outer(v, v) / (v @ v)
 
 
-def greedy_rotation(X, steps, gen):
-    """X (tokens, b) -> an orthogonal R (b, b) lowering max |X R|, by DuQuant's greedy steps (module docstring).
-    As in the reference (get_rot), one random orthogonal factor is drawn per call and reused by every step."""
-    b = X.shape[1]
-    rest = torch.eye(b, dtype=torch.float64)
-    rest[1:, 1:] = torch.linalg.qr(torch.randn(b - 1, b - 1, generator=gen, dtype=torch.float64))[0]
+def greedy_rotations(X, steps, gen):
+    """X (m, tokens, b), m blocks -> orthogonal R (m, b, b) lowering each block's max |X R|, by DuQuant's greedy
+    steps (module docstring), all blocks at once and without a host sync per step. As in the reference (get_rot),
+    one random orthogonal factor is drawn per block and reused by every step."""
+    m, _, b = X.shape
+    rest = torch.eye(b, dtype=torch.float64).repeat(m, 1, 1)
+    for i in range(m):
+        rest[i, 1:, 1:] = torch.linalg.qr(torch.randn(b - 1, b - 1, generator=gen, dtype=torch.float64))[0]
     spread_rest = (spread(b) @ rest).to(X)
-    R = torch.eye(b, dtype=X.dtype, device=X.device)
-    best, best_R = X.abs().max().item(), R
+    R = torch.eye(b, dtype=X.dtype, device=X.device).repeat(m, 1, 1)
+    best, best_R = X.abs().amax((1, 2)), R
     for _ in range(steps):
-        c = X.abs().amax(0).argmax().item()
-        swap = list(range(b))
-        swap[0], swap[c] = c, 0  # channel c to position 0, then spread it over the block
-        X, R = X[:, swap] @ spread_rest, R[:, swap] @ spread_rest
-        peak = X.abs().max().item()
-        if peak < best:
-            best, best_R = peak, R
+        c = X.abs().amax(1).argmax(1)  # each block's largest channel
+        swap = torch.arange(b, device=X.device).repeat(m, 1)
+        swap[:, 0] = c
+        swap.scatter_(1, c[:, None], 0)  # channel c to position 0, then spread it over the block
+        X = X.gather(2, swap[:, None, :].expand_as(X)) @ spread_rest
+        R = R.gather(2, swap[:, None, :].expand_as(R)) @ spread_rest
+        peak = X.abs().amax((1, 2))
+        better = peak < best
+        best, best_R = torch.where(better, peak, best), torch.where(better[:, None, None], R, best_R)
     return best_R
 
 
@@ -74,11 +78,11 @@ def dual_transform(X, block_size, steps, gen):
     b = max(d for d in range(1, min(block_size, K) + 1) if K % d == 0)
     m, X = K // b, X.double()
     rot = Rotation(m, b, perm=True, second=True, dtype=torch.float64).to(X.device)
-    rot.r1.copy_(torch.stack([greedy_rotation(X[:, i * b:(i + 1) * b], steps, gen) for i in range(m)]))
+    rot.r1.copy_(greedy_rotations(X.view(-1, m, b).transpose(0, 1), steps, gen))
     X1 = torch.einsum("tmb,mbc->tmc", X.view(-1, m, b), rot.r1).reshape(-1, K)
     rot.perm.copy_(zigzag(X1.abs().amax(0), m, b))
     X2 = X1[:, rot.perm]
-    rot.r2.copy_(torch.stack([greedy_rotation(X2[:, i * b:(i + 1) * b], steps, gen) for i in range(m)]))
+    rot.r2.copy_(greedy_rotations(X2.view(-1, m, b).transpose(0, 1), steps, gen))
     return rot
 
 

@@ -13,7 +13,7 @@ diagonal (scale-free), multiplied by 10 until the Cholesky factorisation succeed
 """
 import torch
 
-from quantizers.core import fit_grid, gram, input_stats, swap, walk_blocks
+from quantizers.core import fit_grid, gram, group_width, input_stats, swap, walk_blocks
 from quantizers.rtn import qlinear
 
 GROUPS = [("attn.q_proj", "attn.k_proj", "attn.v_proj"), ("attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"),
@@ -47,7 +47,7 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
     go in order of decreasing H_jj and the grids are fitted once, beforehand, per natural group (static groups)."""
     W, H = pin_dead(W, H)
     N, K = W.shape
-    g = K if group_size == -1 else group_size
+    g = group_width(K, group_size)
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(K, device=W.device)
     S, Z = fit_grid(W, bits, group_size, sym, clip) if act_order else (torch.empty(N, K // g, device=W.device),) * 2
     S, Z = S.clone(), Z.clone()

@@ -28,7 +28,7 @@ The group size is --group_size (128 by default), lowered to the largest divisor 
 """
 import torch
 
-from quantizers.core import BinaryLinear, gram, input_stats, swap, walk_blocks
+from quantizers.core import BinaryLinear, gram, group_width, input_stats, swap, walk_blocks
 from quantizers.gptq import GROUPS, inverse_hessian_factor, pin_dead
 
 
@@ -99,11 +99,6 @@ def daq(W, K, L2, iters=10):
     return ar, ac, B, history
 
 
-def group_width(K, group_size):
-    """group_size, or the largest divisor of K below it (-1: the whole row)."""
-    return K if group_size <= 0 else max(d for d in range(1, min(group_size, K) + 1) if K % d == 0)
-
-
 @torch.no_grad()
 def round_columns(W, ar, ac, U):
     """GPTQ's column loop on the DAQ grid: each column of the group W (N, g) takes the sign pattern nearest to its
@@ -142,10 +137,6 @@ def quantdllm(W, H, bits=2, group_size=128, k=0.05, lam=2.0, iters=10, damp=0.01
 
 def quantize(model, calib, args):
     k = args.abmp_k if args.abmp_k >= 0 else (0.05 if model.args.family == "llada" else 0.10)
-    for K in sorted({lin.in_features for lin in model.modules() if isinstance(lin, torch.nn.Linear)}):
-        if group_width(K, args.group_size) != (K if args.group_size <= 0 else args.group_size):
-            print(f"quantdllm: groups of {group_width(K, args.group_size)} for inputs {K} wide "
-                  f"(--group_size {args.group_size} does not divide it)", flush=True)
     print(f"quantdllm: W{args.wbits} average, ABMP k = {k:.0%} of the groups one bit above and below", flush=True)
     for _, block, inputs in walk_blocks(model, calib, args.device):
         for names in GROUPS:

@@ -6,7 +6,7 @@ import torch
 
 import calibrate as C
 import model as M
-from quantizers import dllmquant, quantdllm
+from quantizers import core, dllmquant, quantdllm
 from quantizers.core import BinaryLinear, Calib, QLinear, dequantize, quantize_channels
 from quantizers.gptq import gptq
 from quantizers.rtn import rtn
@@ -137,6 +137,9 @@ def test_quantdllm_checkpoint_loads_back_exactly(tmp_path):
         assert torch.equal(again(ids), m(ids))
 
 
-def test_quantdllm_lowers_the_group_to_a_divisor_of_the_width():
-    assert quantdllm.group_width(592, 128) == 74 and quantdllm.group_width(768, 128) == 128
-    assert quantdllm.group_width(256, -1) == 256
+def test_every_method_lowers_the_group_to_a_divisor_of_the_width():
+    assert core.group_width(592, 128) == 74 and core.group_width(768, 128) == 128
+    assert core.group_width(256, -1) == 256 and core.group_width(100, 128) == 100
+    W = torch.randn(3, 592)
+    assert torch.equal(core.fake_quant(W, 2, 128), core.fake_quant(W, 2, 74))
+    assert gptq(W, torch.eye(592), 2, 128)[1].shape == (3, 8)

@@ -1,0 +1,172 @@
+"""
+The README's results tables, cell by cell: each cell quantizes a bundled model with calibrate.py, scores it with
+eval.py (arithmetic 500 + wiki_nll, 299 windows x 8 masks) and writes results/<model>/<cell>.json with the numbers,
+the commands and the bits per weight of the Linear layers counted from the checkpoint's bytes.
+
+    python results/run.py --device cuda --jobs 12          # every missing cell, 12 at a time (one H100: ~8 min)
+    python results/run.py --only w4a4 --redo               # the cells whose name contains w4a4, again
+    python results/run.py --table                          # print the tables from the JSON files
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+MODELS = ("tiny-llada", "tiny-dream")
+WA = "--group_size -1"  # weights per channel with activations (what integer GEMMs need), as the WA methods default
+
+
+def cells():
+    """Cell name -> calibrate.py flags (None: the float model). Slow cells first, so a parallel run ends sooner."""
+    c = {}
+    for m in ("duquant", "smoothquant", "quarot"):
+        for b in (8, 4):
+            for mode in ("clean", "masked"):
+                c[f"w{b}a{b}-{m}-{mode}"] = f"--method {m} --bits {b} --calib_mode {mode}"
+    for mode in ("clean", "masked"):
+        c[f"w2-quantdllm-{mode}"] = f"--method quantdllm --wbits 2 --calib_mode {mode}"
+        c[f"w2-gptq-{mode}"] = f"--method gptq --wbits 2 --calib_mode {mode}"
+    for mode in ("clean", "trajectory"):
+        c[f"w4a4-quarot-dllmquant-{mode}"] = f"--method quarot,dllmquant --bits 4 --calib_mode {mode}"
+        c[f"w4a4-awq-dllmquant-{mode}"] = f"--method awq,dllmquant --bits 4 --calib_mode {mode}"
+        c[f"w4a4-quarot-gptq-v4-{mode}"] = f"--method quarot,gptq --bits 4 --v_bits 4 --calib_mode {mode}"
+        c[f"w4a4-quarot-gptq-{mode}"] = f"--method quarot,gptq --bits 4 --calib_mode {mode}"
+        c[f"w4a4-awq-{mode}"] = f"--method awq --wbits 4 --abits 4 {WA} --calib_mode {mode}"
+    for mode in ("masked", "trajectory"):
+        c[f"w3-gptq-{mode}"] = f"--method gptq --wbits 3 --calib_mode {mode}"
+    for b in (4, 3):
+        for m in ("awq", "gptq", "rtn"):
+            c[f"w{b}-{m}"] = f"--method {m} --wbits {b}"
+    c["w2-rtn"] = "--method rtn --wbits 2"
+    for b in (8, 4):
+        c[f"w{b}a{b}-rtn"] = f"--method rtn --wbits {b} --abits {b} {WA}"
+    c["float"] = None
+    return c
+
+
+def linear_bits(ckpt):
+    """Bits per weight of the quantized Linears: their own stored tensors (codes or sign planes, scales, zeros; not
+    bias or an online rotation) over their weight count."""
+    import model as M
+    from quantizers.core import BinaryLinear, QLinear
+    layers = [m for m in M.load(ckpt).modules() if isinstance(m, (QLinear, BinaryLinear))]
+    stored = sum(b.numel() * b.element_size() for m in layers for b in m.buffers(recurse=False))
+    return 8 * stored / sum(m.in_features * m.out_features for m in layers) if layers else None
+
+
+def run_cell(model, name, flags, args):
+    out = os.path.join(HERE, model, f"{name}.json")
+    if os.path.isfile(out) and not args.redo:
+        return f"{model}/{name}: kept"
+    ckpt = os.path.join(args.scratch, model, name)
+    src = os.path.join(ROOT, "assets", model)
+    common = f"--device {args.device} --dtype float32"
+    cmds = []
+    if flags is not None:
+        cmds.append(f"python calibrate.py --model assets/{model} {flags} {common} --nll_windows 0 --out {ckpt}")
+    score = f"{ckpt}.eval.json"
+    cmds.append(f"python eval.py --model {src if flags is None else ckpt} {common} --out {score}")
+    t0, log = time.time(), []
+    for cmd in cmds:
+        p = subprocess.run(cmd.replace("python ", f"{sys.executable} ", 1).split(), cwd=ROOT, capture_output=True,
+                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        log.append(p.stdout + p.stderr)
+        if p.returncode:
+            return f"{model}/{name}: FAILED ({cmd})\n{p.stderr[-2000:]}"
+    with open(score) as f:
+        records = {r["task"]: r for r in json.load(f)}
+    result = {"model": model, "cell": name, "flags": flags, "device": args.device_name,
+              "arithmetic": records["arithmetic"]["value"], "wiki_nll": records["wiki_nll"]["value"],
+              "wiki_nll_stderr": records["wiki_nll"]["stderr"], "seconds": round(time.time() - t0, 1),
+              "bits_per_weight": None if flags is None else linear_bits(ckpt),
+              "commands": [c.replace(args.scratch, "$SCRATCH") for c in cmds],
+              "calibrate_log": log[0][-3000:] if flags is not None else ""}
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(out + ".tmp", out)
+    return f"{model}/{name}: {result['arithmetic']:.1%} / {result['wiki_nll']:.4f} ({result['seconds']:.0f} s)"
+
+
+def load(model, name):
+    path = os.path.join(HERE, model, f"{name}.json")
+    return json.load(open(path)) if os.path.isfile(path) else None
+
+
+def cell(model, name, bits=False):
+    r = load(model, name)
+    if r is None:
+        return "n/m"
+    text = f"{r['arithmetic']:.1%} / {r['wiki_nll']:.3f}"
+    return text + (f" | {r['bits_per_weight']:.2f}" if bits and r["bits_per_weight"] else (" | 32" if bits else ""))
+
+
+def tables():
+    """The README's tables, from the JSON files (n/m: not measured)."""
+    rows = ["| model | method | W4 | W3 |", "|---|---|---|---|"]
+    for model in MODELS:
+        rows.append(f"| {model} | float | {cell(model, 'float')} | {cell(model, 'float')} |")
+        rows += [f"| | {m.upper()} | {cell(model, f'w4-{m}')} | {cell(model, f'w3-{m}')} |"
+                 for m in ("rtn", "gptq", "awq")]
+    rows += ["", "| model | GPTQ W3, calibration: clean | masked | trajectory |", "|---|---|---|---|"]
+    rows += [f"| {m} | {cell(m, 'w3-gptq')} | {cell(m, 'w3-gptq-masked')} | {cell(m, 'w3-gptq-trajectory')} |"
+             for m in MODELS]
+    rows += ["", "| model | method | W8A8 clean | W8A8 masked | W4A4 clean | W4A4 masked |", "|---" * 6 + "|"]
+    for model in MODELS:
+        f = cell(model, "float")
+        rows.append(f"| {model} | float | {f} | {f} | {f} | {f} |")
+        rows.append(f"| | RTN | {cell(model, 'w8a8-rtn')} | (same) | {cell(model, 'w4a4-rtn')} | (same) |")
+        for m, label in (("smoothquant", "SmoothQuant"), ("quarot", "QuaRot"), ("duquant", "DuQuant")):
+            rows.append(f"| | {label} | " + " | ".join(cell(model, f"w{b}a{b}-{m}-{mode}") for b in (8, 4)
+                                                     for mode in ("clean", "masked")) + " |")
+    rows += ["", "| model | setting | method | calibration | arith. / NLL | bits / weight |", "|---" * 6 + "|"]
+    for model in MODELS:
+        rows.append(f"| {model} | | float | | {cell(model, 'float', True)} |")
+        rows.append(f"| | W2 g128 | RTN | (none) | {cell(model, 'w2-rtn', True)} |")
+        for m, label in (("gptq", "GPTQ"), ("quantdllm", "Quant-dLLM")):
+            rows += [f"| | | {label} | {mode} | {cell(model, f'w2-{m}-{mode}', True)} |"
+                     for mode in ("clean", "masked")]
+        for i, (m, label) in enumerate((("awq", "AWQ"), ("awq-dllmquant", "AWQ + DLLMQuant"),
+                                        ("quarot", "QuaRot (RTN)"), ("quarot-gptq", "QuaRot + GPTQ"),
+                                        ("quarot-gptq-v4", "QuaRot + GPTQ, V at 4 bits"),
+                                        ("quarot-dllmquant", "QuaRot + DLLMQuant"))):
+            for mode in ("clean", "trajectory"):
+                name = f"w4a4-{m}-{mode}" if m != "quarot" else "w4a4-quarot-clean"
+                if m == "quarot" and mode == "trajectory":
+                    continue  # QuaRot with RTN reads no calibration data
+                rows.append(f"| | {'W4A4' if i == 0 and mode == 'clean' else ''} | {label} | {mode} | "
+                            f"{cell(model, name, True)} |")
+    return "\n".join(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda", help="where calibrate.py and eval.py run (cuda or cpu)")
+    p.add_argument("--jobs", type=int, default=4, help="cells run at the same time")
+    p.add_argument("--only", default="", help="run only the cells whose name contains this")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated bundled models")
+    p.add_argument("--redo", action="store_true", help="run cells whose JSON already exists again")
+    p.add_argument("--scratch", default="/tmp/dllmq-cells", help="where the quantized checkpoints go")
+    p.add_argument("--table", action="store_true", help="print the tables from the JSON files and stop")
+    args = p.parse_args()
+    if args.table:
+        print(tables())
+        return
+    import torch
+    args.device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    work = [(m, n, f) for n, f in cells().items() for m in args.models.split(",") if args.only in n]
+    print(f"{len(work)} cells on {args.device_name}, {args.jobs} at a time", flush=True)
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for line in pool.map(lambda w: run_cell(*w, args), work):
+            print(f"[{time.time() - t0:5.0f} s] {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
