@@ -163,7 +163,7 @@ class QLinear(nn.Module):
     """A Linear whose weight is stored as packed b-bit codes with per-group scales and zero points.
 
     forward: x -> (optional online rotation x T) -> (optional per-token activation fake quantization) ->
-    x @ dequant(W)^T + bias. This is the pure-torch twin that defines the format; CUDA kernels must match it."""
+    x @ dequant(W)^T + bias: kernels/wq_gemm.py's Triton kernel on CUDA in bf16 / fp16, else the pure-torch twin."""
 
     def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
                  act_sym=True, act_clip=1.0, rotation=None, out_bits=16, out_clip=1.0, dtype=None):
@@ -212,7 +212,12 @@ class QLinear(nn.Module):
             x = self.rotation(x)
         if self.act_bits < 16:
             x = quantize_tokens(x, self.act_bits, self.act_sym, self.act_clip)
-        y = F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        if x.is_cuda and x.dtype != torch.float32:  # the Triton kernel reads the packed codes (kernels/wq_gemm.py)
+            from kernels.wq_gemm import matmul
+            y = matmul(x, self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), self.bits, self.in_features)
+            y = y if self.bias is None else y + self.bias.to(x.dtype)
+        else:
+            y = F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
         return quantize_channels(y, self.out_bits, self.out_clip) if self.out_bits < 16 else y
 
 

@@ -1,0 +1,95 @@
+"""kernels/: each Triton kernel against its pure-torch twin. On the CPU they run in Triton's interpreter (see
+conftest.py) on small odd shapes, every configuration of the autotune lists; tests marked gpu run the real shapes."""
+import pytest
+import torch
+
+from kernels import wq_gemm
+from quantizers.core import QLinear, dequantize, fit_grid, pack, quantize, unpack
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.bfloat16: 5e-3, torch.float16: 1e-3}  # of max |y|: about one unit in the last place of the output
+ODD = [(1, 100, 160, 32), (7, 72, 192, 64), (33, 40, 148, 74), (33, 96, 128, -1), (5, 64, 256, 128)]  # M N K g
+CONFIGS = [(few, i) for few in (True, False) for i in range(len(wq_gemm.CONFIGS[few]))]
+
+
+def layer(N, K, bits, group, dtype):
+    """Packed codes, scales and zeros of a fresh random weight (N, K) on DEVICE."""
+    W = torch.randn(N, K, device=DEVICE) * torch.rand(N, 1, device=DEVICE)
+    s, z = fit_grid(W, bits, group)
+    return pack(quantize(W, s, z, bits), bits), s.to(dtype), z.to(dtype)
+
+
+def exact(x, qw, s, z, bits, K):
+    """float64 product of x with the weights as the format defines them (dequantized in the activation dtype)."""
+    return x.double() @ dequantize(unpack(qw, bits, K), s, z).double().T
+
+
+def check(M, N, K, group, bits, dtype, config=None, path=None):
+    qw, s, z = layer(N, K, bits, group, dtype)
+    x = torch.randn(M, K, device=DEVICE).to(dtype)
+    poison = torch.full((M, N), float("nan"), device=DEVICE, dtype=dtype)  # every element must be written
+    y = wq_gemm.matmul(x, qw, s, z, bits, K, path=path, config=config, out=poison)
+    ref = exact(x, qw, s, z, bits, K)
+    err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
+    assert y.dtype == dtype and y.shape == (M, N) and err < TOL[dtype], f"{M}x{N}x{K} g{group} W{bits}: {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("few,i", CONFIGS)
+def test_every_config_matches_the_twin_at_4_bits(few, i, dtype):
+    for M, N, K, group in ODD:
+        check(M, N, K, group, 4, dtype, wq_gemm.CONFIGS[few][i])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("few", [True, False])
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_other_widths_match_the_twin(bits, few, dtype):
+    for M, N, K, group in ODD:
+        check(M, N, K, group, bits, dtype, wq_gemm.CONFIGS[few][0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_dequantization_kernel_equals_the_twin_bit_for_bit(bits, dtype):
+    for _, N, K, group in ODD:
+        qw, s, z = layer(N, K, bits, group, dtype)
+        assert torch.equal(wq_gemm.dequantize_weight(qw, s, z, bits, K), dequantize(unpack(qw, bits, K), s, z))
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_unfused_path_matches_the_twin(bits):
+    for M, N, K, group in ODD:
+        check(M, N, K, group, bits, torch.bfloat16, path="unfused")
+
+
+def test_fp32_goes_to_the_twin_and_bad_shapes_are_refused():
+    qw, s, z = layer(48, 96, 4, 32, torch.float32)
+    x = torch.randn(3, 96, device=DEVICE)
+    assert torch.equal(wq_gemm.matmul(x, qw, s, z, 4, 96), wq_gemm.reference(x, qw, s, z, 4, 96))
+    with pytest.raises(ValueError, match="do not fit a 4-bit layer of 64 inputs"):
+        wq_gemm.matmul(x[:, :64].bfloat16(), qw, s.bfloat16(), z.bfloat16(), 4, 64)
+
+
+SHAPES = [(4096, 4096), (12288, 4096), (4096, 12288), (3584, 3584), (512, 3584), (18944, 3584), (3584, 18944)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N,K", SHAPES)
+def test_real_shapes_autotuned(N, K):
+    for M in (1, 65, 1024):  # both regimes; autotuning every check makes more of them slow
+        check(M, N, K, 128, 4, torch.bfloat16, path="fused")
+        check(M, N, K, 128, 4, torch.bfloat16, path="unfused")
+    for bits, group in ((4, -1), (8, 128), (3, 128), (2, 64)):
+        check(16, N, K, group, bits, torch.bfloat16)
+        check(600, N, K, group, bits, torch.float16)
+
+
+@pytest.mark.gpu
+def test_qlinear_on_cuda_runs_the_kernel_and_matches_the_twin():
+    qw, s, z = layer(512, 1024, 4, 128, torch.bfloat16)
+    lin = QLinear(1024, 512, 4, 128, dtype=torch.bfloat16).to(DEVICE)
+    lin.qweight.copy_(qw), lin.scales.copy_(s), lin.zeros.copy_(z)
+    x = torch.randn(2, 300, 1024, device=DEVICE, dtype=torch.bfloat16)
+    ref = exact(x.view(-1, 1024), qw, s, z, 4, 1024).view(2, 300, 512)
+    assert (lin(x).double() - ref).abs().max() / ref.abs().max() < TOL[torch.bfloat16]
