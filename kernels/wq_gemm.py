@@ -16,9 +16,9 @@ Two paths, and per shape the faster one (timed once on first use, cached per (M 
            132 SMs). Autotune lists hold 4 configurations per regime.
   unfused  a Triton kernel dequantizes W into a temporary in the activation dtype, then cuBLAS multiplies. It costs
            one layer's float weight in memory while it runs.
-On one H100 (`python -m kernels.wq_gemm`, the README's Speed section) the fused path wins at M <= 16 and the unfused
-one from M = 64 up: the fused kernel reaches only 170-200 TFLOP/s there against cuBLAS's 650-700. fp32 activations go
-to the twin (the tensor cores would round them to tf32).
+On one H100 (`python -m kernels.wq_gemm`, the README's Speed section) the fused path wins at M <= 16 and, for most
+layers, the unfused one from M = 64 up: at M = 1024 the fused kernel reaches only 165-190 TFLOP/s on the large layers
+against cuBLAS's 650-700. fp32 activations go to the twin (the tensor cores would round them to tf32).
 
     python -m kernels.wq_gemm          # on a GPU: check against the twin, then time against bf16 torch.matmul
 """
@@ -176,6 +176,8 @@ def fused(x2, qweight, scales, zeros, bits, K, config=None, out=None):
     else:
         _wq_gemm[grid(M, N, config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
                                             num_stages=config.num_stages)
+    if few and out is not None:
+        return out.copy_(y)
     return y.to(x2.dtype) if few else y
 
 
@@ -202,7 +204,7 @@ def matmul(x, qweight, scales, zeros, bits, K, path=None, config=None, out=None)
     """x (..., K) bf16/fp16 @ dequant(W)^T -> (..., N) in x's dtype by Triton kernels (fp32 x: the twin). path:
     "fused" or "unfused" instead of the faster one, timed once per shape; config: a triton.Config of CONFIGS[True]
     (few tokens) or CONFIGS[False] instead of the autotuned one (the tests run each; the interpreter cannot time).
-    out: (M, N) to write into (the many-token paths)."""
+    out: (M, N) in x's dtype to write into."""
     if x.dtype == torch.float32:
         return reference(x, qweight, scales, zeros, bits, K)
     if x.shape[-1] != K or scales.dtype != x.dtype or qweight.shape[1] != -(-K // 32) * bits:

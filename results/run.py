@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -65,13 +65,12 @@ def run_cell(model, name, flags, args):
     if os.path.isfile(out) and not args.redo:
         return f"{model}/{name}: kept"
     ckpt = os.path.join(args.scratch, model, name)
-    src = os.path.join(ROOT, "assets", model)
     common = f"--device {args.device} --dtype float32"
     cmds = []
     if flags is not None:
         cmds.append(f"python calibrate.py --model assets/{model} {flags} {common} --nll_windows 0 --out {ckpt}")
     score = f"{ckpt}.eval.json"
-    cmds.append(f"python eval.py --model {src if flags is None else ckpt} {common} --out {score}")
+    cmds.append(f"python eval.py --model {f'assets/{model}' if flags is None else ckpt} {common} --out {score}")
     t0, log = time.time(), []
     for cmd in cmds:
         p = subprocess.run(cmd.replace("python ", f"{sys.executable} ", 1).split(), cwd=ROOT, capture_output=True,
@@ -163,9 +162,9 @@ def main():
     work = [(m, n, f) for n, f in cells().items() for m in args.models.split(",") if args.only in n]
     print(f"{len(work)} cells on {args.device_name}, {args.jobs} at a time", flush=True)
     t0 = time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for line in pool.map(lambda w: run_cell(*w, args), work):
-            print(f"[{time.time() - t0:5.0f} s] {line}", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:  # a line per cell as it finishes
+        for done in as_completed([pool.submit(run_cell, *w, args) for w in work]):
+            print(f"[{time.time() - t0:5.0f} s] {done.result()}", flush=True)
 
 
 if __name__ == "__main__":
