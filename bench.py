@@ -6,6 +6,8 @@ Speed and memory of dllmq models at real scale, with random weights (no checkpoi
     python bench.py --load_memory --dir /tmp/llada8b   # peak host memory of model.load() for an LLaDA-8B-shaped
                                               # bf16 checkpoint in 6 shards (written there first if absent)
     python bench.py --gptq                    # GPU: GPTQ W4 g128 of an LLaDA-8B-shaped model, 128 x 2048 tokens
+    python bench.py --quantized               # GPU: bf16 vs W4A16 / W8A8-FP8 / W8A8-INT8 / W4A4 through the Triton
+                                              # kernels: forward at 512/1024/2048 tokens and a 256-token generation
 FLOPs of one forward over T tokens: 2*T*(linear weights + head) + 4*T^2*dim*layers (QK^T and PV).
 """
 import argparse
@@ -70,6 +72,83 @@ def forward_bench():
         torch._dynamo.reset()
         gc.collect()
         torch.cuda.empty_cache()
+
+
+# format: QLinear settings of every block Linear (RTN of the random weights); W4A4 rotates down_proj online (QuaRot)
+FORMATS = {"bf16": None, "W4A16 g128": dict(bits=4, group_size=128), "W8A8-FP8": dict(bits=8, act_bits=8, fp8=True),
+           "W8A8-INT8": dict(bits=8, act_bits=8, sym=True), "W4A4 + Hadamard": dict(bits=4, act_bits=4, sym=True)}
+
+
+@torch.no_grad()
+def quantize_random(model, cfg):
+    """Swap every Linear of the blocks for a QLinear with settings cfg, one layer at a time on the GPU."""
+    from quantizers.core import LINEARS, QLinear, fit_grid, fp8_grid, quantize, swap
+    from quantizers.quarot import online_hadamard
+    cfg = {"group_size": -1, "sym": False, "act_bits": 16, "fp8": False, **cfg}
+    for block in model.blocks:
+        for name in LINEARS:
+            lin, rot = block.get_submodule(name), None
+            W = lin.weight.float()
+            if cfg["act_bits"] == 4 and name == "mlp.down_proj":
+                rot = online_hadamard(W.shape[1], torch.float32).to(W.device)
+                W = rot(W)  # W H: the input is rotated online by the same H
+            if cfg["fp8"]:
+                q, s, z = fp8_grid(W)
+            else:
+                s, z = fit_grid(W, cfg["bits"], cfg["group_size"], cfg["sym"])
+                q = quantize(W, s, z, cfg["bits"])
+            swap(block, name, QLinear.from_codes(q, s, z, lin.bias, rot, dtype=torch.bfloat16, **cfg))
+    torch.cuda.empty_cache()
+
+
+def quantized_bench(gen_length=256, prompt=64):
+    """Forward at 512/1024/2048 tokens and one LLaDA generation (gen 256, steps 256, block 32) per format at 8B
+    shapes with random weights, every quantized layer through the Triton kernels (QLinear on CUDA)."""
+    from triton.testing import do_bench, do_bench_cudagraph
+    from quantizers.core import model_bytes
+    from sample import generate
+    dev = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}; batch 1; forward: median in a CUDA graph (GPU "
+          "time) and eager (with Python's launch overhead)\n")
+    print("| model | format | weights GiB | tokens | forward ms | tokens/s | vs bf16 | eager ms | eager vs bf16 | "
+          "peak GiB |\n" + "|---" * 10 + "|")
+    base, gens = {}, []
+    for name, args in SHAPES.items():
+        for fmt, cfg in FORMATS.items():
+            torch.manual_seed(0)
+            model = random_model(args, dev)
+            if cfg is not None:
+                quantize_random(model, cfg)
+            gib = model_bytes(model) / 2**30
+            for T in (512, 1024, 2048):
+                ids = torch.randint(0, args.vocab_size - 1, (1, T), device=dev)
+                with torch.no_grad():
+                    model(ids)  # autotuning and compilation outside the timed region
+                    torch.cuda.reset_peak_memory_stats()
+                    eager = do_bench(functools.partial(model, ids), return_mode="median")
+                    peak = torch.cuda.max_memory_allocated() / 2**30
+                    ms = do_bench_cudagraph(functools.partial(model, ids))
+                base.setdefault((name, T), (ms, eager))
+                print(f"| {name} | {fmt} | {gib:.2f} | {T} | {ms:.1f} | {T / ms * 1e3:.0f} | "
+                      f"{base[name, T][0] / ms:.2f}x | {eager:.1f} | {base[name, T][1] / eager:.2f}x | {peak:.1f} |",
+                      flush=True)
+            if name == "LLaDA-8B":
+                ids = torch.randint(0, args.vocab_size - 1, (1, prompt), device=dev)
+                with torch.no_grad():
+                    model(torch.cat([ids, ids[:, :1].expand(1, gen_length)], 1))  # tune the kernels at this length
+                    torch.cuda.synchronize()
+                    t0 = time.time()
+                    generate(model, ids, gen_length=gen_length, steps=gen_length, block_length=32)
+                    torch.cuda.synchronize()
+                gens.append((fmt, time.time() - t0))
+            model = None
+            gc.collect()
+            torch.cuda.empty_cache()
+    print(f"\nLLaDA-8B generation (eager): prompt {prompt}, gen {gen_length}, steps {gen_length}, block 32, low "
+          "confidence\n")
+    print("| format | seconds | tokens/s | vs bf16 |\n|---|---|---|---|")
+    for fmt, sec in gens:
+        print(f"| {fmt} | {sec:.2f} | {gen_length / sec:.1f} | {gens[0][1] / sec:.2f}x |")
 
 
 def gptq_bench(nsamples=128, seqlen=2048):
@@ -150,17 +229,20 @@ if __name__ == "__main__":
     p.add_argument("--forward", action="store_true", help="forward throughput at 8B shapes (needs CUDA)")
     p.add_argument("--load_memory", action="store_true", help="peak host memory of load() for LLaDA-8B bf16")
     p.add_argument("--gptq", action="store_true", help="GPTQ W4 of an LLaDA-8B-shaped model, 128 x 2048 tokens (CUDA)")
+    p.add_argument("--quantized", action="store_true", help="bf16 vs quantized formats end to end at 8B shapes (CUDA)")
     p.add_argument("--dir", default="/tmp/llada8b-random", help="where the random LLaDA-8B checkpoint lives")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     opts = p.parse_args()
     if opts.probe:
         memory_probe(opts.probe, opts.device)
-    elif not (opts.forward or opts.load_memory or opts.gptq):
-        p.error("give --forward, --load_memory and/or --gptq")
+    elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized):
+        p.error("give --forward, --load_memory, --gptq and/or --quantized")
     if opts.forward:
         forward_bench()
     if opts.load_memory:
         load_memory(opts.dir)
     if opts.gptq:
         gptq_bench()
+    if opts.quantized:
+        quantized_bench()

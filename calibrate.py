@@ -58,6 +58,8 @@ class Args:
                              "not divide gets its largest divisor below it (printed)")
     sym: bool = opt(False, "symmetric weight grid (zero point fixed at 2^(bits-1)); default asymmetric")
     a_sym: bool = opt(True, "symmetric activation grid")
+    fp8: bool = opt(False, "W8A8 in FP8: e4m3 weights per output channel, e4m3 activations per token (with --bits 8 "
+                           "and a method that rounds by RTN: rtn, smoothquant, quarot, duquant, awq)")
     a_clip: float = opt(1.0, "activation clipping ratio of each token's range")
     w_clip: float = opt(1.0, "weight clipping ratio of each group's range (DuQuant used 0.8)")
     alpha: float = opt(0.5, "SmoothQuant / DuQuant migration strength: s = max|X|^alpha / max|W|^(1-alpha)")
@@ -97,7 +99,7 @@ def resolve(args):
     if args.bits:
         args.wbits, args.abits = args.bits, args.bits if WEIGHT_ACTIVATION & set(methods) else 16
     if args.group_size == 0:
-        args.group_size = -1 if WEIGHT_ACTIVATION & set(methods) else 128
+        args.group_size = -1 if WEIGHT_ACTIVATION & set(methods) or args.fp8 else 128
     if not (2 <= args.wbits <= 8 or args.wbits == 16):
         raise InputError(f"--wbits {args.wbits} is out of range (2-8, or 16 to leave the weights in float)")
     if not (4 <= args.abits <= 8 or args.abits == 16):
@@ -108,6 +110,10 @@ def resolve(args):
         raise InputError(f"--v_bits {args.v_bits} is out of range (4-8, or 16 to leave V in float)")
     if args.wbits == 16 and args.abits < 16:
         raise InputError(f"--abits {args.abits} with --wbits 16: activation-only quantization is not supported")
+    if args.fp8 and (args.wbits != 8 or args.abits not in (8, 16) or args.group_size != -1
+                     or methods[-1] in ("gptq", "quantdllm", "dllmquant")):
+        raise InputError(f"--fp8 needs --wbits 8, --abits 8 or 16, --group_size -1 and a method that rounds by RTN, "
+                         f"not W{args.wbits}A{args.abits} g{args.group_size} {args.method}")
     if args.daq_compensate not in ("column", "group"):
         raise InputError(f"--daq_compensate {args.daq_compensate!r} is unknown (expected column or group)")
     if args.calib_mode not in ("clean", "masked", "trajectory"):

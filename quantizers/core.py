@@ -74,6 +74,21 @@ def quantize_tokens(x, bits, sym=True, clip=1.0):
     return fake_quant(x.reshape(-1, x.shape[-1]), bits, -1, sym, clip).view_as(x)
 
 
+def fp8_grid(W):
+    """FP8 (e4m3) weights, per output channel: codes (N, K) uint8 holding the e4m3 bytes of W / s, s = max|W| / 448
+    (N, 1) float32, zeros (N, 1) unused. The format of W8A8-FP8 (kernels/wa_gemm.py): not an integer grid."""
+    s = W.float().abs().amax(1, keepdim=True) / 448
+    s = torch.where(s > 0, s, 1.0)
+    return (W.float() / s).to(torch.float8_e4m3fn).view(torch.uint8), s, torch.zeros_like(s)
+
+
+def fp8_tokens(x, clip=1.0):
+    """Per-token dynamic fake quantization of x to e4m3: one scale max|x| * clip / 448 per token."""
+    s = x.float().abs().amax(-1, keepdim=True) * clip / 448
+    s = torch.where(s > 0, s, 1.0)
+    return ((x.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn).float() * s).to(x.dtype)
+
+
 def quantize_channels(y, bits, clip=1.0):
     """Per-channel symmetric fake quantization of y (B, T, C) over the T tokens of each sequence: the grid an
     integer softmax(P) V needs for V, whose scales must be constant along the tokens that the matmul sums over."""
@@ -163,11 +178,17 @@ class QLinear(nn.Module):
     """A Linear whose weight is stored as packed b-bit codes with per-group scales and zero points.
 
     forward: x -> (optional online rotation x T) -> (optional per-token activation fake quantization) ->
-    x @ dequant(W)^T + bias: kernels/wq_gemm.py's Triton kernel on CUDA in bf16 / fp16, else the pure-torch twin."""
+    x @ dequant(W)^T + bias. On CUDA in bf16 / fp16 Triton kernels do it: kernels/wa_gemm.py for W8A8 (FP8, INT8)
+    and W4A4 with per-channel weights (rotation and activation quantization fused in kernels/act_quant.py),
+    kernels/wq_gemm.py for weight-only layers; elsewhere, and for other layouts, the pure-torch twin.
+    fp8: the 8-bit codes are e4m3 bytes (fp8_grid) and activations are quantized to e4m3, not to integers."""
 
     def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
-                 act_sym=True, act_clip=1.0, rotation=None, out_bits=16, out_clip=1.0, dtype=None):
+                 act_sym=True, act_clip=1.0, rotation=None, out_bits=16, out_clip=1.0, fp8=False, dtype=None):
         super().__init__()
+        if fp8 and bits != 8:
+            raise ValueError(f"QLinear: fp8 weights are 8 bits, not {bits}")
+        self.fp8 = fp8
         self.in_features, self.out_features, self.bits, self.group_size, self.sym = (
             in_features, out_features, bits, group_size, sym)
         self.act_bits, self.act_sym, self.act_clip = act_bits, act_sym, act_clip
@@ -199,26 +220,41 @@ class QLinear(nn.Module):
     def config(self):
         """The constructor arguments (minus dtype): what a checkpoint stores to rebuild this module."""
         keys = ("in_features", "out_features", "bits", "group_size", "sym", "act_bits", "act_sym", "act_clip",
-                "out_bits", "out_clip")
+                "out_bits", "out_clip", "fp8")
         return {**{k: getattr(self, k) for k in keys}, "bias": self.bias is not None,
                 "rotation": self.rotation.config() if self.rotation is not None else None}
 
     def weight(self):
         """The dequantized weight (N, K) in the scales' dtype."""
-        return dequantize(unpack(self.qweight, self.bits, self.in_features), self.scales, self.zeros)
+        q = unpack(self.qweight, self.bits, self.in_features)
+        if self.fp8:
+            return (q.view(torch.float8_e4m3fn).float() * self.scales.float()).to(self.scales.dtype)
+        return dequantize(q, self.scales, self.zeros)
 
     def forward(self, x):
+        fmt = None
+        if x.is_cuda and x.dtype != torch.float32 and self.act_bits < 16:
+            from kernels.wa_gemm import format_of, linear
+            fmt = format_of(self)
+        if fmt is not None:  # rotation, activation quantization and the GEMM in Triton kernels (W8A8, W4A4)
+            y = linear(x, self, fmt)
+        else:
+            y = self.dequantized_forward(x)
+        return quantize_channels(y, self.out_bits, self.out_clip) if self.out_bits < 16 else y
+
+    def dequantized_forward(self, x):
+        """The fake-quantized path: activations rounded and multiplied with the dequantized weight in x's dtype."""
         if self.rotation is not None:
             x = self.rotation(x)
         if self.act_bits < 16:
-            x = quantize_tokens(x, self.act_bits, self.act_sym, self.act_clip)
-        if x.is_cuda and x.dtype != torch.float32:  # the Triton kernel reads the packed codes (kernels/wq_gemm.py)
+            x = fp8_tokens(x, self.act_clip) if self.fp8 else quantize_tokens(x, self.act_bits, self.act_sym,
+                                                                                self.act_clip)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if x.is_cuda and x.dtype != torch.float32 and not self.fp8:  # kernels/wq_gemm.py reads the packed codes
             from kernels.wq_gemm import matmul
             y = matmul(x, self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), self.bits, self.in_features)
-            y = y if self.bias is None else y + self.bias.to(x.dtype)
-        else:
-            y = F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-        return quantize_channels(y, self.out_bits, self.out_clip) if self.out_bits < 16 else y
+            return y if bias is None else y + bias
+        return F.linear(x, self.weight().to(x.dtype), bias)
 
 
 class BinaryLinear(nn.Module):

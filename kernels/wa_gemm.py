@@ -1,0 +1,230 @@
+"""
+Weight-activation quantized GEMMs: y = (s_x x_q) (s_w (W_q - z))^T for W8A8 in FP8 or INT8 and for W4A4, with the
+activations quantized per token by kernels/act_quant.py and the scales applied in the epilogue.
+
+Formats (the twin `reference` below defines the product; quantizers/core.py the weights):
+  fp8   x: e4m3 per token (act_quant "fp8"); W: e4m3 per output channel (a QLinear with fp8=True: its 8-bit words
+        hold the e4m3 bytes), scales s_w (N, 1). Products on the fp8 tensor cores, fp32 sums.
+  int8  x: int8 per token; W: 8-bit codes per output channel, z the zero point (128 when symmetric). The tensor cores
+        take int8, so a code c enters as c - 128 (its top bit flipped in registers) and the sum is corrected by
+        (z - 128) * sum_k x_q[k] in the epilogue; int32 sums.
+  int4  x: int4 per token, packed 8 to a word; W: 4-bit codes per output channel. Hopper has no int4 tensor-core
+        instruction, so both operands are unpacked in registers to int8 and multiplied on the int8 tensor cores:
+        int4 here saves memory and bandwidth, not arithmetic. The codes c (0..15) enter as they are and the zero
+        point is corrected in the epilogue, as for int8.
+The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * rowsum[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
+the activation dtype. Weights must be per output channel (one group); other layouts use kernels/wq_gemm.py or the
+twin (QLinear decides, see format_of).
+
+    python -m kernels.wa_gemm          # on a GPU: check against the twin, then time against bf16 torch.matmul
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import act_quant
+from kernels.wq_gemm import _to
+from quantizers.core import unpack
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+FMT = {"fp8": 0, "int8": 1, "int4": 2}
+
+
+def format_of(layer):
+    """Which of these GEMMs runs a QLinear: "fp8", "int8", "int4", or None (another kernel or the twin)."""
+    if layer.act_bits == 16 or not layer.act_sym or layer.scales.shape[1] != 1:
+        return None
+    if getattr(layer, "fp8", False):
+        return "fp8" if layer.act_bits == 8 else None
+    return {8: "int8", 4: "int4"}.get(layer.bits) if layer.bits == layer.act_bits else None
+
+
+def weight_operand(layer, fmt):
+    """The QLinear's packed weight as the kernel reads it (a view, no copy)."""
+    if fmt == "int4":
+        return layer.qweight
+    return layer.qweight.view(torch.float8_e4m3fn if fmt == "fp8" else torch.uint8)
+
+
+def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
+    """The pure-torch twin: the dequantized operands multiplied in float32."""
+    x = act_quant.dequantize(xq, sx, fmt, K)
+    if fmt == "fp8":
+        W = w[:, :K].float()
+    else:
+        W = unpack(w.view(torch.int32), 8 if fmt == "int8" else 4, K).float() - zw.float()
+    y = (x @ W.T) * sw.float().view(1, -1)
+    return (y if bias is None else y + bias.float()).to(dtype)
+
+
+def _configs():  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): tokens x outputs x inputs
+    shapes = [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
+            for m, n, k, w, s in shapes]
+
+
+@triton.jit
+def _nibbles(ptr, rows, rows_ok, k0, stride, n_words, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """4-bit codes (BLOCK_R, BLOCK_K) int32 of channels k0 .. k0 + BLOCK_K: one load per word, spread by shifts."""
+    rw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    words = tl.load(ptr + rows[:, None] * stride + rw[None, :], mask=rows_ok[:, None] & (rw < n_words)[None, :],
+                    other=0)
+    return tl.reshape(words[:, :, None] >> (tl.arange(0, 8) * 4)[None, None, :], (BLOCK_R, BLOCK_K)) & 15
+
+
+@triton.jit
+def _wa_gemm(a_ptr, b_ptr, sa_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, N, K, stride_am, stride_bn, stride_cm,
+             a_words, b_words, M_BUCKET, FMT: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
+             HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)  # programs walk GROUP_M row tiles down a column before moving on: the tiles of W they
+    grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)  # share stay in L2
+    first_m = pid // (GROUP_M * grid_n) * GROUP_M
+    size_m = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * grid_n)) % size_m
+    pid_n = (pid % (GROUP_M * grid_n)) // size_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok, n_ok = rm < M, rn < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FMT == 0 else tl.int32)
+    rowsum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        if FMT == 2:
+            a = tl.where(k_ok[None, :], _nibbles(a_ptr, rm, m_ok, k0, stride_am, a_words, BLOCK_M, BLOCK_K) - 8, 0)
+            a = a.to(tl.int8)
+            b = tl.trans(_nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8))
+        else:
+            zero = 0.0 if FMT == 0 else 0
+            a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=zero)
+            b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=zero)
+            if FMT == 1:  # code c as c - 128: flip the top bit, read the byte as int8
+                b = (b ^ 0x80).to(tl.int8, bitcast=True)
+        if FMT != 0:
+            rowsum += tl.sum(a.to(tl.int32), 1)
+        if EMULATE:  # the CPU interpreter has no fp8 or int8 product; fp32 holds these products and sums exactly
+            acc += tl.dot(a.to(tl.float32), b.to(tl.float32)).to(acc.dtype)
+        else:
+            acc = tl.dot(a, b, acc, out_dtype=acc.dtype)
+    if HAS_ZERO:  # sum_k x_k (c_k - z) = sum_k x_k (c_k - offset) - (z - offset) sum_k x_k
+        z = tl.load(zb_ptr + rn, mask=n_ok, other=0.0).to(tl.int32) - OFFSET
+        acc -= rowsum[:, None] * z[None, :]
+    sa = tl.load(sa_ptr + rm, mask=m_ok, other=0.0)
+    sb = tl.load(sb_ptr + rn, mask=n_ok, other=0.0)
+    y = acc.to(tl.float32) * sa[:, None] * sb[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], _to(y, c_ptr.dtype.element_ty, EMULATE),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+CONFIGS = _configs()
+_tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "N", "K", "FMT"])(_wa_gemm)
+
+
+def matmul(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=None):
+    """Quantized activations (xq, sx) of act_quant times the weight operand w (weight_operand), with per-channel
+    scales sw and zeros zw (N,) or (N, 1) -> (M, N) in dtype. config: a triton.Config of CONFIGS instead of the
+    autotuned one (the tests run each; the interpreter cannot time)."""
+    M, N = sx.shape[0], w.shape[0]
+    sw = sw.reshape(-1).float()
+    zw = zw.reshape(-1).float() if fmt != "fp8" else sw
+    y = torch.empty(M, N, device=xq.device, dtype=dtype)
+    args = (xq, w, sx, sw, zw, bias if bias is not None else sw, y, M, N, K, xq.stride(0), w.stride(0), y.stride(0),
+            xq.shape[1], w.shape[1], triton.next_power_of_2(M))
+    flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",  # noqa: C408
+                 HAS_BIAS=bias is not None, EMULATE=INTERPRET)
+    config = CONFIGS[0] if config is None and INTERPRET else config
+    if config is None:
+        _tuned[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](*args, **flags)
+    else:
+        grid = (triton.cdiv(M, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"]),)
+        _wa_gemm[grid](*args, **flags, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    return y
+
+
+def linear(x, layer, fmt, config=None):
+    """A QLinear's forward through the kernels: online rotation and per-token quantization in one act_quant pass,
+    then the GEMM with the scales (and bias) in its epilogue. x (..., K) bf16/fp16 -> (..., N)."""
+    K = layer.in_features
+    xq, sx = act_quant.quantize(x, fmt, layer.act_clip, layer.rotation)
+    y = matmul(xq, sx, weight_operand(layer, fmt), layer.scales, layer.zeros, fmt, K, layer.bias, x.dtype, config)
+    return y.view(*x.shape[:-1], layer.out_features)
+
+
+# ------------------------------------------------------------------------------------------ check and benchmark
+SHAPES = {"LLaDA q/k/v/o": (4096, 4096), "LLaDA gate/up": (12288, 4096), "LLaDA down": (4096, 12288),
+          "Dream q/o": (3584, 3584), "Dream k/v": (512, 3584), "Dream gate/up": (18944, 3584),
+          "Dream down": (3584, 18944)}  # name: (N, K)
+TOKENS = (16, 256, 512, 1024, 2048, 4096)
+
+
+def _layer(N, K, fmt):
+    from quantizers.core import QLinear, fit_grid, fp8_grid, quantize
+    W = torch.randn(N, K, device="cuda") * 0.02
+    bits = 4 if fmt == "int4" else 8
+    q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1))
+    return W.bfloat16(), QLinear.from_codes(q, s, z, bits=bits, group_size=-1, act_bits=bits, fp8=fmt == "fp8",
+                                            dtype=torch.bfloat16)
+
+
+def bench():
+    """Per layer shape and token count: bf16 F.linear against each format's whole layer (act_quant + GEMM) and its
+    GEMM alone, each in a CUDA graph; then the online Hadamard's cost on the down projections. Checks every result
+    against the twin first. Prints markdown tables."""
+    from triton.testing import do_bench_cudagraph
+
+    from quantizers.quarot import online_hadamard
+    time = lambda f: do_bench_cudagraph(f) * 1e3  # noqa: E731
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; weights per "
+          "channel, activations per token (quantized inside the timed layer), times in µs in a CUDA graph\n")
+    print("| layer (N x K) | M | bf16 | fp8 layer | fp8 GEMM | int8 layer | int8 GEMM | int4 layer | int4 GEMM | "
+          "fp8 vs bf16 | int8 vs bf16 | int4 vs bf16 |\n" + "|---" * 12 + "|")
+    ratios = {f: [] for f in FMT}
+    for name, (N, K) in SHAPES.items():
+        layers = {fmt: _layer(N, K, fmt) for fmt in FMT}
+        for M in TOKENS:
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            W = layers["fp8"][0]
+            t_ref = time(lambda: torch.nn.functional.linear(x, W))  # noqa: B023
+            cells = []
+            for fmt, (_, lin) in layers.items():
+                xq, sx = act_quant.quantize(x, fmt)
+                w = weight_operand(lin, fmt)
+                y = linear(x, lin, fmt)
+                ref = reference(xq, sx, w, lin.scales, lin.zeros, fmt, K, None, torch.float32)
+                err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
+                if err > 2e-2:  # fp8 sums on the H100 carry fewer bits than fp32
+                    raise SystemExit(f"{name} M={M} {fmt}: differs from the twin by {err:.2e}")
+                t_layer = time(lambda: linear(x, lin, fmt))  # noqa: B023
+                t_gemm = time(lambda: matmul(xq, sx, w, lin.scales, lin.zeros, fmt, K))  # noqa: B023
+                cells.append((t_layer, t_gemm))
+                ratios[fmt].append((M, t_ref / t_layer))
+            print(f"| {name} ({N} x {K}) | {M} | {t_ref:.1f} | " + " | ".join(f"{a:.1f} | {b:.1f}" for a, b in cells)
+                  + " | " + " | ".join(f"{t_ref / a:.2f}x" for a, _ in cells) + " |", flush=True)
+    for fmt, r in ratios.items():
+        big = torch.tensor([v for m, v in r if m >= 1024])
+        print(f"{fmt}: whole layer at M >= 1024: {big.min():.2f}x to {big.max():.2f}x bf16 (geometric mean "
+              f"{big.log().mean().exp():.2f}x over {len(big)} shapes x token counts)")
+    print("\nOnline Hadamard (QuaRot's down projection): act_quant with and without it, against the down GEMM\n")
+    print("| layer | M | quant µs | quant + Hadamard µs | overhead µs | fp8 GEMM µs | overhead / fp8 GEMM | "
+          "bf16 GEMM µs | overhead / bf16 GEMM |\n" + "|---" * 9 + "|")
+    for name in ("LLaDA down", "Dream down"):
+        N, K = SHAPES[name]
+        W, lin = _layer(N, K, "fp8")
+        rot = online_hadamard(K, torch.bfloat16).cuda()
+        for M in TOKENS[2:]:
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            xq, sx = act_quant.quantize(x, "fp8")
+            t_q, t_h = (time(lambda r=r: act_quant.quantize(x, "fp8", 1.0, r)) for r in (None, rot))  # noqa: B023
+            t_g = time(lambda: matmul(xq, sx, weight_operand(lin, "fp8"), lin.scales, lin.zeros, "fp8", K))  # noqa: B023
+            t_b = time(lambda: torch.nn.functional.linear(x, W))  # noqa: B023
+            print(f"| {name} H{rot.m} x H{rot.b} | {M} | {t_q:.1f} | {t_h:.1f} | {t_h - t_q:.1f} | {t_g:.1f} | "
+                  f"{(t_h - t_q) / t_g:.0%} | {t_b:.1f} | {(t_h - t_q) / t_b:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    bench()

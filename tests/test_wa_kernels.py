@@ -1,0 +1,172 @@
+"""kernels/act_quant.py and kernels/wa_gemm.py (W8A8 FP8 / INT8, W4A4) against their pure-torch twins and float64.
+On the CPU they run in Triton's interpreter (conftest.py) on small odd shapes; tests marked gpu run the real shapes."""
+import os
+
+import pytest
+import torch
+
+import calibrate as C
+from kernels import act_quant, wa_gemm
+from quantizers.core import QLinear, build_layer, fit_grid, fp8_grid, quantize
+from quantizers.quarot import online_hadamard, orthogonal
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {f: os.path.join(ROOT, "assets", f"tiny-{f}") for f in ("llada", "dream")}
+TOL = {torch.bfloat16: 5e-3, torch.float16: 1e-3}  # of max |y|: the output's own rounding; the H100's fp8 tensor
+FP8_TOL = 2e-2  # cores add with fewer bits than fp32 (1.0e-2 seen at K = 12288), so fp8 gets more
+ODD = [(1, 100, 160), (7, 72, 200), (33, 40, 592), (5, 130, 256)]  # M N K
+
+
+def codes(q, fmt):
+    return q.view(torch.uint8) if fmt == "fp8" else q
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_quantizer_equals_the_twin_bit_for_bit(fmt, dtype):
+    for K in (100, 200, 592, 1024):
+        x = (torch.randn(6, K, device=DEVICE) * torch.rand(6, 1, device=DEVICE) * 5).to(dtype)
+        x[3] = 0  # an all-zero token gets scale 1
+        for clip in (1.0, 0.8):
+            q, s = act_quant.quantize(x, fmt, clip)
+            ref_q, ref_s = act_quant.reference(x, fmt, clip)
+            assert torch.equal(s, ref_s) and torch.equal(codes(q, fmt), codes(ref_q, fmt)), (K, clip)
+
+
+def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
+    from quantizers.core import fp8_tokens, quantize_tokens
+    x = torch.randn(9, 200) * 3
+    for fmt, bits in (("int8", 8), ("int4", 4)):
+        for clip in (1.0, 0.7):
+            q, s = act_quant.reference(x, fmt, clip)
+            assert torch.equal(act_quant.dequantize(q, s, fmt, 200), quantize_tokens(x, bits, True, clip))
+    q, s = act_quant.reference(x, "fp8", 0.9)
+    assert torch.equal(act_quant.dequantize(q, s, "fp8", 200), fp8_tokens(x, 0.9))
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
+@pytest.mark.parametrize("n,fused", [(768, True), (2048, True), (592, False), (96, False)])
+def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused):
+    """768 = 12 x 64 (tiny-llada's MLP: Paley mix and FWHT) and 2048 (FWHT alone) run in the kernel: the codes of
+    x (H_m (x) H_b) / sqrt(n), against a float64 dense product. 96 = 12 x 8 (blocks below 16) and 592 = 148 x 4
+    (tiny-dream, a mix above 16) are rotated by torch in bf16 first: the codes of that, exactly."""
+    rot = online_hadamard(n, torch.float32).to(DEVICE)
+    assert (act_quant.hadamard_form(rot) is not None) == fused
+    x = torch.randn(5, n, device=DEVICE).bfloat16()
+    q, s = act_quant.quantize(x, fmt, 1.0, rot)
+    if not fused:
+        ref_q, ref_s = act_quant.reference(rot(x), fmt, 1.0)
+        assert torch.equal(s, ref_s) and torch.equal(codes(q, fmt), codes(ref_q, fmt))
+    dense = x.double() @ orthogonal(n, None).to(DEVICE)
+    ref_q, ref_s = act_quant.reference(dense.float(), fmt, 1.0)
+    assert torch.allclose(s, ref_s, rtol=1e-5 if fused else 1e-2)
+    if fused:  # fp32 sums in another order move a few values across a rounding boundary
+        assert (codes(q, fmt) != codes(ref_q, fmt)).float().mean().item() < 0.01
+    d, ref_d = act_quant.dequantize(q, s, fmt, n), act_quant.dequantize(ref_q, ref_s, fmt, n)
+    step = (32.0 if fmt == "fp8" else 1.0) * ref_s[:, None]  # one code apart (e4m3: its widest step; two after a
+    step = step if fused else 2 * step  # rotation in bf16, which moves values by up to a code), plus what the
+    slack = ref_d.abs() * ((s - ref_s).abs() / ref_s)[:, None]  # scale's own difference moves
+    assert ((d - ref_d).abs() <= (step + slack) * 1.001).all()
+
+
+def layer(N, K, fmt, sym, dtype, bias=True):
+    W = torch.randn(N, K, device=DEVICE) * torch.rand(N, 1, device=DEVICE)
+    bits = 4 if fmt == "int4" else 8
+    q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1,
+                                                                                                            sym))
+    b = torch.randn(N, device=DEVICE).to(dtype) if bias else None
+    return QLinear.from_codes(q, s, z, b, bits=bits, group_size=-1, sym=sym, act_bits=bits, fp8=fmt == "fp8",
+                              dtype=dtype)
+
+
+def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
+    lin = layer(N, K, fmt, sym, dtype, bias)
+    assert wa_gemm.format_of(lin) == fmt
+    x = torch.randn(M, K, device=DEVICE).to(dtype)
+    y = wa_gemm.linear(x, lin, fmt, config)
+    xq, sx = act_quant.reference(x, fmt, 1.0)
+    w = wa_gemm.weight_operand(lin, fmt)
+    ref = wa_gemm.reference(xq, sx, w, lin.scales.double(), lin.zeros, fmt, K, lin.bias, torch.float64)
+    err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
+    assert y.dtype == dtype and y.shape == (M, N) and err < max(TOL[dtype], FP8_TOL * (fmt == "fp8")), \
+        f"{M}x{N}x{K} {fmt}: {err:.2e}"
+
+
+@pytest.mark.parametrize("i", range(len(wa_gemm.CONFIGS)))
+@pytest.mark.parametrize("fmt,sym", [("fp8", False), ("int8", False), ("int8", True), ("int4", False),
+                                     ("int4", True)])
+def test_every_config_matches_float64(fmt, sym, i):
+    for M, N, K in ODD:
+        check(M, N, K, fmt, sym, torch.bfloat16, wa_gemm.CONFIGS[i], bias=M != 5)
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
+def test_fp16_activations(fmt):
+    for M, N, K in ODD[:2]:
+        check(M, N, K, fmt, False, torch.float16, wa_gemm.CONFIGS[2])
+
+
+def test_which_layers_the_kernels_take():
+    assert wa_gemm.format_of(QLinear(64, 32, 8, -1, act_bits=8)) == "int8"
+    assert wa_gemm.format_of(QLinear(64, 32, 8, -1, act_bits=8, fp8=True)) == "fp8"
+    assert wa_gemm.format_of(QLinear(64, 32, 4, -1, act_bits=4)) == "int4"
+    for other in (QLinear(64, 32, 4, 32, act_bits=4), QLinear(64, 32, 4, -1, act_bits=8),
+                  QLinear(64, 32, 4, -1), QLinear(64, 32, 4, -1, act_bits=4, act_sym=False)):
+        assert wa_gemm.format_of(other) is None  # groups, W4A8, weight-only, asymmetric activations
+    again = build_layer(QLinear(64, 32, 8, -1, act_bits=8, fp8=True).config())
+    assert again.fp8 and wa_gemm.format_of(again) == "fp8"
+    with pytest.raises(ValueError, match="fp8 weights are 8 bits"):
+        QLinear(64, 32, 4, -1, fp8=True)
+
+
+
+
+@pytest.mark.parametrize("which,kw", [("llada", {"method": "quarot", "bits": 4}),
+                                      ("dream", {"method": "quarot", "bits": 8}),
+                                      ("llada", {"method": "rtn", "wbits": 8, "abits": 8, "fp8": True})])
+def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, kw):
+    """Every QLinear of a quantized tiny model through act_quant + wa_gemm, against the same model's fake-quantized
+    torch path, both in bf16, and both against the fake-quantized model in float32."""
+    m = C.calibrate(C.Args(model=TINY[which], out=str(tmp_path / "q"), nsamples=4, seqlen=32, nll_windows=0,
+                           device="cpu", **kw)).to(DEVICE)
+    ids = torch.randint(0, m.args.vocab_size - 1, (1, 16), device=DEVICE)
+    layers = [mod for mod in m.modules() if isinstance(mod, QLinear)]
+    with torch.no_grad():
+        for mod in layers:
+            mod.forward = mod.dequantized_forward
+        exact = m(ids)
+        twin = m.bfloat16()(ids).float()
+        for mod in layers:
+            fmt = wa_gemm.format_of(mod)
+            assert fmt is not None
+            mod.forward = lambda x, mod=mod, fmt=fmt: wa_gemm.linear(x, mod, fmt)
+        kernel = m(ids).float()
+    err_twin, err_kernel = ((t - exact).abs().mean() / exact.abs().mean() for t in (twin, kernel))
+    print(f"mean error against float32: kernels {err_kernel:.4f}, bf16 torch {err_twin:.4f}")
+    assert err_kernel < 1.5 * err_twin + 1e-3, (err_kernel, err_twin)  # exact integer products: often smaller
+
+
+SHAPES = [(4096, 4096), (12288, 4096), (4096, 12288), (3584, 3584), (512, 3584), (18944, 3584), (3584, 18944)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N,K", SHAPES)
+def test_real_shapes_autotuned(N, K):
+    for fmt, sym in (("fp8", False), ("int8", False), ("int8", True), ("int4", False)):
+        for M in (16, 1024):
+            check(M, N, K, fmt, sym, torch.bfloat16)
+    check(300, N, K, "int8", True, torch.float16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,fused", [(12288, True), (18944, False), (4096, True)])
+def test_real_online_hadamards(n, fused):
+    test_online_hadamard_in_the_quantizer_equals_the_dense_matrix("int8", n, fused)
+
+
+@pytest.mark.gpu
+def test_qlinear_on_cuda_runs_the_kernels():
+    lin = layer(512, 1024, "int8", False, torch.bfloat16).to(DEVICE)
+    x = torch.randn(2, 300, 1024, device=DEVICE, dtype=torch.bfloat16)
+    assert torch.equal(lin(x), wa_gemm.linear(x, lin, "int8"))
