@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from quantizers.core import pack
+from quantizers.core import pack, unpack
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 QMAX = {"fp8": 448.0, "int8": 127.0, "int4": 7.0}
@@ -38,7 +38,9 @@ FMT = {"fp8": 0, "int8": 1, "int4": 2}
 
 
 def reference(x, fmt, clip=1.0, rotation=None):
-    """The pure-torch twin: x (..., K) -> (codes, scales (M,) float32), M the number of tokens."""
+    """The pure-torch twin: x (..., K) -> (codes, scales (M,) float32), M the number of tokens. The rotation is
+    applied in fp32, as the kernel applies QuaRot's Hadamard; `quantize` applies any other rotation in x's dtype,
+    so there it equals reference(rotation(x))."""
     x = x.reshape(-1, x.shape[-1]).float()
     if rotation is not None:
         x = rotation(x)  # a Rotation casts its matrices to x's dtype: fp32 here
@@ -55,7 +57,6 @@ def reference(x, fmt, clip=1.0, rotation=None):
 def dequantize(q, s, fmt, K):
     """codes and scales -> the float32 values (M, K) they stand for."""
     if fmt == "int4":
-        from quantizers.core import unpack
         q = unpack(q, 4, K).float() - 8
     return q.float() * s[:, None]
 
@@ -162,16 +163,22 @@ def quantize(x, fmt, clip=1.0, rotation=None):
         x2 = rotation(x2)
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
     M = x2.shape[0]
-    m, b, mix = form if form else (1, 0, None)
-    rows, b = (triton.next_power_of_2(max(m, 16)) if mix is not None else m, b) if form else _tile(K)
+    if form is None:
+        m, (rows, b), mix, log_b = 1, _tile(K), None, 0
+    else:  # one token is an (m, b) tile; the mix needs at least 16 rows for the tensor-core product
+        m, b, mix = form
+        rows, log_b = max(m, 16) if mix is not None else m, int(math.log2(b))
+        if mix is not None and mix.device != x.device:  # move the kept matrix once, not on every call
+            mix = mix.to(x.device)
+            rotation._hadamard_form = (m, b, mix)
     dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32}[fmt]
     q = torch.empty(M, -(-K // 32) * 4 if fmt == "int4" else K, device=x.device, dtype=dtype)
     s = torch.empty(M, device=x.device, dtype=torch.float32)
-    mix = mix.to(x.device) if mix is not None else s  # any pointer when there is no mix
+    rows = triton.next_power_of_2(rows)
     warps = 16 if rows * b >= 16384 else 8 if rows * b >= 4096 else 4
-    _quant[(M,)](x2, mix, q, s, m, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt], FMT=FMT[fmt],
-                 ROWS=triton.next_power_of_2(rows), B=b, LOG_B=int(math.log2(b)) if form else 0,
-                 MIX=form is not None and form[2] is not None, EMULATE=INTERPRET, num_warps=warps)
+    _quant[(M,)](x2, mix if mix is not None else s, q, s, m, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt],
+                 FMT=FMT[fmt], ROWS=rows, B=b, LOG_B=log_b, MIX=mix is not None, EMULATE=INTERPRET,
+                 num_warps=warps)  # (s stands in for the mix pointer when there is none)
     return q, s
 
 

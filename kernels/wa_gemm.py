@@ -29,7 +29,7 @@ from kernels.wq_gemm import _to
 from quantizers.core import unpack
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-FMT = {"fp8": 0, "int8": 1, "int4": 2}
+FMT = act_quant.FMT  # fp8 0, int8 1, int4 2
 
 
 def format_of(layer):
