@@ -65,12 +65,13 @@ def test_iaaq_picks_the_grid_point_with_the_lowest_weighted_error(tmp_path):
     block = M.load(TINY).blocks[0]
     block.attn.v_proj = QLinear.from_codes(*rtn(block.attn.v_proj.weight, 4, -1), bits=4, group_size=-1)
     from quantizers.core import BlockInputs
-    x = torch.randn(4, 32, block.attn_norm.weight.shape[0])
+    x = torch.randn(4, 32, block.attn_norm.weight.shape[0], generator=torch.Generator().manual_seed(0))
     rope = M.rope_cos_sin(torch.arange(32)[None], M.load(TINY).args.head_dim, 10000.0)
     inputs = BlockInputs(x, rope)
     best, _ = dllmquant.search_value_clip(block, inputs, 4, 6)
     P, V = dllmquant.attention_parts(block, x, rope)
-    losses = {a: dllmquant.value_error(P, V - quantize_channels(V, 4, a), 4) for a in torch.linspace(1, .5, 6).tolist()}
+    grid, kv = torch.linspace(1, .5, 6).tolist(), block.attn.n_kv_heads  # the heads the search uses
+    losses = {a: dllmquant.value_error(P, V - quantize_channels(V, 4, a), kv) for a in grid}
     assert losses[best] == min(losses.values()) and block.attn.v_proj.out_clip == best
 
 
