@@ -175,6 +175,8 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
+    causal = False  # True only in tools/gguf_to_dream.py's check of an autoregressive source model
+
     def __init__(self, a: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
@@ -197,7 +199,7 @@ class Attention(nn.Module):
         if self.n_kv_heads != self.n_heads:  # kv head j serves query heads j*g .. j*g+g-1 (interleave, not tile)
             g = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)  # bidirectional
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)  # bidirectional
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -254,12 +256,13 @@ class Model(nn.Module):
             x = block(x, rope, mask)
         return self.norm(x)
 
-    def forward(self, ids, attn_mask=None):
-        """ids (B, T) -> logits (B, T, vocab) with logits[:, i] predicting token i, for both families."""
+    def forward(self, ids, attn_mask=None, select=None):
+        """ids (B, T) -> logits (B, T, vocab) with logits[:, i] predicting token i, for both families; with select
+        (B, T) bool, only the selected rows (N, vocab), the ones a training loss reads (a 150k vocab makes it pay)."""
         h = self.hidden(ids, attn_mask)
         if self.args.family == "dream":  # raw row i-1 predicts token i; row 0 is a copy and never used
             h = torch.cat([h[:, :1], h[:, :-1]], dim=1)  # shifting h before the head = shifting the logits
-        return self.lm_head(h)
+        return self.lm_head(h if select is None else h[select])
 
 
 # ----------------------------------------------------------------------------------------- loading and saving

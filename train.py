@@ -13,6 +13,7 @@ it has no logit of its own.
     python data/prepare.py                                    # token files and tokenizers in data/tokens
     python train.py --family llada --out assets/tiny-llada    # see assets/*/README.md for the exact commands
 """
+import itertools
 import json
 import math
 import os
@@ -47,7 +48,11 @@ class Args:
     batch_size: int = opt(128, "sequences per step")
     arith_frac: float = opt(0.2, "fraction of the sequences drawn from arith.bin (the arithmetic task, answers only "
                                   "masked)")
+    prefix_frac: float = opt(0.0, "fraction of the text rows whose prefix (of uniform random length) is never "
+                                   "masked: the prompt-then-completion shape of code generation")
     steps: int = opt(10000, "optimizer steps")
+    minutes: float = opt(0.0, "if > 0, reset --steps at step 30 from the measured step time so that training takes "
+                              "about this long (the steps are saved with the checkpoint: rerun with --steps N)")
     lr: float = opt(2e-3, "peak learning rate (AdamW), after linear warmup, cosine decay to lr/10")
     warmup: int = opt(300, "warmup steps")
     weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not on norms and biases)")
@@ -74,9 +79,9 @@ def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None):
     t = torch.rand(B, 1, device=where, generator=generator).to(x.device)
     p = ((1 - eps) * t + eps).expand(B, T)
     masked = (torch.rand(B, T, device=where, generator=generator).to(x.device) < p) & maskable
-    logits = model(torch.where(masked, model.args.mask_id, x))
+    logits = model(torch.where(masked, model.args.mask_id, x), select=masked)
     weighted = torch.zeros(B, T, device=x.device)
-    weighted[masked] = F.cross_entropy(logits[masked].float(), x[masked], reduction="none") / p[masked]
+    weighted[masked] = F.cross_entropy(logits.float(), x[masked], reduction="none") / p[masked]
     return weighted.sum(1) / maskable.sum(1).clamp(min=1)
 
 
@@ -93,11 +98,15 @@ def learning_rate(step, args):
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def read_stream(args, name, dtype=np.uint16):
-    path = os.path.join(args.data, f"{name}.bin")
+def read_stream(args, name, dtype=None):
+    """A token file as a memmap: uint16 ids, or the dtype the folder's meta.json names (data/prepare_code.py)."""
+    path, meta = os.path.join(args.data, f"{name}.bin"), os.path.join(args.data, "meta.json")
     if not os.path.isfile(path):
         raise InputError(f"{path}: not found (run python data/prepare.py first, or give --data)")
-    return np.memmap(path, dtype=dtype, mode="r")
+    if dtype is None and os.path.isfile(meta):
+        with open(meta) as f:
+            dtype = json.load(f).get("dtype")
+    return np.memmap(path, dtype=np.dtype(dtype or np.uint16), mode="r")
 
 
 def build_model(args, tok_dir, device):
@@ -157,6 +166,9 @@ def next_batch(text, arith, args, gen):
     n_arith = round(args.batch_size * args.arith_frac) if arith is not None else 0
     x = windows([text], args.batch_size - n_arith, args.seq_len, gen)[0]
     maskable = torch.ones_like(x, dtype=torch.bool)
+    n_prefix = round(len(x) * args.prefix_frac)
+    if n_prefix:  # tokens before the cut are context only, as a prompt is
+        maskable[:n_prefix] = torch.arange(args.seq_len) >= torch.randint(0, args.seq_len, (n_prefix, 1), generator=gen)
     if n_arith:
         ax, am = windows(arith, n_arith, args.seq_len, gen)
         x, maskable = torch.cat([x, ax]), torch.cat([maskable, am.bool()])
@@ -190,7 +202,9 @@ def train(args):
     history = [{"step": 0, "val_loss": round(evaluate(model, val, args, device), 4)}]
     print(f"step      0 | val loss {history[0]['val_loss']:.4f}", flush=True)
     t0, tokens = time.time(), 0
-    for step in range(args.steps):
+    for step in itertools.count():
+        if step == args.steps:  # --minutes may have reset args.steps
+            break
         x, maskable = next_batch(text, arith, args, gen)
         for g in optimizer.param_groups:
             g["lr"] = learning_rate(step, args)
@@ -201,6 +215,12 @@ def train(args):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += x.numel()
+        if args.minutes > 0 and step == 10:
+            t10 = time.time()
+        if args.minutes > 0 and step == 30:  # steps 10-30 are compiled and warm
+            per_step = (time.time() - t10) / 20
+            args.steps = 31 + max(0, int((args.minutes * 60 - (time.time() - t0)) / per_step))
+            print(f"--minutes {args.minutes}: {args.steps} steps of {per_step * 1e3:.0f} ms", flush=True)
         if step % 50 == 0 or step == args.steps - 1:
             elapsed = time.time() - t0
             print(f"step {step:6d} | loss {loss.item():.4f} | lr {learning_rate(step, args):.2e} | grad {norm:.2f} | "

@@ -9,8 +9,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # core.py holds both stored formats (QLinear's integer grid, Quant-dLLM's binary residual), the online rotation and
 # QLinear's dispatch to the Triton kernels, and the FP8 format. A kernel file holds its format, twin, kernel, wrapper
 # and benchmark.
-BUDGETS = {"model.py": 450, "sample.py": 290, "bench.py": 260, "train.py": 300, "eval.py": 400,
-           "calibrate.py": 300, "sandbox.py": 150, "data/prepare.py": 200, "quantizers/core.py": 400,
+BUDGETS = {"model.py": 455, "sample.py": 290, "bench.py": 260, "train.py": 300, "eval.py": 400,
+           "calibrate.py": 300, "sandbox.py": 150, "data/prepare.py": 200,
+           "data/prepare_code.py": 150, "tools/gguf_to_dream.py": 250, "quantizers/core.py": 400,
            **{f"kernels/{k}.py": 300 for k in ("wq_gemm", "act_quant", "wa_gemm")},
            "quantizers/rtn.py": 250, "quantizers/gptq.py": 250, "quantizers/awq.py": 250,
            **{f"quantizers/{m}.py": 250 for m in ("smoothquant", "quarot", "duquant", "dllmquant", "quantdllm")}}
@@ -32,6 +33,6 @@ def test_readme_file_tree_has_the_real_line_counts():
     rows = re.findall(r"^\s*([\w/]+\.py)\s+(\d+)\s", tree, flags=re.M)
     assert len(rows) >= 5
     for name, count in rows:
-        dirs = ("", "tests/", "data/", "quantizers/", "results/", "kernels/")
+        dirs = ("", "tests/", "data/", "quantizers/", "results/", "kernels/", "tools/")
         path = next(d + name for d in dirs if os.path.exists(os.path.join(ROOT, d + name)))
         assert lines(path) == int(count), f"README says {name} has {count} lines, it has {lines(path)}"

@@ -69,7 +69,9 @@ def test_iaaq_picks_the_grid_point_with_the_lowest_weighted_error(tmp_path):
     rope = M.rope_cos_sin(torch.arange(32)[None], M.load(TINY).args.head_dim, 10000.0)
     inputs = BlockInputs(x, rope)
     best, _ = dllmquant.search_value_clip(block, inputs, 4, 6)
+    block.attn.v_proj.out_bits = 16  # V as the search saw it, before its own quantization
     P, V = dllmquant.attention_parts(block, x, rope)
+    block.attn.v_proj.out_bits = 4
     grid, kv = torch.linspace(1, .5, 6).tolist(), block.attn.n_kv_heads  # the heads the search uses
     losses = {a: dllmquant.value_error(P, V - quantize_channels(V, 4, a), kv) for a in grid}
     assert losses[best] == min(losses.values()) and block.attn.v_proj.out_clip == best

@@ -24,8 +24,9 @@ class InputBlind(torch.nn.Module):
         self.args = M.ModelArgs(family, 8, 1, 1, 1, 8, V, 1e-5, 1e4, family == "dream", 64, mask_id=V - 1)
         self.logits = torch.randn(T_, V, generator=torch.Generator().manual_seed(0))
 
-    def forward(self, x, attn_mask=None):
-        return self.logits[None].expand(x.shape[0], -1, -1)
+    def forward(self, x, attn_mask=None, select=None):
+        logits = self.logits[None].expand(x.shape[0], -1, -1)
+        return logits if select is None else logits[select]
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -97,3 +98,40 @@ def test_a_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
 def test_missing_token_files_give_one_clear_line(tmp_path):
     with pytest.raises(M.InputError, match="train.bin: not found"):
         T.train(T.Args(data=str(tmp_path), out=str(tmp_path / "out"), device="cpu"))
+
+
+def test_select_gives_exactly_the_chosen_rows_of_the_full_logits():
+    for path in (TINY, os.path.join(ROOT, "assets", "tiny-dream")):
+        m = M.load(path)
+        x = torch.randint(0, 4000, (2, 24))
+        select = torch.rand(2, 24) < 0.4
+        assert torch.equal(m(x, select=select), m(x)[select])
+
+
+def test_prefix_rows_keep_a_clean_prompt_and_the_rest_are_fully_maskable():
+    args = T.Args(batch_size=64, seq_len=40, prefix_frac=0.25, arith_frac=0.0)
+    text = np.arange(5000, dtype=np.uint16)
+    x, maskable = T.next_batch(text, None, args, torch.Generator().manual_seed(0))
+    cuts = (~maskable).sum(1)
+    assert maskable[16:].all() and (cuts[:16] > 0).sum() >= 12 and len(set(cuts[:16].tolist())) > 5
+    for row, cut in zip(maskable[:16], cuts[:16], strict=True):  # a prefix, never holes
+        assert not row[:cut].any() and row[cut:].all()
+
+
+def test_uint32_token_files_are_read_with_the_dtype_meta_json_names(tmp_path):
+    ids = np.array([5, 70000, 151666, 3], dtype=np.uint32)
+    ids.tofile(tmp_path / "train.bin")
+    (tmp_path / "meta.json").write_text('{"dtype": "uint32"}')
+    assert T.read_stream(T.Args(data=str(tmp_path)), "train").tolist() == ids.tolist()
+    (tmp_path / "meta.json").unlink()
+    assert len(T.read_stream(T.Args(data=str(tmp_path)), "train")) == 8  # no meta.json: uint16, as before
+
+
+def test_minutes_resets_the_step_count_from_the_measured_step_time(tmp_path, capsys):
+    toy_data(tmp_path / "data")
+    args = T.Args(family="llada", data=str(tmp_path / "data"), out=str(tmp_path / "out"), dim=32, n_layers=1,
+                  n_heads=2, n_kv_heads=2, hidden_dim=64, seq_len=16, batch_size=4, steps=10 ** 6, warmup=40,
+                  minutes=0.02, eval_every=10 ** 6, eval_batches=1, device="cpu", arith_frac=0.0)
+    history = T.train(args)
+    said = re.search(r"--minutes 0.02: (\d+) steps", capsys.readouterr().out)
+    assert said and 31 <= int(said.group(1)) < 10 ** 6 and history[-1]["step"] == args.steps == int(said.group(1))
