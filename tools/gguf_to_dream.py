@@ -22,6 +22,7 @@ library files and prints its next-token top-1 accuracy and loss: the proof that 
 import argparse
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -105,8 +106,7 @@ def write_tokenizer(src, out):
 
 
 def convert(gguf_path, out, tok_src, dtype=torch.float32):
-    import json
-
+    """Dequantize every tensor of the GGUF into out/model.safetensors; config.json and the tokenizer beside it."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from safetensors.torch import save_file
