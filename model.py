@@ -175,7 +175,7 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
-    causal = False  # True only in tools/gguf_to_dream.py's check of an autoregressive source model
+    causal = False  # bidirectional; True only in tools/gguf_to_dream.py's check of the autoregressive source
 
     def __init__(self, a: ModelArgs):
         super().__init__()
@@ -199,7 +199,7 @@ class Attention(nn.Module):
         if self.n_kv_heads != self.n_heads:  # kv head j serves query heads j*g .. j*g+g-1 (interleave, not tile)
             g = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)  # bidirectional
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

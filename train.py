@@ -12,6 +12,7 @@ it has no logit of its own.
 
     python data/prepare.py                                    # token files and tokenizers in data/tokens
     python train.py --family llada --out assets/tiny-llada    # see assets/*/README.md for the exact commands
+    python train.py --init_from out/qwen-ar --data data/tokens-qwen ...   # mini-Dream-0.5B: see the README
 """
 import itertools
 import json
@@ -52,7 +53,8 @@ class Args:
                                    "masked: the prompt-then-completion shape of code generation")
     steps: int = opt(10000, "optimizer steps")
     minutes: float = opt(0.0, "if > 0, reset --steps at step 30 from the measured step time so that training takes "
-                              "about this long (the steps are saved with the checkpoint: rerun with --steps N)")
+                              "about this long; needs --warmup >= 30 (the steps are saved with the checkpoint: "
+                              "rerun with --steps N)")
     lr: float = opt(2e-3, "peak learning rate (AdamW), after linear warmup, cosine decay to lr/10")
     warmup: int = opt(300, "warmup steps")
     weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not on norms and biases)")
@@ -185,6 +187,9 @@ def make_optimizer(model, args, device):
 def train(args):
     """Train and save to args.out (at every evaluation); returns the validation history."""
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.minutes > 0 and args.warmup < 30:
+        raise InputError(f"--minutes needs --warmup >= 30 (got {args.warmup}): the steps it sets at step 30 must not "
+                         f"have shaped the learning rate before")
     tok_dir = args.init_from or os.path.join(args.data, args.family)
     text, val = read_stream(args, "train"), read_stream(args, "val")
     arith = [read_stream(args, "arith"), read_stream(args, "arith_mask", np.uint8)] if args.arith_frac > 0 else None

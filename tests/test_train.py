@@ -132,6 +132,8 @@ def test_minutes_resets_the_step_count_from_the_measured_step_time(tmp_path, cap
     args = T.Args(family="llada", data=str(tmp_path / "data"), out=str(tmp_path / "out"), dim=32, n_layers=1,
                   n_heads=2, n_kv_heads=2, hidden_dim=64, seq_len=16, batch_size=4, steps=10 ** 6, warmup=40,
                   minutes=0.02, eval_every=10 ** 6, eval_batches=1, device="cpu", arith_frac=0.0)
+    with pytest.raises(M.InputError, match="--minutes needs --warmup >= 30"):
+        T.train(T.Args(**{**vars(args), "warmup": 10}))
     history = T.train(args)
     said = re.search(r"--minutes 0.02: (\d+) steps", capsys.readouterr().out)
     assert said and 31 <= int(said.group(1)) < 10 ** 6 and history[-1]["step"] == args.steps == int(said.group(1))

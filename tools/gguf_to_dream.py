@@ -98,15 +98,19 @@ def model_args(reader, tok_dir):
 
 
 def write_tokenizer(src, out):
-    """data/qwen2.5's tokenizer.json.gz and tokenizer_config.json, unpacked into the checkpoint folder."""
-    with gzip.open(os.path.join(src, "tokenizer.json.gz"), "rb") as f, open(os.path.join(out, "tokenizer.json"),
-                                                                          "wb") as g:
+    """data/qwen2.5's tokenizer.json.gz and tokenizer_config.json, unpacked into the checkpoint folder (each
+    under a temporary name, then renamed)."""
+    tok, cfg = os.path.join(out, "tokenizer.json"), os.path.join(out, "tokenizer_config.json")
+    with gzip.open(os.path.join(src, "tokenizer.json.gz"), "rb") as f, open(tok + ".tmp", "wb") as g:
         shutil.copyfileobj(f, g)
-    shutil.copyfile(os.path.join(src, "tokenizer_config.json"), os.path.join(out, "tokenizer_config.json"))
+    shutil.copyfile(os.path.join(src, "tokenizer_config.json"), cfg + ".tmp")
+    os.replace(tok + ".tmp", tok)
+    os.replace(cfg + ".tmp", cfg)
 
 
-def convert(gguf_path, out, tok_src, dtype=torch.float32):
-    """Dequantize every tensor of the GGUF into out/model.safetensors; config.json and the tokenizer beside it."""
+def convert(gguf_path, out, tok_src, dtype=torch.float32, digest=None):
+    """Dequantize every tensor of the GGUF into out/model.safetensors; config.json and the tokenizer beside it.
+    digest: the file's sha256 when the caller has it (recorded in the metadata)."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
     from safetensors.torch import save_file
@@ -122,7 +126,7 @@ def convert(gguf_path, out, tok_src, dtype=torch.float32):
             print(f"{i + 1}/{len(reader.tensors)} tensors dequantized", flush=True)
     cfg = {**args.to_config(), "architectures": ["DreamModel"], "torch_dtype": str(dtype).split(".")[1]}
     save_file(sd, os.path.join(out, "model.safetensors.tmp"), metadata={
-        "format": "pt", "source": f"{os.path.basename(gguf_path)} sha256 {sha256(gguf_path)}"})
+        "format": "pt", "source": f"{os.path.basename(gguf_path)} sha256 {digest or sha256(gguf_path)}"})
     with open(os.path.join(out, "config.json.tmp"), "w") as f:
         json.dump(cfg, f, indent=2)
     os.replace(os.path.join(out, "model.safetensors.tmp"), os.path.join(out, "model.safetensors"))
@@ -180,7 +184,7 @@ def main():
             raise InputError(f"{a.gguf}: sha256 {digest[:12]}... is not the expected {a.sha256[:12]}... (--sha256)")
         if not a.out:
             raise InputError("--out is needed to convert --gguf")
-        convert(a.gguf, a.out, a.tokenizer, getattr(torch, a.dtype))
+        convert(a.gguf, a.out, a.tokenizer, getattr(torch, a.dtype), digest)
     if a.check:
         if not os.path.isfile(os.path.join(a.tokens, "heldout_code.bin")):
             raise InputError(f"{a.tokens}: no heldout_code.bin (run python data/prepare_code.py)")
