@@ -97,9 +97,11 @@ def round_loss(model, seq, masked, p, prompt_len):
     sum over masked answer tokens of CE / p, divided by the rows (the loss LLaDA's and Dream's code compute)."""
     x = seq.repeat(len(masked), 1)
     x[:, prompt_len:][masked] = model.args.mask_id
-    logits = model(x)[:, prompt_len:]
+    select = torch.zeros_like(x, dtype=torch.bool)
+    select[:, prompt_len:] = masked
+    logits = model(x, select=select)  # the head at the masked rows only, in the order target[masked] takes
     target = seq[prompt_len:].expand_as(masked)
-    return (F.cross_entropy(logits[masked].float(), target[masked], reduction="none") / p[masked]).sum() / len(masked)
+    return (F.cross_entropy(logits.float(), target[masked], reduction="none") / p[masked]).sum() / len(masked)
 
 
 def llada_masks(b, L, gen):

@@ -83,14 +83,16 @@ def check(model, prompt_len, gen_length, steps, block_length, alg, dream_only=()
                          f"of {model.args.max_seq_len} tokens")
 
 
-def cfg_logits(model, x, attn_mask, prompt_len, cfg_scale):
-    """Logits, with LLaDA's unsupervised classifier-free guidance when cfg_scale > 0: un + (cfg+1)(cond - un),
-    where the unconditional input is x with the prompt replaced by [MASK]."""
+def cfg_logits(model, x, attn_mask, prompt_len, cfg_scale, cand):
+    """Logits (n, V) at the candidates cand (B, T) only (a 150k-vocab head over the whole canvas costs more than the
+    rest), with LLaDA's unsupervised classifier-free guidance when cfg_scale > 0: un + (cfg+1)(cond - un), where
+    the unconditional input is x with the prompt replaced by [MASK]."""
     if cfg_scale == 0:
-        return model(x, attn_mask)
+        return model(x, attn_mask, select=cand)
     un = x.clone()
     un[:, :prompt_len] = model.args.mask_id
-    cond, un = model(torch.cat([x, un]), None if attn_mask is None else attn_mask.repeat(2, 1)).chunk(2)
+    mask2 = None if attn_mask is None else attn_mask.repeat(2, 1)
+    cond, un = model(torch.cat([x, un]), mask2, select=cand.repeat(2, 1)).chunk(2)  # rows of x, then of un
     return un + (cfg_scale + 1) * (cond - un)
 
 
@@ -187,7 +189,7 @@ def generate(model, prompt, attn_mask=None, gen_length=128, steps=128, block_len
         n_start = (x[in_block].view(B, -1) == a.mask_id).sum(1)
         for i in range(per_block):
             cand = (x == a.mask_id) & in_block
-            logits = cfg_logits(model, x, attn_mask, P, cfg_scale)[cand]  # (n, V) at the candidates only
+            logits = cfg_logits(model, x, attn_mask, P, cfg_scale, cand)  # (n, V)
             if logits_eos_inf and a.eos_id is not None:
                 logits[:, a.eos_id] = -torch.inf
             x0, c = propose(logits, alg, temperature, top_p, top_k, generator)
@@ -218,11 +220,7 @@ def encode_prompts(args, family, tok, bos_id):
         raise InputError(f"{args.model}: no tokenizer.json, so give --prompt_ids instead of text")
     if args.prompt_file and not os.path.isfile(args.prompt_file):
         raise InputError(f"--prompt_file {args.prompt_file}: not found")
-    if args.prompt:
-        texts = [args.prompt]
-    else:
-        with open(args.prompt_file) as f:
-            texts = [s for s in f.read().splitlines() if s.strip()]
+    texts = [args.prompt] if args.prompt else [s for s in open(args.prompt_file).read().splitlines() if s.strip()]
     if args.chat:  # the template carries its own special tokens, so the tokenizer must not add any
         bos = tok.id_to_token(bos_id) if bos_id is not None else ""
         return [tok.encode(CHAT[family].format(bos=bos, prompt=t.strip()), add_special_tokens=False).ids

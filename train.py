@@ -51,6 +51,10 @@ class Args:
                                   "masked)")
     prefix_frac: float = opt(0.0, "fraction of the text rows whose prefix (of uniform random length) is never "
                                    "masked: the prompt-then-completion shape of code generation")
+    block_frac: float = opt(0.0, "fraction of the text rows in the shape the semi-autoregressive sampler meets: a "
+                                  "clean prefix, one block of --block_length tokens masked at rate t (the only "
+                                  "scored part), and every later token shown as [MASK]")
+    block_length: int = opt(32, "block of the --block_frac rows (the sampler's --block_length)")
     steps: int = opt(10000, "optimizer steps")
     minutes: float = opt(0.0, "if > 0, reset --steps at step 30 from the measured step time so that training takes "
                               "about this long; needs --warmup >= 30 (the steps are saved with the checkpoint: "
@@ -68,11 +72,12 @@ class Args:
     compile: bool = opt(False, "torch.compile each block (on a GPU small models are launch-bound without it)")
 
 
-def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None):
+def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None, blank=None):
     """LLaDA's masked-diffusion loss on clean token ids x (B, T), one value per sequence (B,): the sum over masked
     positions of CE / p, divided by the number of positions that can be masked. maskable (B, T) restricts the
     masking (LLaDA's SFT objective: the prompt is never masked, the loss is normalised by the answer length);
-    for Dream, position 0 is never maskable (after the shift it has no logit of its own)."""
+    for Dream, position 0 is never maskable (after the shift it has no logit of its own). blank (B, T) marks
+    positions always shown as [MASK] and never scored: the not-yet-decoded blocks after the current one."""
     B, T = x.shape
     maskable = torch.ones_like(x, dtype=torch.bool) if maskable is None else maskable.clone()
     if model.args.family == "dream":
@@ -81,7 +86,8 @@ def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None):
     t = torch.rand(B, 1, device=where, generator=generator).to(x.device)
     p = ((1 - eps) * t + eps).expand(B, T)
     masked = (torch.rand(B, T, device=where, generator=generator).to(x.device) < p) & maskable
-    logits = model(torch.where(masked, model.args.mask_id, x), select=masked)
+    hidden = masked if blank is None else masked | blank
+    logits = model(torch.where(hidden, model.args.mask_id, x), select=masked)
     weighted = torch.zeros(B, T, device=x.device)
     weighted[masked] = F.cross_entropy(logits.float(), x[masked], reduction="none") / p[masked]
     return weighted.sum(1) / maskable.sum(1).clamp(min=1)
@@ -164,17 +170,26 @@ def write_checkpoint(model, args, tok_dir, meta):
 
 
 def next_batch(text, arith, args, gen):
-    """Text rows (pre-training objective, every position maskable) and arithmetic rows (answer fields only)."""
+    """Text rows (pre-training objective, every position maskable; --prefix_frac of them with a clean prefix,
+    --block_frac of them in the sampler's block shape) and arithmetic rows (answer fields only).
+    -> token ids, maskable and blank (see diffusion_loss), (B, T) each."""
     n_arith = round(args.batch_size * args.arith_frac) if arith is not None else 0
     x = windows([text], args.batch_size - n_arith, args.seq_len, gen)[0]
-    maskable = torch.ones_like(x, dtype=torch.bool)
-    n_prefix = round(len(x) * args.prefix_frac)
+    maskable, blank = torch.ones_like(x, dtype=torch.bool), torch.zeros_like(x, dtype=torch.bool)
+    n_prefix, n_block = round(len(x) * args.prefix_frac), round(len(x) * args.block_frac)
+    pos = torch.arange(args.seq_len)
     if n_prefix:  # tokens before the cut are context only, as a prompt is
-        maskable[:n_prefix] = torch.arange(args.seq_len) >= torch.randint(0, args.seq_len, (n_prefix, 1), generator=gen)
+        maskable[:n_prefix] = pos >= torch.randint(0, args.seq_len, (n_prefix, 1), generator=gen)
+    if n_block:  # clean | block being decoded | blocks not reached yet
+        cut = torch.randint(1, args.seq_len - args.block_length + 1, (n_block, 1), generator=gen)
+        rows = slice(n_prefix, n_prefix + n_block)
+        maskable[rows] = (pos >= cut) & (pos < cut + args.block_length)
+        blank[rows] = pos >= cut + args.block_length
     if n_arith:
         ax, am = windows(arith, n_arith, args.seq_len, gen)
         x, maskable = torch.cat([x, ax]), torch.cat([maskable, am.bool()])
-    return x, maskable
+        blank = torch.cat([blank, torch.zeros_like(am, dtype=torch.bool)])
+    return x, maskable, blank
 
 
 def make_optimizer(model, args, device):
@@ -190,6 +205,9 @@ def train(args):
     if args.minutes > 0 and args.warmup < 30:
         raise InputError(f"--minutes needs --warmup >= 30 (got {args.warmup}): the steps it sets at step 30 must not "
                          f"have shaped the learning rate before")
+    if args.prefix_frac + args.block_frac > 1 or (args.block_frac > 0 and not 0 < args.block_length < args.seq_len):
+        raise InputError(f"--prefix_frac {args.prefix_frac} + --block_frac {args.block_frac} must be <= 1 and "
+                         f"--block_length {args.block_length} within (0, --seq_len {args.seq_len})")
     tok_dir = args.init_from or os.path.join(args.data, args.family)
     text, val = read_stream(args, "train"), read_stream(args, "val")
     arith = [read_stream(args, "arith"), read_stream(args, "arith_mask", np.uint8)] if args.arith_frac > 0 else None
@@ -210,11 +228,11 @@ def train(args):
     for step in itertools.count():
         if step == args.steps:  # --minutes may have reset args.steps
             break
-        x, maskable = next_batch(text, arith, args, gen)
+        x, maskable, blank = next_batch(text, arith, args, gen)
         for g in optimizer.param_groups:
             g["lr"] = learning_rate(step, args)
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            loss = diffusion_loss(model, x.to(device), args.eps, mask_gen, maskable.to(device)).mean()
+            loss = diffusion_loss(model, x.to(device), args.eps, mask_gen, maskable.to(device), blank.to(device)).mean()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()

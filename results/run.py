@@ -1,10 +1,13 @@
 """
-The README's results tables, cell by cell: each cell quantizes a bundled model with calibrate.py, scores it with
-eval.py (arithmetic 500 + wiki_nll, 299 windows x 8 masks) and writes results/<model>/<cell>.json with the numbers,
-the commands and the bits per weight of the Linear layers counted from the checkpoint's bytes.
+The README's results tables, cell by cell: each cell quantizes a model with calibrate.py, scores it with eval.py
+and writes results/<model>/<cell>.json with the numbers, the commands, the bits per weight of the Linear layers
+counted from the checkpoint's bytes and the checkpoint's size. The bundled tiny models are scored on arithmetic
+(500) + wiki_nll (299 windows x 8 masks); mini-Dream-0.5B (not bundled: README, "mini-Dream-0.5B") on HumanEval
+(164, gen/steps/block 256/256/32, entropy) + wiki_nll.
 
     python results/run.py --device cuda --jobs 12          # every missing cell, 12 at a time (one H100: ~8 min)
     python results/run.py --only w4a4 --redo               # the cells whose name contains w4a4, again
+    python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --tasks_dir /tmp/tasks --jobs 4
     python results/run.py --table                          # print the tables from the JSON files
 """
 import argparse
@@ -19,6 +22,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 MODELS = ("tiny-llada", "tiny-dream")
+# mini-Dream's cells: the study's grid at W4/W3 weight-only, W8A8 and W4A4, DLLMQuant, and W2; masked or trajectory
+# calibration where the papers say it matters.
+MINI = ("float", "w4-rtn", "w4-gptq", "w4-awq", "w3-rtn", "w3-gptq", "w3-awq", "w3-gptq-masked", "w8a8-rtn",
+        "w8a8-smoothquant-clean", "w8a8-quarot-clean", "w8a8-duquant-clean", "w4a4-rtn", "w4a4-smoothquant-clean",
+        "w4a4-quarot-clean", "w4a4-duquant-clean", "w4a4-quarot-masked", "w4a4-quarot-gptq-clean",
+        "w4a4-quarot-dllmquant-trajectory", "w2-gptq-clean", "w2-quantdllm-clean", "w2-quantdllm-masked")
 WA = "--group_size -1"  # weights per channel with activations (what integer GEMMs need), as the WA methods default
 
 
@@ -60,17 +69,29 @@ def linear_bits(ckpt):
     return 8 * stored / sum(m.in_features * m.out_features for m in layers) if layers else None
 
 
+def commands(model, flags, ckpt, args):
+    """calibrate.py (unless float) and eval.py command lines of a cell. The tiny models run in float32 throughout;
+    mini-Dream calibrates in float32 and is scored in bfloat16, as its float baseline was."""
+    common = f"--device {args.device} --dtype float32"
+    src, score = (f"assets/{model}", common) if model != "mini-dream" else (args.mini_dream, (
+        f"--device {args.device} --dtype bfloat16 --tasks humaneval,wiki_nll --data_dir {args.tasks_dir} "
+        "--gen_length 256 --steps 256 --block_length 32 --batch_size 164 --allow_code_exec --workers 4"))
+    cmds = [] if flags is None else [f"python calibrate.py --model {src} {flags} {common} --nll_windows 0 --out {ckpt}"]
+    return cmds + [f"python eval.py --model {src if flags is None else ckpt} {score} --out {ckpt}.eval.json"]
+
+
+def checkpoint_mib(path):
+    return round(sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if n.endswith(".safetensors"))
+                 / 2 ** 20, 1)
+
+
 def run_cell(model, name, flags, args):
     out = os.path.join(HERE, model, f"{name}.json")
     if os.path.isfile(out) and not args.redo:
         return f"{model}/{name}: kept"
     ckpt = os.path.join(args.scratch, model, name)
-    common = f"--device {args.device} --dtype float32"
-    cmds = []
-    if flags is not None:
-        cmds.append(f"python calibrate.py --model assets/{model} {flags} {common} --nll_windows 0 --out {ckpt}")
-    score = f"{ckpt}.eval.json"
-    cmds.append(f"python eval.py --model {f'assets/{model}' if flags is None else ckpt} {common} --out {score}")
+    cmds, score = commands(model, flags, ckpt, args), f"{ckpt}.eval.json"
+    src = args.mini_dream if model == "mini-dream" else os.path.join(ROOT, "assets", model)
     t0, log = time.time(), []
     for cmd in cmds:
         p = subprocess.run(cmd.replace("python ", f"{sys.executable} ", 1).split(), cwd=ROOT, capture_output=True,
@@ -80,17 +101,20 @@ def run_cell(model, name, flags, args):
             return f"{model}/{name}: FAILED ({cmd})\n{p.stderr[-2000:]}"
     with open(score) as f:
         records = {r["task"]: r for r in json.load(f)}
+    task = "humaneval" if model == "mini-dream" else "arithmetic"
     result = {"model": model, "cell": name, "flags": flags, "device": args.device_name,
-              "arithmetic": records["arithmetic"]["value"], "wiki_nll": records["wiki_nll"]["value"],
+              task: records[task]["value"], "wiki_nll": records["wiki_nll"]["value"],
               "wiki_nll_stderr": records["wiki_nll"]["stderr"], "seconds": round(time.time() - t0, 1),
               "bits_per_weight": None if flags is None else linear_bits(ckpt),
-              "commands": [c.replace(args.scratch, "$SCRATCH") for c in cmds],
+              "checkpoint_mib": checkpoint_mib(src if flags is None else ckpt),
+              "commands": [c.replace(args.scratch, "$SCRATCH").replace(args.mini_dream, "$MINI_DREAM")
+                           .replace(args.tasks_dir, "$TASKS") for c in cmds],
               "calibrate_log": log[0][-3000:] if flags is not None else ""}
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(out + ".tmp", out)
-    return f"{model}/{name}: {result['arithmetic']:.1%} / {result['wiki_nll']:.4f} ({result['seconds']:.0f} s)"
+    return f"{model}/{name}: {result[task]:.1%} / {result['wiki_nll']:.4f} ({result['seconds']:.0f} s)"
 
 
 def load(model, name):
@@ -144,22 +168,46 @@ def tables():
     return "\n".join(rows)
 
 
+def mini_table():
+    """mini-Dream-0.5B: HumanEval pass@1 (164) / wiki NLL, bits per Linear weight, checkpoint MiB."""
+    rows = ["| setting | method | calibration | HumanEval | wiki NLL | bits / weight | MiB |", "|---" * 7 + "|"]
+    for name in MINI:
+        r, parts = load("mini-dream", name), name.split("-")
+        setting, method = (parts[0].upper(), "-".join(parts[1:])) if name != "float" else ("BF16", "float")
+        mode = parts[-1] if parts[-1] in ("clean", "masked", "trajectory") else ""
+        method = method.removesuffix(f"-{mode}") if mode else method
+        if r is None:
+            rows.append(f"| {setting} | {method} | {mode} | n/m | n/m | | |")
+            continue
+        bits = f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] else "16"
+        rows.append(f"| {setting} | {method} | {mode} | {r['humaneval']:.1%} | {r['wiki_nll']:.3f} | {bits} | "
+                    f"{r['checkpoint_mib']:.0f} |")
+    return "\n".join(rows)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="where calibrate.py and eval.py run (cuda or cpu)")
     p.add_argument("--jobs", type=int, default=4, help="cells run at the same time")
     p.add_argument("--only", default="", help="run only the cells whose name contains this")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated bundled models")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: bundled models, or mini-dream")
+    p.add_argument("--mini_dream", default="/tmp/mini-dream", help="the adapted mini-Dream-0.5B checkpoint folder")
+    p.add_argument("--tasks_dir", default=os.path.join(ROOT, "data", "tasks"),
+                   help="mini-dream: eval.py --data_dir holding the full HumanEval (data/tasks has a sample)")
     p.add_argument("--redo", action="store_true", help="run cells whose JSON already exists again")
     p.add_argument("--scratch", default="/tmp/dllmq-cells", help="where the quantized checkpoints go")
     p.add_argument("--table", action="store_true", help="print the tables from the JSON files and stop")
     args = p.parse_args()
     if args.table:
-        print(tables())
+        print(tables() + "\n\n" + mini_table())
         return
+    models = args.models.split(",")
+    if "mini-dream" in models and not os.path.isfile(os.path.join(args.mini_dream, "config.json")):
+        sys.exit(f"--mini_dream {args.mini_dream}: no checkpoint there (config.json missing)")
     import torch
     args.device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
-    work = [(m, n, f) for n, f in cells().items() for m in args.models.split(",") if args.only in n]
+    work = [(m, n, f) for n, f in cells().items() for m in models
+            if args.only in n and (n in MINI if m == "mini-dream" else m in MODELS)]
     print(f"{len(work)} cells on {args.device_name}, {args.jobs} at a time", flush=True)
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:  # a line per cell as it finishes

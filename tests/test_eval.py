@@ -37,8 +37,9 @@ class InputBlind(torch.nn.Module):
         self.logits = torch.randn(T, V, generator=torch.Generator().manual_seed(3)) * 2
         self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
 
-    def forward(self, x, attn_mask=None):
-        return self.logits[None, :x.shape[1]].expand(x.shape[0], -1, -1)
+    def forward(self, x, attn_mask=None, select=None):
+        out = self.logits[None, :x.shape[1]].expand(x.shape[0], -1, -1)
+        return out if select is None else out[select]
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

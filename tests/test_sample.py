@@ -54,10 +54,10 @@ def test_matches_reference_likelihood_rounds(cfg):
         seq = torch.tensor(entry["prompt"] + entry["answer"])
         for rd in entry["rounds"]:
             x, p_mask = torch.tensor(rd["perturbed_seq"]), torch.tensor(rd["p_mask_per_row"])
-            with torch.no_grad():
-                logits = S.cfg_logits(m, x, None, len(entry["prompt"]), cfg)
             masked = x == m.args.mask_id
-            ce = F.cross_entropy(logits[masked], seq.expand_as(x)[masked], reduction="none")
+            with torch.no_grad():
+                logits = S.cfg_logits(m, x, None, len(entry["prompt"]), cfg, masked)
+            ce = F.cross_entropy(logits, seq.expand_as(x)[masked], reduction="none")
             loss = (ce / p_mask[:, None].expand_as(x)[masked]).sum() / x.shape[0]
             assert abs(loss.item() / rd["round_loss"] - 1) <= 1e-5
 
@@ -142,8 +142,9 @@ class FixedLogits(torch.nn.Module):
         self.args = M.ModelArgs("llada", 8, 1, 1, 1, 8, 10, 1e-5, 1e4, False, 64, mask_id=9, eos_id=8, eot_id=7)
         self.logits = torch.log(torch.tensor(probs))
 
-    def forward(self, x, attn_mask=None):
-        return self.logits[None, :x.shape[1]].expand(x.shape[0], -1, -1)
+    def forward(self, x, attn_mask=None, select=None):
+        out = self.logits[None, :x.shape[1]].expand(x.shape[0], -1, -1)
+        return out if select is None else out[select]
 
 
 def eos_test_model():

@@ -111,11 +111,44 @@ def test_select_gives_exactly_the_chosen_rows_of_the_full_logits():
 def test_prefix_rows_keep_a_clean_prompt_and_the_rest_are_fully_maskable():
     args = T.Args(batch_size=64, seq_len=40, prefix_frac=0.25, arith_frac=0.0)
     text = np.arange(5000, dtype=np.uint16)
-    x, maskable = T.next_batch(text, None, args, torch.Generator().manual_seed(0))
+    x, maskable, blank = T.next_batch(text, None, args, torch.Generator().manual_seed(0))
+    assert not blank.any()
     cuts = (~maskable).sum(1)
     assert maskable[16:].all() and (cuts[:16] > 0).sum() >= 12 and len(set(cuts[:16].tolist())) > 5
     for row, cut in zip(maskable[:16], cuts[:16], strict=True):  # a prefix, never holes
         assert not row[:cut].any() and row[cut:].all()
+
+
+def test_block_rows_score_one_block_after_a_clean_prefix_and_blank_everything_later():
+    args = T.Args(batch_size=40, seq_len=48, prefix_frac=0.25, block_frac=0.5, block_length=8, arith_frac=0.0)
+    text = np.arange(5000, dtype=np.uint16)
+    x, maskable, blank = T.next_batch(text, None, args, torch.Generator().manual_seed(0))
+    assert not blank[:10].any() and not blank[30:].any() and maskable[30:].all()
+    starts = []
+    for row, hide in zip(maskable[10:30], blank[10:30], strict=True):
+        cut = int(row.float().argmax())
+        assert 1 <= cut and row.sum() == 8 and row[cut:cut + 8].all()
+        assert hide[cut + 8:].all() and hide.sum() == 48 - cut - 8
+        starts.append(cut)
+    assert len(set(starts)) > 10
+
+
+def test_blank_positions_are_hidden_and_unscored():
+    """The loss of a block row cannot depend on the tokens after the block: they are [MASK] in the input and never
+    a target."""
+    m = M.load(TINY)
+    x = torch.randint(0, 4000, (3, 32))
+    maskable = torch.zeros(3, 32, dtype=torch.bool)
+    maskable[:, 10:18] = True
+    blank = torch.zeros_like(maskable)
+    blank[:, 18:] = True
+    y = x.clone()
+    y[:, 18:] = torch.randint(0, 4000, (3, 14))
+    with torch.no_grad():
+        a = T.diffusion_loss(m, x, generator=torch.Generator().manual_seed(1), maskable=maskable, blank=blank)
+        b = T.diffusion_loss(m, y, generator=torch.Generator().manual_seed(1), maskable=maskable, blank=blank)
+        c = T.diffusion_loss(m, y, generator=torch.Generator().manual_seed(1), maskable=maskable)
+    assert torch.equal(a, b) and (a > 0).all() and not torch.equal(a, c)
 
 
 def test_uint32_token_files_are_read_with_the_dtype_meta_json_names(tmp_path):
