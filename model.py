@@ -175,7 +175,7 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nn.Module):
-    causal = False  # bidirectional; True only in tools/gguf_to_dream.py's check of the autoregressive source
+    causal = False  # bidirectional; True only for the autoregressive source (gguf_to_dream --check, train --distill)
 
     def __init__(self, a: ModelArgs):
         super().__init__()

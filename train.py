@@ -55,6 +55,9 @@ class Args:
                                   "clean prefix, one block of --block_length tokens masked at rate t (the only "
                                   "scored part), and every later token shown as [MASK]")
     block_length: int = opt(32, "block of the --block_frac rows (the sampler's --block_length)")
+    distill: float = opt(0.0, "share of the target at a masked token taken from the --init_from model run causally "
+                              "(an autoregressive teacher's next-token distribution given the clean prefix); 0 = the "
+                              "one-hot token only")
     steps: int = opt(10000, "optimizer steps")
     minutes: float = opt(0.0, "if > 0, reset --steps at step 30 from the measured step time so that training takes "
                               "about this long; needs --warmup >= 30 (the steps are saved with the checkpoint: "
@@ -72,12 +75,14 @@ class Args:
     compile: bool = opt(False, "torch.compile each block (on a GPU small models are launch-bound without it)")
 
 
-def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None, blank=None):
+def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None, blank=None, teacher=None, distill=0.0):
     """LLaDA's masked-diffusion loss on clean token ids x (B, T), one value per sequence (B,): the sum over masked
     positions of CE / p, divided by the number of positions that can be masked. maskable (B, T) restricts the
     masking (LLaDA's SFT objective: the prompt is never masked, the loss is normalised by the answer length);
     for Dream, position 0 is never maskable (after the shift it has no logit of its own). blank (B, T) marks
-    positions always shown as [MASK] and never scored: the not-yet-decoded blocks after the current one."""
+    positions always shown as [MASK] and never scored: the not-yet-decoded blocks after the current one.
+    With a teacher (the autoregressive source model, run causally on the clean x), the target at a masked token is
+    (1 - distill) one-hot + distill teacher softmax: CE becomes (1 - distill) CE + distill H(teacher, model)."""
     B, T = x.shape
     maskable = torch.ones_like(x, dtype=torch.bool) if maskable is None else maskable.clone()
     if model.args.family == "dream":
@@ -88,8 +93,13 @@ def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None, blank=None
     masked = (torch.rand(B, T, device=where, generator=generator).to(x.device) < p) & maskable
     hidden = masked if blank is None else masked | blank
     logits = model(torch.where(hidden, model.args.mask_id, x), select=masked)
+    ce = F.cross_entropy(logits.float(), x[masked], reduction="none")
+    if teacher is not None and distill > 0:
+        with torch.no_grad():
+            soft = teacher(x, select=masked).float().softmax(-1)
+        ce = (1 - distill) * ce - distill * (soft * logits.float().log_softmax(-1)).sum(-1)
     weighted = torch.zeros(B, T, device=x.device)
-    weighted[masked] = F.cross_entropy(logits.float(), x[masked], reduction="none") / p[masked]
+    weighted[masked] = ce / p[masked]
     return weighted.sum(1) / maskable.sum(1).clamp(min=1)
 
 
@@ -141,6 +151,20 @@ def build_model(args, tok_dir, device):
             elif name.endswith("bias"):
                 p.zero_()
     return model.train()
+
+
+def build_teacher(args, device):
+    """--distill's teacher: the --init_from model, frozen and causal, i.e. the autoregressive model it still is."""
+    if args.distill == 0:
+        return None
+    if not args.init_from or not 0 < args.distill <= 1:
+        raise InputError(f"--distill {args.distill} needs --init_from (the model to learn from) and a share in (0, 1]")
+    teacher = load(args.init_from, torch.bfloat16 if device == "cuda" else torch.float32, device).eval()
+    for block in teacher.blocks:
+        block.attn.causal = True  # an instance attribute: the model being trained stays bidirectional
+        if args.compile:
+            block.compile()
+    return teacher.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -217,7 +241,7 @@ def train(args):
         raise InputError(f"{args.data}: token ids reach {top}, beyond the model's vocab {model.args.vocab_size}")
     for block in model.blocks if args.compile else []:
         block.compile()
-    optimizer = make_optimizer(model, args, device)
+    optimizer, teacher = make_optimizer(model, args, device), build_teacher(args, device)
     gen, mask_gen = torch.Generator().manual_seed(args.seed), torch.Generator(device).manual_seed(args.seed)
     print(f"{model.args.family}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"{len(text):,} text + {len(arith[0]) if arith else 0:,} arithmetic tokens, {args.steps} steps of "
@@ -232,7 +256,8 @@ def train(args):
         for g in optimizer.param_groups:
             g["lr"] = learning_rate(step, args)
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
-            loss = diffusion_loss(model, x.to(device), args.eps, mask_gen, maskable.to(device), blank.to(device)).mean()
+            loss = diffusion_loss(model, x.to(device), args.eps, mask_gen, maskable.to(device), blank.to(device),
+                                  teacher, args.distill).mean()
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()

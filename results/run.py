@@ -3,11 +3,14 @@ The README's results tables, cell by cell: each cell quantizes a model with cali
 and writes results/<model>/<cell>.json with the numbers, the commands, the bits per weight of the Linear layers
 counted from the checkpoint's bytes and the checkpoint's size. The bundled tiny models are scored on arithmetic
 (500) + wiki_nll (299 windows x 8 masks); mini-Dream-0.5B (not bundled: README, "mini-Dream-0.5B") on HumanEval
-(164, gen/steps/block 256/256/32, entropy) + wiki_nll.
+(164, gen/steps/block 256/256/32, entropy) + wiki_nll (211 windows x 8 masks). One HumanEval run keeps an H100 busy
+for ~100 s, so parallel mini-Dream cells only share the GPU: --jobs 2 overlaps calibration with scoring, and
+--nll_only measures the whole grid's NLL first (~1 min a cell); a later run without it adds HumanEval.
 
     python results/run.py --device cuda --jobs 12          # every missing cell, 12 at a time (one H100: ~8 min)
     python results/run.py --only w4a4 --redo               # the cells whose name contains w4a4, again
-    python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --tasks_dir /tmp/tasks --jobs 4
+    python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --nll_only --jobs 3
+    python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --tasks_dir /tmp/tasks --jobs 2
     python results/run.py --table                          # print the tables from the JSON files
 """
 import argparse
@@ -71,11 +74,15 @@ def linear_bits(ckpt):
 
 def commands(model, flags, ckpt, args):
     """calibrate.py (unless float) and eval.py command lines of a cell. The tiny models run in float32 throughout;
-    mini-Dream calibrates in float32 and is scored in bfloat16, as its float baseline was."""
+    mini-Dream runs in bfloat16, as it was trained and as its float baseline is stored and scored."""
     common = f"--device {args.device} --dtype float32"
-    src, score = (f"assets/{model}", common) if model != "mini-dream" else (args.mini_dream, (
-        f"--device {args.device} --dtype bfloat16 --tasks humaneval,wiki_nll --data_dir {args.tasks_dir} "
-        "--gen_length 256 --steps 256 --block_length 32 --batch_size 164 --allow_code_exec --workers 4"))
+    if model == "mini-dream":
+        src, common = args.mini_dream, f"--device {args.device} --dtype bfloat16"
+        score = f"{common} --tasks wiki_nll" if args.nll_only else (
+            f"{common} --tasks humaneval,wiki_nll --data_dir {args.tasks_dir} --gen_length 256 --steps 256 "
+            "--block_length 32 --batch_size 41 --allow_code_exec --workers 4")
+    else:
+        src, score = f"assets/{model}", common
     cmds = [] if flags is None else [f"python calibrate.py --model {src} {flags} {common} --nll_windows 0 --out {ckpt}"]
     return cmds + [f"python eval.py --model {src if flags is None else ckpt} {score} --out {ckpt}.eval.json"]
 
@@ -86,8 +93,8 @@ def checkpoint_mib(path):
 
 
 def run_cell(model, name, flags, args):
-    out = os.path.join(HERE, model, f"{name}.json")
-    if os.path.isfile(out) and not args.redo:
+    out, task = os.path.join(HERE, model, f"{name}.json"), "humaneval" if model == "mini-dream" else "arithmetic"
+    if os.path.isfile(out) and not args.redo and (args.nll_only or load(model, name)[task] is not None):
         return f"{model}/{name}: kept"
     ckpt = os.path.join(args.scratch, model, name)
     cmds, score = commands(model, flags, ckpt, args), f"{ckpt}.eval.json"
@@ -101,9 +108,8 @@ def run_cell(model, name, flags, args):
             return f"{model}/{name}: FAILED ({cmd})\n{p.stderr[-2000:]}"
     with open(score) as f:
         records = {r["task"]: r for r in json.load(f)}
-    task = "humaneval" if model == "mini-dream" else "arithmetic"
     result = {"model": model, "cell": name, "flags": flags, "device": args.device_name,
-              task: records[task]["value"], "wiki_nll": records["wiki_nll"]["value"],
+              task: records[task]["value"] if task in records else None, "wiki_nll": records["wiki_nll"]["value"],
               "wiki_nll_stderr": records["wiki_nll"]["stderr"], "seconds": round(time.time() - t0, 1),
               "bits_per_weight": None if flags is None else linear_bits(ckpt),
               "checkpoint_mib": checkpoint_mib(src if flags is None else ckpt),
@@ -114,7 +120,8 @@ def run_cell(model, name, flags, args):
     with open(out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(out + ".tmp", out)
-    return f"{model}/{name}: {result[task]:.1%} / {result['wiki_nll']:.4f} ({result['seconds']:.0f} s)"
+    score = "n/m" if result[task] is None else f"{result[task]:.1%}"
+    return f"{model}/{name}: {score} / {result['wiki_nll']:.4f} ({result['seconds']:.0f} s)"
 
 
 def load(model, name):
@@ -180,7 +187,8 @@ def mini_table():
             rows.append(f"| {setting} | {method} | {mode} | n/m | n/m | | |")
             continue
         bits = f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] else "16"
-        rows.append(f"| {setting} | {method} | {mode} | {r['humaneval']:.1%} | {r['wiki_nll']:.3f} | {bits} | "
+        score = "n/m" if r["humaneval"] is None else f"{r['humaneval']:.1%}"
+        rows.append(f"| {setting} | {method} | {mode} | {score} | {r['wiki_nll']:.3f} | {bits} | "
                     f"{r['checkpoint_mib']:.0f} |")
     return "\n".join(rows)
 
@@ -192,6 +200,7 @@ def main():
     p.add_argument("--only", default="", help="run only the cells whose name contains this")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: bundled models, or mini-dream")
     p.add_argument("--mini_dream", default="/tmp/mini-dream", help="the adapted mini-Dream-0.5B checkpoint folder")
+    p.add_argument("--nll_only", action="store_true", help="mini-dream: score wiki_nll only (HumanEval: n/m)")
     p.add_argument("--tasks_dir", default=os.path.join(ROOT, "data", "tasks"),
                    help="mini-dream: eval.py --data_dir holding the full HumanEval (data/tasks has a sample)")
     p.add_argument("--redo", action="store_true", help="run cells whose JSON already exists again")

@@ -91,6 +91,7 @@ def test_a_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
     assert m.args.mask_id == M.load_tokenizer(str(tmp_path / "out")).token_to_id("<|mdm_mask|>")
     assert M.special_ids(str(tmp_path / "out"), M.ModelArgs.from_config(m.args.to_config())) == m.args
     args.init_from, args.out, args.steps = str(tmp_path / "out"), str(tmp_path / "again"), 2
+    args.distill, args.block_frac, args.block_length = 0.5, 0.25, 8  # the adaptation's options run in the loop
     again = T.train(args)  # continues from the saved weights: its step-0 loss is the first run's last
     assert again[0]["val_loss"] == pytest.approx(history[-1]["val_loss"], abs=1e-4)
 
@@ -170,3 +171,39 @@ def test_minutes_resets_the_step_count_from_the_measured_step_time(tmp_path, cap
     history = T.train(args)
     said = re.search(r"--minutes 0.02: (\d+) steps", capsys.readouterr().out)
     assert said and 31 <= int(said.group(1)) < 10 ** 6 and history[-1]["step"] == args.steps == int(said.group(1))
+
+
+def test_distillation_teacher_is_causal_and_the_student_stays_bidirectional():
+    path = os.path.join(ROOT, "assets", "tiny-dream")
+    teacher = T.build_teacher(T.Args(init_from=path, distill=0.5), "cpu")
+    student = M.load(path)
+    x = torch.randint(0, 4000, (1, 20))
+    y = x.clone()
+    y[0, 12] = (x[0, 12] + 7) % 4000
+    with torch.no_grad():
+        moved_t = (teacher(x) - teacher(y)).abs().amax(-1)[0]
+        moved_s = (student(x) - student(y)).abs().amax(-1)[0]
+    assert moved_t[:13].max() == 0 and (moved_t[13:] > 0).all()  # logit i (Dream: from row i-1) sees tokens < i
+    assert (moved_s[:12] > 0).all()
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(M.InputError, match="--distill 0.5 needs --init_from"):
+        T.build_teacher(T.Args(distill=0.5), "cpu")
+
+
+def test_distillation_mixes_the_teachers_distribution_into_the_target():
+    """(1 - a) CE + a H(teacher, model) per masked token, / p, against a float64 computation by hand."""
+    path = os.path.join(ROOT, "assets", "tiny-dream")
+    teacher, student = T.build_teacher(T.Args(init_from=path, distill=0.3), "cpu"), M.load(path)
+    x = torch.randint(0, 4000, (2, 24))
+    with torch.no_grad():
+        got = T.diffusion_loss(student, x, generator=torch.Generator().manual_seed(5), teacher=teacher, distill=0.3)
+        plain = T.diffusion_loss(student, x, generator=torch.Generator().manual_seed(5))
+        gen = torch.Generator().manual_seed(5)  # the draws diffusion_loss makes, in its order
+        p = ((1 - 1e-3) * torch.rand(2, 1, generator=gen) + 1e-3).expand(2, 24)
+        masked = torch.rand(2, 24, generator=gen) < p
+        masked[:, 0] = False
+        logp = student(torch.where(masked, student.args.mask_id, x)).double().log_softmax(-1)
+        soft = teacher(x).double().softmax(-1)
+        ce = -(0.7 * logp.gather(-1, x[..., None])[..., 0] + 0.3 * (soft * logp).sum(-1))
+        want = (ce * masked / p).sum(1) / 23
+    assert torch.allclose(got.double(), want, rtol=1e-4) and not torch.allclose(got, plain, rtol=1e-3)

@@ -1,0 +1,42 @@
+"""results/run.py: the mini-Dream grid is made of known cells, and its commands score what the table shows."""
+import argparse
+import importlib.util
+import json
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("results_run", os.path.join(ROOT, "results", "run.py"))
+R = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(R)
+
+
+def args(nll_only):
+    return argparse.Namespace(device="cuda", mini_dream="/m/mini", tasks_dir="/m/tasks", scratch="/s",
+                              nll_only=nll_only)
+
+
+def test_every_mini_dream_cell_has_calibrate_flags_or_is_the_float_model():
+    known = R.cells()
+    assert all(n in known for n in R.MINI) and known["float"] is None and len(set(R.MINI)) == len(R.MINI)
+
+
+def test_mini_dream_commands_run_in_bfloat16_and_nll_only_skips_humaneval():
+    full = R.commands("mini-dream", "--method gptq --wbits 3", "/s/mini-dream/w3-gptq", args(False))
+    assert full[0].startswith("python calibrate.py --model /m/mini --method gptq --wbits 3 --device cuda "
+                              "--dtype bfloat16")
+    assert "--tasks humaneval,wiki_nll --data_dir /m/tasks" in full[1] and "--model /s/mini-dream/w3-gptq" in full[1]
+    nll = R.commands("mini-dream", None, "/s/mini-dream/float", args(True))
+    assert nll == ["python eval.py --model /m/mini --device cuda --dtype bfloat16 --tasks wiki_nll "
+                   "--out /s/mini-dream/float.eval.json"]
+    tiny = R.commands("tiny-llada", "--method rtn --wbits 4", "/s/tiny-llada/w4-rtn", args(True))
+    assert all("--dtype float32" in c for c in tiny) and "--tasks" not in tiny[1]
+
+
+def test_mini_table_shows_unmeasured_humaneval_as_n_m(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "HERE", str(tmp_path))
+    (tmp_path / "mini-dream").mkdir()
+    cell = {"humaneval": None, "wiki_nll": 4.7001, "bits_per_weight": 4.25, "checkpoint_mib": 700.0}
+    (tmp_path / "mini-dream" / "w4-gptq.json").write_text(json.dumps(cell))
+    rows = R.mini_table().splitlines()
+    assert "| W4 | gptq |  | n/m | 4.700 | 4.25 | 700 |" in rows
+    assert "| BF16 | float |  | n/m | n/m | | |" in rows
