@@ -18,6 +18,7 @@ Both run on any model here (logits come aligned from model.py); Dream's algorith
 """
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -220,7 +221,7 @@ def encode_prompts(args, family, tok, bos_id):
         raise InputError(f"{args.model}: no tokenizer.json, so give --prompt_ids instead of text")
     if args.prompt_file and not os.path.isfile(args.prompt_file):
         raise InputError(f"--prompt_file {args.prompt_file}: not found")
-    texts = [args.prompt] if args.prompt else [s for s in open(args.prompt_file).read().splitlines() if s.strip()]
+    texts = [args.prompt] if args.prompt else [s for s in Path(args.prompt_file).read_text().splitlines() if s.strip()]
     if args.chat:  # the template carries its own special tokens, so the tokenizer must not add any
         bos = tok.id_to_token(bos_id) if bos_id is not None else ""
         return [tok.encode(CHAT[family].format(bos=bos, prompt=t.strip()), add_special_tokens=False).ids

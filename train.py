@@ -160,6 +160,8 @@ def build_teacher(args, device):
     if not args.init_from or not 0 < args.distill <= 1:
         raise InputError(f"--distill {args.distill} needs --init_from (the model to learn from) and a share in (0, 1]")
     teacher = load(args.init_from, torch.bfloat16 if device == "cuda" else torch.float32, device).eval()
+    if teacher.args.family != "dream":  # a causal LLaDA-layout row i would predict token i + 1, not i
+        raise InputError(f"--distill needs a Dream-layout --init_from (shifted rows); {args.init_from} is llada")
     for block in teacher.blocks:
         block.attn.causal = True  # an instance attribute: the model being trained stays bidirectional
         if args.compile:

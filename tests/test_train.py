@@ -91,7 +91,7 @@ def test_a_short_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path):
     assert m.args.mask_id == M.load_tokenizer(str(tmp_path / "out")).token_to_id("<|mdm_mask|>")
     assert M.special_ids(str(tmp_path / "out"), M.ModelArgs.from_config(m.args.to_config())) == m.args
     args.init_from, args.out, args.steps = str(tmp_path / "out"), str(tmp_path / "again"), 2
-    args.distill, args.block_frac, args.block_length = 0.5, 0.25, 8  # the adaptation's options run in the loop
+    args.block_frac, args.block_length = 0.25, 8  # sampler-shaped rows run in the loop
     again = T.train(args)  # continues from the saved weights: its step-0 loss is the first run's last
     assert again[0]["val_loss"] == pytest.approx(history[-1]["val_loss"], abs=1e-4)
 
@@ -188,6 +188,17 @@ def test_distillation_teacher_is_causal_and_the_student_stays_bidirectional():
     assert not any(p.requires_grad for p in teacher.parameters())
     with pytest.raises(M.InputError, match="--distill 0.5 needs --init_from"):
         T.build_teacher(T.Args(distill=0.5), "cpu")
+    with pytest.raises(M.InputError, match="needs a Dream-layout"):
+        T.build_teacher(T.Args(init_from=TINY, distill=0.5), "cpu")
+
+
+def test_distillation_runs_in_the_training_loop(tmp_path):
+    toy_data(tmp_path / "data")
+    args = T.Args(init_from=os.path.join(ROOT, "assets", "tiny-dream"), data=str(tmp_path / "data"),
+                  out=str(tmp_path / "out"), distill=0.5, seq_len=32, batch_size=4, steps=2, warmup=1, lr=1e-4,
+                  eval_every=2, eval_batches=1, device="cpu", arith_frac=0.0)
+    history = T.train(args)
+    assert len(history) == 2 and M.load(str(tmp_path / "out")).args.family == "dream"
 
 
 def test_distillation_mixes_the_teachers_distribution_into_the_target():
