@@ -85,9 +85,9 @@ def check(model, prompt_len, gen_length, steps, block_length, alg, dream_only=()
 
 
 def cfg_logits(model, x, attn_mask, prompt_len, cfg_scale, cand):
-    """Logits (n, V) at the candidates cand (B, T) only (a 150k-vocab head over the whole canvas costs more than the
-    rest), with LLaDA's unsupervised classifier-free guidance when cfg_scale > 0: un + (cfg+1)(cond - un), where
-    the unconditional input is x with the prompt replaced by [MASK]."""
+    """Logits (n, V) at the candidates cand (B, T) only (a 150k-vocab head is a quarter of a 0.5B model's FLOPs and
+    its (B, T, V) logits the largest tensor of a step), with LLaDA's unsupervised classifier-free guidance when
+    cfg_scale > 0: un + (cfg+1)(cond - un), where the unconditional input is x with the prompt replaced by [MASK]."""
     if cfg_scale == 0:
         return model(x, attn_mask, select=cand)
     un = x.clone()

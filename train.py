@@ -93,11 +93,13 @@ def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None, blank=None
     masked = (torch.rand(B, T, device=where, generator=generator).to(x.device) < p) & maskable
     hidden = masked if blank is None else masked | blank
     logits = model(torch.where(hidden, model.args.mask_id, x), select=masked)
-    ce = F.cross_entropy(logits.float(), x[masked], reduction="none")
-    if teacher is not None and distill > 0:
+    if teacher is None:
+        ce = F.cross_entropy(logits.float(), x[masked], reduction="none")
+    else:  # one log-softmax serves both terms
         with torch.no_grad():
             soft = teacher(x, select=masked).float().softmax(-1)
-        ce = (1 - distill) * ce - distill * (soft * logits.float().log_softmax(-1)).sum(-1)
+        logp = logits.float().log_softmax(-1)
+        ce = -(1 - distill) * logp.gather(-1, x[masked][:, None])[:, 0] - distill * (soft * logp).sum(-1)
     weighted = torch.zeros(B, T, device=x.device)
     weighted[masked] = ce / p[masked]
     return weighted.sum(1) / maskable.sum(1).clamp(min=1)

@@ -5,7 +5,8 @@ counted from the checkpoint's bytes and the checkpoint's size. The bundled tiny 
 (500) + wiki_nll (299 windows x 8 masks); mini-Dream-0.5B (not bundled: README, "mini-Dream-0.5B") on HumanEval
 (164, gen/steps/block 256/256/32, entropy) + wiki_nll (211 windows x 8 masks). One HumanEval run keeps an H100 busy
 for ~100 s, so parallel mini-Dream cells only share the GPU: --jobs 2 overlaps calibration with scoring, and
---nll_only measures the whole grid's NLL first (~1 min a cell); a later run without it adds HumanEval.
+--nll_only measures the whole grid's NLL first (~1 min a cell); a later run without it redoes those cells with
+HumanEval (calibration included).
 
     python results/run.py --device cuda --jobs 12          # every missing cell, 12 at a time (one H100: ~8 min)
     python results/run.py --only w4a4 --redo               # the cells whose name contains w4a4, again
@@ -211,6 +212,9 @@ def main():
         print(tables() + "\n\n" + mini_table())
         return
     models = args.models.split(",")
+    for m in models:
+        if m not in MODELS + ("mini-dream",):
+            sys.exit(f"--models: unknown model {m!r} (expected {', '.join(MODELS)} or mini-dream)")
     if "mini-dream" in models and not os.path.isfile(os.path.join(args.mini_dream, "config.json")):
         sys.exit(f"--mini_dream {args.mini_dream}: no checkpoint there (config.json missing)")
     import torch
