@@ -198,7 +198,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="where calibrate.py and eval.py run (cuda or cpu)")
     p.add_argument("--jobs", type=int, default=4, help="cells run at the same time")
-    p.add_argument("--only", default="", help="run only the cells whose name contains this")
+    p.add_argument("--only", default="", help="run only the cells whose name contains this (comma-separated: any of them)")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: bundled models, or mini-dream")
     p.add_argument("--mini_dream", default="/tmp/mini-dream", help="the adapted mini-Dream-0.5B checkpoint folder")
     p.add_argument("--nll_only", action="store_true", help="mini-dream: score wiki_nll only (HumanEval: n/m)")
@@ -220,7 +220,7 @@ def main():
     import torch
     args.device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     work = [(m, n, f) for n, f in cells().items() for m in models
-            if args.only in n and (n in MINI if m == "mini-dream" else m in MODELS)]
+            if any(o in n for o in args.only.split(",")) and (n in MINI if m == "mini-dream" else m in MODELS)]
     print(f"{len(work)} cells on {args.device_name}, {args.jobs} at a time", flush=True)
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:  # a line per cell as it finishes
