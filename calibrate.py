@@ -255,7 +255,8 @@ def calibrate(args):
     """Quantize args.model with args.method and save to args.out; returns the quantized model."""
     t0 = time.time()
     resolve(args)
-    model = load(args.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
+    # no autograd: a scale computed from a weight that requires grad would carry its graph into the saved buffer
+    model = load(args.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]).requires_grad_(False)
     tok = load_tokenizer(args.model)
     check(args, model)
     calib = calibration(args, model, tok)

@@ -2,7 +2,8 @@
 Score checkpoints (float or quantized) with dllmq's own lightweight scorers; no lm-eval dependency.
 
   wiki_nll      masked-diffusion NLL, nats/token, on data/wiki_heldout.txt.gz: the training objective (LLaDA's ELBO)
-                averaged over `mc` mask draws per window, standard error over windows; deterministic for a seed
+                averaged over `mc` mask draws per window, standard error over windows; the same masks for a
+                seed at any --batch_size
   arithmetic    exact match on the tiny models' held-out synthetic problems (data/prepare.py)
   arc_easy, arc_challenge, openbookqa, piqa
                 multiple choice by Monte Carlo log-likelihood of each answer given the question: LLaDA's estimator
@@ -278,19 +279,37 @@ def code_task(task):
 
 # ---------------------------------------------------------------------------------------------------- NLL
 @torch.no_grad()
-def wiki_nll(model, tok, args, device):
-    """Masked-diffusion NLL (nats/token) on the held-out Wikipedia text, windows of seq_len tokens."""
+def wiki_windows(tok, model, seq_len):
+    """The held-out Wikipedia text as whole windows of seq_len tokens, documents joined by EOS -> (n, seq_len)."""
     with gzip.open(os.path.join(ROOT, "data", "wiki_heldout.txt.gz"), "rt", encoding="utf-8") as f:
         docs = f.read().strip().split("\n\n")
     ids = [t for enc in tok.encode_batch(docs, add_special_tokens=False) for t in enc.ids + [model.args.eos_id]]
-    windows = torch.tensor(ids[:len(ids) // args.seq_len * args.seq_len]).view(-1, args.seq_len)
+    return torch.tensor(ids[:len(ids) // seq_len * seq_len]).view(-1, seq_len)
+
+
+def mask_draws(n, seq_len, mc, seed, chunk=32):
+    """wiki_nll's masks as diffusion_loss's uniform draws t (mc, n, 1), u (mc, n, seq_len): drawn on the CPU (the
+    same on every machine) in chunks of 32 windows whatever --batch_size is, so every batch size scores the same
+    masks, and the draws are those of the default --batch_size 32 (the results in results/ were scored with)."""
+    gen, t, u = torch.Generator().manual_seed(seed), torch.empty(mc, n, 1), torch.empty(mc, n, seq_len)
+    for i in range(0, n, chunk):
+        for j in range(mc):
+            b = min(chunk, n - i)
+            t[j, i:i + b], u[j, i:i + b] = torch.rand(b, 1, generator=gen), torch.rand(b, seq_len, generator=gen)
+    return t, u
+
+
+def wiki_nll(model, tok, args, device):
+    """Masked-diffusion NLL (nats/token) on the held-out Wikipedia text, windows of seq_len tokens."""
+    windows = wiki_windows(tok, model, args.seq_len)
     windows = windows[:args.limit] if args.limit else windows
-    gen = torch.Generator().manual_seed(args.seed)  # masks drawn on the CPU: the same on every machine
+    t, u = mask_draws(len(windows), args.seq_len, args.mc, args.seed)
     per_window = torch.zeros(len(windows))
     for i in range(0, len(windows), args.batch_size):
         x = windows[i:i + args.batch_size].to(device)
-        for _ in range(args.mc):
-            per_window[i:i + len(x)] += diffusion_loss(model, x, 1e-3, gen).float().cpu()
+        for j in range(args.mc):
+            noise = t[j, i:i + len(x)], u[j, i:i + len(x)]
+            per_window[i:i + len(x)] += diffusion_loss(model, x, 1e-3, noise=noise).float().cpu()
     per_window /= args.mc
     return {"nll": {"value": per_window.mean().item(), "stderr": (per_window.std() / math.sqrt(len(windows))).item(),
                     "n": len(windows)}}
@@ -333,6 +352,8 @@ def evaluate(args):
     for name in names:
         if name not in TASKS:
             raise InputError(f"--tasks: unknown task '{name}' (expected {', '.join(TASKS)})")
+    if args.out:  # a missing folder fails now, not after the scoring
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     models, records = args.model.split(","), []
     for path in models:
         model, tok = load(path, dtype, device), load_tokenizer(path)

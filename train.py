@@ -75,22 +75,26 @@ class Args:
     compile: bool = opt(False, "torch.compile each block (on a GPU small models are launch-bound without it)")
 
 
-def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None, blank=None, teacher=None, distill=0.0):
+def diffusion_loss(model, x, eps=1e-3, generator=None, maskable=None, blank=None, teacher=None, distill=0.0,
+                   noise=None):
     """LLaDA's masked-diffusion loss on clean token ids x (B, T), one value per sequence (B,): the sum over masked
     positions of CE / p, divided by the number of positions that can be masked. maskable (B, T) restricts the
     masking (LLaDA's SFT objective: the prompt is never masked, the loss is normalised by the answer length);
     for Dream, position 0 is never maskable (after the shift it has no logit of its own). blank (B, T) marks
     positions always shown as [MASK] and never scored: the not-yet-decoded blocks after the current one.
     With a teacher (the autoregressive source model, run causally on the clean x), the target at a masked token is
-    (1 - distill) one-hot + distill teacher softmax: CE becomes (1 - distill) CE + distill H(teacher, model)."""
+    (1 - distill) one-hot + distill teacher softmax: CE becomes (1 - distill) CE + distill H(teacher, model).
+    noise: the uniform draws (t (B, 1), u (B, T)) that set the masks, drawn here from generator if not given."""
     B, T = x.shape
     maskable = torch.ones_like(x, dtype=torch.bool) if maskable is None else maskable.clone()
     if model.args.family == "dream":
         maskable[:, 0] = False
-    where = generator.device if generator is not None else x.device  # a CPU generator: the same masks on any device
-    t = torch.rand(B, 1, device=where, generator=generator).to(x.device)
+    if noise is None:  # a CPU generator: the same masks on any device
+        where = generator.device if generator is not None else x.device
+        noise = torch.rand(B, 1, device=where, generator=generator), torch.rand(B, T, device=where, generator=generator)
+    t, u = (n.to(x.device) for n in noise)
     p = ((1 - eps) * t + eps).expand(B, T)
-    masked = (torch.rand(B, T, device=where, generator=generator).to(x.device) < p) & maskable
+    masked = (u < p) & maskable
     hidden = masked if blank is None else masked | blank
     logits = model(torch.where(hidden, model.args.mask_id, x), select=masked)
     if teacher is None:

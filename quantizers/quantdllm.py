@@ -115,6 +115,7 @@ def round_columns(W, ar, ac, U):
     return B, E
 
 
+@torch.no_grad()
 def quantdllm(W, H, bits=2, group_size=128, k=0.05, lam=2.0, iters=10, damp=0.01, per_column=True):
     """W (N, K), H (K, K) -> signs (P, N, g), a_r (P, N), a_c (P, g), orders per group (P = sum of orders)."""
     W, H = pin_dead(W, H)

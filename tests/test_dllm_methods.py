@@ -138,6 +138,10 @@ def test_quantdllm_checkpoint_loads_back_exactly(tmp_path):
     ids = torch.randint(0, 4000, (2, 20))
     with torch.no_grad():
         assert torch.equal(again(ids), m(ids))
+    # no scale may carry an autograd graph: on mini-Dream each layer's graph stayed alive in its buffers (46 GB)
+    assert not any(t.requires_grad for t in m.state_dict(keep_vars=True).values())
+    W = torch.nn.Linear(256, 32, bias=False).weight  # a Parameter that requires grad, as model.load gives
+    assert not any(t.requires_grad for t in quantdllm.quantdllm(W, torch.eye(256), 2, 128, 0.1, iters=1)[:3])
 
 
 def test_every_method_lowers_the_group_to_a_divisor_of_the_width():

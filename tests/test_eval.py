@@ -106,3 +106,20 @@ BAD = [({"tasks": "mmlu"}, "unknown task 'mmlu'"), ({"tasks": "humaneval"}, "add
 def test_bad_input_gives_one_clear_line(kw, message):
     with pytest.raises(M.InputError, match=message):
         E.evaluate(E.Args(**{"limit": 2, "device": "cpu", **kw}))
+
+
+def test_wiki_nll_scores_the_same_masks_at_every_batch_size():
+    """The masks once followed --batch_size (one generator drawn batch by batch), so a score at batch 41 and one at
+    the default 32 saw different masks. Now every batch size must give the value the default batch size gave
+    before: that value is recomputed here the old way, batch by batch from one generator."""
+    m, tok = M.load(TINY["dream"]), M.load_tokenizer(TINY["dream"])
+    got = [E.wiki_nll(m, tok, E.Args(limit=37, mc=2, batch_size=b, seq_len=64), "cpu")["nll"]["value"]
+           for b in (32, 5, 64)]
+    windows = E.wiki_windows(tok, m, 64)[:37]
+    gen, per_window = torch.Generator().manual_seed(E.Args().seed), torch.zeros(37)
+    with torch.no_grad():
+        for i in range(0, 37, 32):
+            for _ in range(2):
+                per_window[i:i + 32] += E.diffusion_loss(m, windows[i:i + 32], 1e-3, gen)
+    assert got[0] == pytest.approx((per_window / 2).mean().item(), rel=1e-6)
+    assert got[1] == pytest.approx(got[0], rel=1e-6) and got[2] == pytest.approx(got[0], rel=1e-6)

@@ -40,3 +40,17 @@ def test_mini_table_shows_unmeasured_humaneval_as_n_m(tmp_path, monkeypatch):
     rows = R.mini_table().splitlines()
     assert "| W4 | gptq |  | n/m | 4.700 | 4.25 | 700 |" in rows
     assert "| BF16 | float |  | n/m | n/m | | |" in rows
+
+
+def test_bits_per_weight_counts_the_scales_in_the_dtype_they_are_stored_in(tmp_path):
+    """4-bit codes + a scale and a zero per group of 32 (16 where 32 does not divide): in bfloat16 the scales and
+    zeros cost half the bits they cost in float32 (the mini-Dream cells of 2026-11-22 were first counted as if
+    their bfloat16 scales were float32)."""
+    import calibrate as C
+    bits = {}
+    for dtype in ("bfloat16", "float32"):
+        C.calibrate(C.Args(model=os.path.join(ROOT, "assets", "tiny-dream"), method="rtn", wbits=4, group_size=32,
+                           dtype=dtype, nsamples=2, seqlen=32, nll_windows=0, device="cpu", out=str(tmp_path / dtype)))
+        bits[dtype] = R.linear_bits(str(tmp_path / dtype))
+    codes = 2 * bits["bfloat16"] - bits["float32"]  # what is left once the halved scales are taken away
+    assert bits["float32"] > 5 and 4 <= codes < 4.05  # the codes: 4 bits, plus a little int32 word padding
