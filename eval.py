@@ -278,7 +278,6 @@ def code_task(task):
 
 
 # ---------------------------------------------------------------------------------------------------- NLL
-@torch.no_grad()
 def wiki_windows(tok, model, seq_len):
     """The held-out Wikipedia text as whole windows of seq_len tokens, documents joined by EOS -> (n, seq_len)."""
     with gzip.open(os.path.join(ROOT, "data", "wiki_heldout.txt.gz"), "rt", encoding="utf-8") as f:
@@ -290,7 +289,7 @@ def wiki_windows(tok, model, seq_len):
 def mask_draws(n, seq_len, mc, seed, chunk=32):
     """wiki_nll's masks as diffusion_loss's uniform draws t (mc, n, 1), u (mc, n, seq_len): drawn on the CPU (the
     same on every machine) in chunks of 32 windows whatever --batch_size is, so every batch size scores the same
-    masks, and the draws are those of the default --batch_size 32 (the results in results/ were scored with)."""
+    masks, and they are the draws the default --batch_size 32 made before (which scored the results in results/)."""
     gen, t, u = torch.Generator().manual_seed(seed), torch.empty(mc, n, 1), torch.empty(mc, n, seq_len)
     for i in range(0, n, chunk):
         for j in range(mc):
@@ -299,6 +298,7 @@ def mask_draws(n, seq_len, mc, seed, chunk=32):
     return t, u
 
 
+@torch.no_grad()
 def wiki_nll(model, tok, args, device):
     """Masked-diffusion NLL (nats/token) on the held-out Wikipedia text, windows of seq_len tokens."""
     windows = wiki_windows(tok, model, args.seq_len)

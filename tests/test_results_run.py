@@ -34,12 +34,16 @@ def test_mini_dream_commands_run_in_bfloat16_and_nll_only_skips_humaneval():
 
 def test_mini_table_shows_unmeasured_humaneval_as_n_m(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "HERE", str(tmp_path))
-    (tmp_path / "mini-dream").mkdir()
+    (tmp_path / "mini-dream" / "b").mkdir(parents=True)
     cell = {"humaneval": None, "wiki_nll": 4.7001, "bits_per_weight": 4.25, "checkpoint_mib": 700.0}
     (tmp_path / "mini-dream" / "w4-gptq.json").write_text(json.dumps(cell))
+    (tmp_path / "mini-dream" / "b" / "w4-gptq.json").write_text(json.dumps({**cell, "wiki_nll": 4.6}))
+    (tmp_path / "mini-dream" / "b" / "w4-gptq.humaneval.json").write_text(json.dumps({**cell, "humaneval": 0.061}))
+    (tmp_path / "mini-dream" / "float.json").write_text(json.dumps({**cell, "humaneval": 0.1, "wiki_nll_masks": "x"}))
     rows = R.mini_table().splitlines()
-    assert "| W4 | gptq |  | n/m | 4.700 | 4.25 | 700 |" in rows
-    assert "| BF16 | float |  | n/m | n/m | | |" in rows
+    assert "| W4 | gptq |  | 4.25 | 700 | n/m | 4.700 | 6.1% | 4.600 |" in rows
+    assert "| BF16 | float |  | 16 | 700 | 10.0% | 4.700 † | n/m | n/m |" in rows
+    assert "| W3 | gptq |  |  |  | n/m | n/m | n/m | n/m |" in rows
 
 
 def test_bits_per_weight_counts_the_scales_in_the_dtype_they_are_stored_in(tmp_path):
