@@ -66,10 +66,12 @@ def cells():
 def linear_bits(ckpt):
     """Bits per weight of the quantized Linears: their own stored tensors (codes or sign planes, scales, zeros; not
     bias or an online rotation) over their weight count."""
+    import torch
     import model as M
     from quantizers.core import BinaryLinear, QLinear
-    with M._open(next(iter(M.tensor_files(ckpt).values()))) as f:  # load in the stored float dtype, not float32
-        dtype = next(t.dtype for t in map(f.get_tensor, f.keys()) if t.is_floating_point())
+    floats = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+    with M._open(next(iter(M.tensor_files(ckpt).values()))) as f:  # load in the stored float dtype (from the header)
+        dtype = next(floats[d] for d in (f.get_slice(k).get_dtype() for k in f.keys()) if d in floats)
     layers = [m for m in M.load(ckpt, dtype).modules() if isinstance(m, (QLinear, BinaryLinear))]
     stored = sum(b.numel() * b.element_size() for m in layers for b in m.buffers(recurse=False))
     return 8 * stored / sum(m.in_features * m.out_features for m in layers) if layers else None
