@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from data.prepare import ANSWER_WIDTH, arithmetic
 from model import InputError, load, load_tokenizer, parse, run_cli
+from quantizers.core import simulate
 from sample import DEFAULT_MODEL, generate, pad_left
 from train import diffusion_loss
 
@@ -70,6 +71,8 @@ class Args:
     workers: int = opt(4, "code tasks: programs run in parallel")
     code_timeout: float = opt(10.0, "code tasks: seconds each program may run")
     seed: int = opt(0, "seed of every random draw (masks, sampler noise)")
+    fake_quant: bool = opt(False, "quantized checkpoints: dequantize each layer's weight once and run the pure-torch "
+                           "twin (simulated quantization, as the papers score; far faster than the W4A4/INT8 kernels)")
     out: str = opt("", "write the results as JSON here too")
     device: str = opt("auto", "cpu or cuda (auto: cuda when available)")
     dtype: str = opt("auto", "float32 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)")
@@ -195,16 +198,19 @@ def completions(model, tok, prompts, task, args, device):
     gen_length, steps, block = args.gen_length or gen_length, args.steps or steps, args.block_length or block
     alg = args.alg or ("low_confidence" if model.args.family == "llada" else "entropy")
     stop_ids = {t for t in (model.args.eos_id, model.args.eot_id) if t is not None}
-    texts, t0 = [], time.time()
+    pad = model.args.pad_id if model.args.pad_id is not None else model.args.eos_id
+    encoded = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda j: len(encoded[j]))  # batch similar lengths: less padding
+    texts, t0 = [None] * len(prompts), time.time()
     for i in range(0, len(prompts), args.batch_size):
-        ids, mask = pad_left([tok.encode(p, add_special_tokens=False).ids for p in prompts[i:i + args.batch_size]],
-                             model.args.pad_id if model.args.pad_id is not None else model.args.eos_id)
+        rows = order[i:i + args.batch_size]
+        ids, mask = pad_left([encoded[j] for j in rows], pad)
         out = generate(model, ids.to(device), mask.to(device), gen_length, steps, block, alg,
                        generator=torch.Generator(device).manual_seed(args.seed))
-        for row in out[:, ids.shape[1]:].tolist():
-            text = tok.decode(row[:next((j for j, t in enumerate(row) if t in stop_ids), len(row))])
-            texts.append(min((text[:text.find(s)] for s in STOP[task] if s in text), key=len, default=text))
-        progress(task, len(texts), len(prompts), t0)
+        for j, row in zip(rows, out[:, ids.shape[1]:].tolist(), strict=True):
+            text = tok.decode(row[:next((k for k, t in enumerate(row) if t in stop_ids), len(row))])
+            texts[j] = min((text[:text.find(s)] for s in STOP[task] if s in text), key=len, default=text)
+        progress(task, i + len(rows), len(prompts), t0)
     return texts
 
 
@@ -357,6 +363,8 @@ def evaluate(args):
     models, records = args.model.split(","), []
     for path in models:
         model, tok = load(path, dtype, device), load_tokenizer(path)
+        if args.fake_quant:
+            simulate(model)
         if tok is None:
             raise InputError(f"{path}: no tokenizer.json (eval needs text)")
         digest = model_hash(path)

@@ -200,6 +200,7 @@ class QLinear(nn.Module):
         self.register_buffer("zeros", torch.zeros(out_features, G, dtype=dtype))
         self.rotation = Rotation(**rotation, dtype=dtype) if rotation else None  # a config dict, as saved
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
+        self.dense = None  # the dequantized weight, kept by simulate()
 
     @classmethod
     def from_codes(cls, q, s, z, bias=None, rotation=None, **cfg):
@@ -226,6 +227,8 @@ class QLinear(nn.Module):
 
     def weight(self):
         """The dequantized weight (N, K) in the scales' dtype."""
+        if self.dense is not None:
+            return self.dense
         q = unpack(self.qweight, self.bits, self.in_features)
         if self.fp8:
             return (q.view(torch.float8_e4m3fn).float() * self.scales.float()).to(self.scales.dtype)
@@ -233,7 +236,7 @@ class QLinear(nn.Module):
 
     def forward(self, x):
         fmt = None
-        if x.is_cuda and x.dtype != torch.float32 and self.act_bits < 16:
+        if x.is_cuda and x.dtype != torch.float32 and self.act_bits < 16 and self.dense is None:
             from kernels.wa_gemm import format_of, linear
             fmt = format_of(self)
         if fmt is not None:  # rotation, activation quantization and the GEMM in Triton kernels (W8A8, W4A4)
@@ -250,7 +253,7 @@ class QLinear(nn.Module):
             x = fp8_tokens(x, self.act_clip) if self.fp8 else quantize_tokens(x, self.act_bits, self.act_sym,
                                                                                 self.act_clip)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if x.is_cuda and x.dtype != torch.float32 and not self.fp8:  # kernels/wq_gemm.py reads the packed codes
+        if x.is_cuda and x.dtype != torch.float32 and not self.fp8 and self.dense is None:  # the packed codes, read
             from kernels.wq_gemm import matmul
             y = matmul(x, self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), self.bits, self.in_features)
             return y if bias is None else y + bias
@@ -272,6 +275,7 @@ class BinaryLinear(nn.Module):
         self.register_buffer("row_scales", torch.zeros(planes, out_features, dtype=dtype))
         self.register_buffer("col_scales", torch.zeros(planes, group_size, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
+        self.dense = None  # the dequantized weight, kept by simulate()
 
     @classmethod
     def from_planes(cls, signs, row_scales, col_scales, orders, bias=None, dtype=None):
@@ -291,6 +295,8 @@ class BinaryLinear(nn.Module):
 
     def weight(self):
         """The dequantized weight (N, K) in the scales' dtype."""
+        if self.dense is not None:
+            return self.dense
         P, g = len(self.row_scales), self.group_size
         B = unpack(self.qweight, 1, P * g).view(self.out_features, P, g).permute(1, 0, 2).to(self.row_scales.dtype)
         planes = (2 * B - 1) * self.row_scales[:, :, None] * self.col_scales[:, None, :]  # (P, N, g)
@@ -299,6 +305,17 @@ class BinaryLinear(nn.Module):
 
     def forward(self, x):
         return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def simulate(model):
+    """Simulated quantization, for fast scoring: each quantized layer dequantizes its weight once, keeps it, and runs
+    the pure-torch twin (rotation, activation rounding, F.linear), the same numbers as the kernels up to the order
+    of rounding. The papers score this way; on a GPU it is far faster than our W4A4 and INT8 kernels."""
+    for m in model.modules():
+        if isinstance(m, (QLinear, BinaryLinear)):
+            m.dense = None
+            m.dense = m.weight()
+    return model
 
 
 def build_layer(cfg):

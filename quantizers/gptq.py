@@ -53,6 +53,7 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
     S, Z = S.clone(), Z.clone()
     W, H = W[:, perm], H[perm][:, perm]
     U, damp = inverse_hessian_factor(H, damp)
+    group_of = (perm // g).tolist()  # on the host: indexing by a GPU scalar would wait for the GPU every column
     Q = torch.zeros(N, K, dtype=torch.uint8, device=W.device)
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
@@ -62,7 +63,7 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
             if not act_order and col % g == 0:  # this group's grid, from the weights as updated so far
                 S[:, col // g], Z[:, col // g] = (t[:, 0] for t in fit_grid(
                     torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym, clip))
-            s, z = S[:, perm[col] // g], Z[:, perm[col] // g]
+            s, z = S[:, group_of[col]], Z[:, group_of[col]]
             q = torch.clamp(torch.round(W1[:, i] / s) + z, 0, 2 ** bits - 1)
             Q[:, col] = q.to(torch.uint8)
             E1[:, i] = (W1[:, i] - (q - z) * s) / U1[i, i]

@@ -86,6 +86,7 @@ def commands(model, flags, ckpt, args):
         score = f"{common} --tasks wiki_nll" if args.nll_only else (
             f"{common} --tasks humaneval,wiki_nll --data_dir {args.tasks_dir} --gen_length 256 --steps 256 "
             "--block_length 32 --batch_size 41 --allow_code_exec --workers 4")
+        score += " --fake_quant" if flags is not None and args.fake_quant else ""
     else:
         src, score = f"assets/{model}", common
     cmds = [] if flags is None else [f"python calibrate.py --model {src} {flags} {common} --nll_windows 0 --out {ckpt}"]
@@ -98,8 +99,9 @@ def checkpoint_mib(path):
 
 
 def run_cell(model, name, flags, args):
-    out, task = os.path.join(HERE, model, f"{name}.json"), "humaneval" if model == "mini-dream" else "arithmetic"
-    if os.path.isfile(out) and not args.redo and (args.nll_only or load(model, name)[task] is not None):
+    folder = os.path.join(model, args.run) if model == "mini-dream" else model
+    out, task = os.path.join(HERE, folder, f"{name}.json"), "humaneval" if model == "mini-dream" else "arithmetic"
+    if os.path.isfile(out) and not args.redo and (args.nll_only or load(folder, name)[task] is not None):
         return f"{model}/{name}: kept"
     ckpt = os.path.join(args.scratch, model, name)
     cmds, score = commands(model, flags, ckpt, args), f"{ckpt}.eval.json"
@@ -215,6 +217,11 @@ def main():
     p.add_argument("--nll_only", action="store_true", help="mini-dream: score wiki_nll only (HumanEval: n/m)")
     p.add_argument("--tasks_dir", default=os.path.join(ROOT, "data", "tasks"),
                    help="mini-dream: eval.py --data_dir holding the full HumanEval (data/tasks has a sample)")
+    p.add_argument("--fake_quant", action="store_true",
+                   help="mini-dream: score quantized cells through the torch twin with cached dequantized weights "
+                        "(eval.py --fake_quant; 3-4x faster than the W4A4 kernels at 0.5B)")
+    p.add_argument("--run", default="", help="mini-dream: the adaptation's results folder under results/mini-dream "
+                   "('' = run A, b = run B, ...)")
     p.add_argument("--redo", action="store_true", help="run cells whose JSON already exists again")
     p.add_argument("--scratch", default="/tmp/dllmq-cells", help="where the quantized checkpoints go")
     p.add_argument("--table", action="store_true", help="print the tables from the JSON files and stop")

@@ -144,6 +144,23 @@ def test_quantdllm_checkpoint_loads_back_exactly(tmp_path):
     assert not any(t.requires_grad for t in quantdllm.quantdllm(W, torch.eye(256), 2, 128, 0.1, iters=1)[:3])
 
 
+@pytest.mark.parametrize("kw", [{"method": "quantdllm", "wbits": 2, "daq_iters": 1},
+                                {"method": "quarot", "bits": 4}, {"method": "gptq", "wbits": 3}])
+def test_simulate_keeps_each_dequantized_weight_and_the_same_logits(tmp_path, kw):
+    """eval.py --fake_quant: the cached weight is the stored one dequantized, never saved, and the logits stay."""
+    m = run(tmp_path, **kw)
+    ids = torch.randint(0, 4000, (2, 20))
+    layers = [x for x in m.modules() if isinstance(x, (QLinear, BinaryLinear))]
+    with torch.no_grad():
+        before, weights = m(ids), [x.weight() for x in layers]
+        core.simulate(m)
+        assert all(x.dense is not None and torch.equal(x.weight(), w) for x, w in zip(layers, weights, strict=True))
+        assert torch.equal(m(ids), before)
+    assert not any(k.endswith("dense") for k in m.state_dict())
+    if kw["method"] == "quarot":
+        assert any(x.act_bits == 4 and x.rotation is not None for x in layers)  # activations still rounded
+
+
 def test_every_method_lowers_the_group_to_a_divisor_of_the_width():
     assert core.group_width(592, 128) == 74 and core.group_width(768, 128) == 128
     assert core.group_width(256, -1) == 256 and core.group_width(100, 128) == 100

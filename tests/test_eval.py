@@ -123,3 +123,16 @@ def test_wiki_nll_scores_the_same_masks_at_every_batch_size():
                 per_window[i:i + 32] += E.diffusion_loss(m, windows[i:i + 32], 1e-3, gen)
     assert got[0] == pytest.approx((per_window / 2).mean().item(), rel=1e-6)
     assert got[1] == pytest.approx(got[0], rel=1e-6) and got[2] == pytest.approx(got[0], rel=1e-6)
+
+
+def test_completions_batched_by_length_come_back_in_prompt_order():
+    """completions() batches prompts of similar length together (less padding); each text must still be the one
+    its own prompt gets when generated alone (positions count real tokens, padding is masked as a key)."""
+    m, tok = M.load(TINY["dream"]), M.load_tokenizer(TINY["dream"])
+    prompts = ["Q: 12+7= A: ", "The", "Q: 3+45= A: and then some more words", "x = 1\n", "Q: 1+1= A: "]
+    assert sorted(prompts, key=lambda p: len(tok.encode(p).ids)) != prompts  # the batches differ from the order
+    args = E.Args(batch_size=2, gen_length=8, steps=8, block_length=8)
+    with torch.no_grad():
+        batched = E.completions(m, tok, prompts, "arithmetic", args, "cpu")
+        alone = [E.completions(m, tok, [p], "arithmetic", args, "cpu")[0] for p in prompts]
+    assert batched == alone and len(set(alone)) > 1

@@ -7,7 +7,7 @@ import torch
 
 import calibrate as C
 from kernels import act_quant, wa_gemm
-from quantizers.core import QLinear, build_layer, fit_grid, fp8_grid, quantize
+from quantizers.core import QLinear, build_layer, fit_grid, fp8_grid, quantize, simulate
 from quantizers.quarot import online_hadamard, orthogonal
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -170,3 +170,16 @@ def test_qlinear_on_cuda_runs_the_kernels():
     lin = layer(512, 1024, "int8", False, torch.bfloat16).to(DEVICE)
     x = torch.randn(2, 300, 1024, device=DEVICE, dtype=torch.bfloat16)
     assert torch.equal(lin(x), wa_gemm.linear(x, lin, "int8"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
+def test_simulated_layer_matches_the_kernels(fmt):
+    """eval.py --fake_quant scores through the bf16 torch twin with cached weights: the kernels' numbers up to
+    rounding order (integer products are exact in the kernels, the twin rounds its activations in bf16)."""
+    lin = layer(512, 1024, fmt, False, torch.bfloat16).to(DEVICE)
+    x = torch.randn(300, 1024, device=DEVICE, dtype=torch.bfloat16)
+    kernel = lin(x).float()
+    simulate(lin)
+    twin = lin(x).float()
+    assert (twin - kernel).abs().max() / kernel.abs().max() < 2e-2
