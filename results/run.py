@@ -4,14 +4,16 @@ and writes results/<model>/<cell>.json with the numbers, the commands, the bits 
 counted from the checkpoint's bytes and the checkpoint's size. The bundled tiny models are scored on arithmetic
 (500) + wiki_nll (299 windows x 8 masks); mini-Dream-0.5B (not bundled: README, "mini-Dream-0.5B") on HumanEval
 (164, gen/steps/block 256/256/32, entropy) + wiki_nll (211 windows x 8 masks). One HumanEval run keeps an H100 busy
-for ~100 s, so parallel mini-Dream cells only share the GPU: --jobs 2 overlaps calibration with scoring, and
+for ~80 s, so parallel mini-Dream cells only share the GPU: --jobs 2 overlaps calibration with scoring, and
 --nll_only measures the whole grid's NLL first (~1 min a cell); a later run without it redoes those cells with
-HumanEval (calibration included).
+HumanEval (calibration included). --run names an adaptation's folder (results/mini-dream/<run>); --cache_weights
+scores weight-only layers through their dequantized weight (eval.py --cache_weights).
 
     python results/run.py --device cuda --jobs 12          # every missing cell, 12 at a time (one H100: ~8 min)
     python results/run.py --only w4a4 --redo               # the cells whose name contains w4a4, again
     python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --nll_only --jobs 3
-    python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --tasks_dir /tmp/tasks --jobs 2
+    python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --tasks_dir /tmp/tasks --jobs 2 \
+        --run c --cache_weights
     python results/run.py --table                          # print the tables from the JSON files
 """
 import argparse
@@ -86,7 +88,7 @@ def commands(model, flags, ckpt, args):
         score = f"{common} --tasks wiki_nll" if args.nll_only else (
             f"{common} --tasks humaneval,wiki_nll --data_dir {args.tasks_dir} --gen_length 256 --steps 256 "
             "--block_length 32 --batch_size 41 --allow_code_exec --workers 4")
-        score += " --fake_quant" if flags is not None and args.fake_quant else ""
+        score += " --cache_weights" if flags is not None and args.cache_weights else ""
     else:
         src, score = f"assets/{model}", common
     cmds = [] if flags is None else [f"python calibrate.py --model {src} {flags} {common} --nll_windows 0 --out {ckpt}"]
@@ -183,26 +185,33 @@ def tables():
     return "\n".join(rows)
 
 
-def mini_table():
-    """mini-Dream-0.5B, two adaptations by one recipe (A: results/mini-dream, B: results/mini-dream/b): HumanEval
-    pass@1 (164) and wiki NLL of each, bits per Linear weight, checkpoint MiB. A HumanEval scored in a separate run
-    of the cell sits in <cell>.humaneval.json; a dagger marks an NLL scored under other masks (the JSON says why)."""
-    rows = ["| setting | method | calibration | bits / weight | MiB | A: HumanEval | A: wiki NLL | B: HumanEval | "
-            "B: wiki NLL |", "|---" * 9 + "|"]
+RUNS = (("A", "mini-dream"), ("B", os.path.join("mini-dream", "b")), ("C", os.path.join("mini-dream", "c")))
+
+
+def mini_table(runs=RUNS[:2]):
+    """mini-Dream-0.5B, adaptations by one recipe (A: results/mini-dream, B: .../b, C: .../c): HumanEval pass@1
+    (164) and wiki NLL of each, bits per Linear weight, checkpoint MiB. A HumanEval scored in a separate run of the
+    cell sits in <cell>.humaneval.json; a dagger marks an NLL scored under other masks (the JSON says why). Where the
+    run's float NLL shares the cells' masks, each NLL also gets its change against it."""
+    rows = ["| setting | method | calibration | bits / weight | MiB | " +
+            " | ".join(f"{r}: HumanEval | {r}: wiki NLL" for r, _ in runs) + " |", "|---" * (5 + 2 * len(runs)) + "|"]
+    floats = [load(sub, "float") for _, sub in runs]
     for name in MINI:
-        parts, runs = name.split("-"), [load("mini-dream", name), load(os.path.join("mini-dream", "b"), name)]
+        parts, got = name.split("-"), [load(sub, name) for _, sub in runs]
         setting, method = (parts[0].upper(), "-".join(parts[1:])) if name != "float" else ("BF16", "float")
         mode = parts[-1] if parts[-1] in ("clean", "masked", "trajectory") else ""
         method = method.removesuffix(f"-{mode}") if mode else method
-        known = next((r for r in runs if r is not None), None)
+        known = next((r for r in got if r is not None), None)
         bits = "16" if name == "float" else f"{known['bits_per_weight']:.2f}" if known else ""
         cols = [bits, f"{known['checkpoint_mib']:.0f}" if known else ""]
-        for sub, r in zip(("mini-dream", os.path.join("mini-dream", "b")), runs, strict=True):
+        for (_, sub), r, f in zip(runs, got, floats, strict=True):
             he = (r or {}).get("humaneval")
             if r is not None and he is None:
                 he = (load(sub, f"{name}.humaneval") or {}).get("humaneval")
-            cols += ["n/m" if he is None else f"{he:.1%}",
-                     "n/m" if r is None else f"{r['wiki_nll']:.3f}" + (" †" if "wiki_nll_masks" in r else "")]
+            nll = "n/m" if r is None else f"{r['wiki_nll']:.3f}" + (" †" if "wiki_nll_masks" in r else "")
+            if r is not None and name != "float" and f is not None and "wiki_nll_masks" not in f:
+                nll += f" ({r['wiki_nll'] / f['wiki_nll'] - 1:+.1%})"
+            cols += ["n/m" if he is None else f"{he:.1%}", nll]
         rows.append(f"| {setting} | {method} | {mode} | " + " | ".join(cols) + " |")
     return "\n".join(rows)
 
@@ -217,9 +226,8 @@ def main():
     p.add_argument("--nll_only", action="store_true", help="mini-dream: score wiki_nll only (HumanEval: n/m)")
     p.add_argument("--tasks_dir", default=os.path.join(ROOT, "data", "tasks"),
                    help="mini-dream: eval.py --data_dir holding the full HumanEval (data/tasks has a sample)")
-    p.add_argument("--fake_quant", action="store_true",
-                   help="mini-dream: score quantized cells through the torch twin with cached dequantized weights "
-                        "(eval.py --fake_quant; 3-4x faster than the W4A4 kernels at 0.5B)")
+    p.add_argument("--cache_weights", action="store_true",
+                   help="mini-dream: eval.py --cache_weights (weight-only layers dequantized once, not every call)")
     p.add_argument("--run", default="", help="mini-dream: the adaptation's results folder under results/mini-dream "
                    "('' = run A, b = run B, ...)")
     p.add_argument("--redo", action="store_true", help="run cells whose JSON already exists again")
@@ -227,7 +235,7 @@ def main():
     p.add_argument("--table", action="store_true", help="print the tables from the JSON files and stop")
     args = p.parse_args()
     if args.table:
-        print(tables() + "\n\n" + mini_table())
+        print(tables() + "\n\n" + mini_table(RUNS[2:]) + "\n\n" + mini_table(RUNS[:2]))
         return
     models = args.models.split(",")
     for m in models:

@@ -7,7 +7,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # DESIGN.md aims at 400 (model.py) and 250 (sample.py); both hold more CLI flags and checks than planned.
 # core.py holds both stored formats (QLinear's integer grid, Quant-dLLM's binary residual), the online rotation and
-# QLinear's dispatch to the Triton kernels, the FP8 format and simulate() (scoring with cached dense weights). A
+# QLinear's dispatch to the Triton kernels, the FP8 format and cache_weights() (faster scoring). A
 # kernel file holds its format, twin, kernel, wrapper and benchmark.
 BUDGETS = {"model.py": 455, "sample.py": 290, "bench.py": 260, "train.py": 300, "eval.py": 400,
            "calibrate.py": 300, "sandbox.py": 150, "data/prepare.py": 200,

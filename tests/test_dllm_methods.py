@@ -146,14 +146,14 @@ def test_quantdllm_checkpoint_loads_back_exactly(tmp_path):
 
 @pytest.mark.parametrize("kw", [{"method": "quantdllm", "wbits": 2, "daq_iters": 1},
                                 {"method": "quarot", "bits": 4}, {"method": "gptq", "wbits": 3}])
-def test_simulate_keeps_each_dequantized_weight_and_the_same_logits(tmp_path, kw):
-    """eval.py --fake_quant: the cached weight is the stored one dequantized, never saved, and the logits stay."""
+def test_cached_weights_are_the_dequantized_ones_and_keep_the_logits(tmp_path, kw):
+    """eval.py --cache_weights: the cached weight is the stored one dequantized, never saved, and the logits stay."""
     m = run(tmp_path, **kw)
     ids = torch.randint(0, 4000, (2, 20))
     layers = [x for x in m.modules() if isinstance(x, (QLinear, BinaryLinear))]
     with torch.no_grad():
         before, weights = m(ids), [x.weight() for x in layers]
-        core.simulate(m)
+        core.cache_weights(m)
         assert all(x.dense is not None and torch.equal(x.weight(), w) for x, w in zip(layers, weights, strict=True))
         assert torch.equal(m(ids), before)
     assert not any(k.endswith("dense") for k in m.state_dict())

@@ -10,9 +10,9 @@ R = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(R)
 
 
-def args(nll_only, fake_quant=False):
+def args(nll_only, cache_weights=False):
     return argparse.Namespace(device="cuda", mini_dream="/m/mini", tasks_dir="/m/tasks", scratch="/s",
-                              nll_only=nll_only, fake_quant=fake_quant)
+                              nll_only=nll_only, cache_weights=cache_weights)
 
 
 def test_every_mini_dream_cell_has_calibrate_flags_or_is_the_float_model():
@@ -28,9 +28,9 @@ def test_mini_dream_commands_run_in_bfloat16_and_nll_only_skips_humaneval():
     nll = R.commands("mini-dream", None, "/s/mini-dream/float", args(True))
     assert nll == ["python eval.py --model /m/mini --device cuda --dtype bfloat16 --tasks wiki_nll "
                    "--out /s/mini-dream/float.eval.json"]
-    sim = R.commands("mini-dream", "--method quarot --bits 4", "/s/mini-dream/q", args(False, fake_quant=True))
-    assert sim[1].endswith("--fake_quant --out /s/mini-dream/q.eval.json") and "--fake_quant" not in sim[0]
-    assert "--fake_quant" not in R.commands("mini-dream", None, "/s/f", args(False, fake_quant=True))[0]
+    sim = R.commands("mini-dream", "--method quarot --bits 4", "/s/mini-dream/q", args(False, cache_weights=True))
+    assert sim[1].endswith("--cache_weights --out /s/mini-dream/q.eval.json") and "--cache_weights" not in sim[0]
+    assert "--cache_weights" not in R.commands("mini-dream", None, "/s/f", args(False, cache_weights=True))[0]
     tiny = R.commands("tiny-llada", "--method rtn --wbits 4", "/s/tiny-llada/w4-rtn", args(True))
     assert all("--dtype float32" in c for c in tiny) and "--tasks" not in tiny[1]
 
