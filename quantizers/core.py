@@ -313,6 +313,10 @@ def cache_weights(model):
     Layers the W8A8 / W4A4 kernels take stay on them: the pure-torch activation rounding, ~20 full-size elementwise
     passes, made a W4A4 mini-Dream forward 1.7x slower than the kernels on an H100."""
     for m in model.modules():
+        if isinstance(m, QLinear) and m.act_bits < 16 and m.qweight.is_cuda and m.scales.dtype != torch.float32:
+            from kernels.wa_gemm import format_of
+            if format_of(m) is not None:
+                continue  # the kernels take this layer and never read a dense weight: no copy
         if isinstance(m, (QLinear, BinaryLinear)):
             m.dense = None
             m.dense = m.weight()

@@ -4,7 +4,7 @@ and writes results/<model>/<cell>.json with the numbers, the commands, the bits 
 counted from the checkpoint's bytes and the checkpoint's size. The bundled tiny models are scored on arithmetic
 (500) + wiki_nll (299 windows x 8 masks); mini-Dream-0.5B (not bundled: README, "mini-Dream-0.5B") on HumanEval
 (164, gen/steps/block 256/256/32, entropy) + wiki_nll (211 windows x 8 masks). One HumanEval run keeps an H100 busy
-for ~80 s, so parallel mini-Dream cells only share the GPU: --jobs 2 overlaps calibration with scoring, and
+for ~90 s, so parallel mini-Dream cells only share the GPU: --jobs 2 overlaps calibration with scoring, and
 --nll_only measures the whole grid's NLL first (~1 min a cell); a later run without it redoes those cells with
 HumanEval (calibration included). --run names an adaptation's folder (results/mini-dream/<run>); --cache_weights
 scores weight-only layers through their dequantized weight (eval.py --cache_weights).

@@ -47,6 +47,12 @@ def test_mini_table_shows_unmeasured_humaneval_as_n_m(tmp_path, monkeypatch):
     assert "| W4 | gptq |  | 4.25 | 700 | n/m | 4.700 | 6.1% | 4.600 |" in rows
     assert "| BF16 | float |  | 16 | 700 | 10.0% | 4.700 † | n/m | n/m |" in rows
     assert "| W3 | gptq |  |  |  | n/m | n/m | n/m | n/m |" in rows
+    (tmp_path / "mini-dream" / "c").mkdir()  # a run whose float NLL shares the cells' masks: changes against it
+    (tmp_path / "mini-dream" / "c" / "float.json").write_text(json.dumps({**cell, "humaneval": 0.1, "wiki_nll": 4.0}))
+    (tmp_path / "mini-dream" / "c" / "w4-gptq.json").write_text(json.dumps({**cell, "humaneval": 0.05}))
+    rows = R.mini_table(R.RUNS[2:]).splitlines()
+    assert "| W4 | gptq |  | 4.25 | 700 | 5.0% | 4.700 (+17.5%) |" in rows
+    assert "| BF16 | float |  | 16 | 700 | 10.0% | 4.000 |" in rows
 
 
 def test_bits_per_weight_counts_the_scales_in_the_dtype_they_are_stored_in(tmp_path):
