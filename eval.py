@@ -193,7 +193,8 @@ def rate(hits):
 
 # ----------------------------------------------------------------------------------------- generation
 def completions(model, tok, prompts, task, args, device):
-    """Greedy completions of the prompts, batched, cut at the task's stop strings and at EOS / end of turn."""
+    """Greedy completions of the prompts, batched by prompt length (returned in prompt order), cut at the task's stop
+    strings and at EOS / end of turn."""
     shots, gen_length, steps, block = GEN[task]
     gen_length, steps, block = args.gen_length or gen_length, args.steps or steps, args.block_length or block
     alg = args.alg or ("low_confidence" if model.args.family == "llada" else "entropy")
@@ -363,10 +364,10 @@ def evaluate(args):
     models, records = args.model.split(","), []
     for path in models:
         model, tok = load(path, dtype, device), load_tokenizer(path)
-        if args.cache_weights:
-            cache_weights(model)
         if tok is None:
             raise InputError(f"{path}: no tokenizer.json (eval needs text)")
+        if args.cache_weights:
+            cache_weights(model)
         digest = model_hash(path)
         for name in names:
             t0 = time.time()
