@@ -53,6 +53,9 @@ def test_mini_table_shows_unmeasured_humaneval_as_n_m(tmp_path, monkeypatch):
     rows = R.mini_table(R.RUNS[2:]).splitlines()
     assert "| W4 | gptq |  | 4.25 | 700 | 5.0% | 4.700 (+17.5%) |" in rows
     assert "| BF16 | float |  | 16 | 700 | 10.0% | 4.000 |" in rows
+    assert "| W4A4 | quarot | masked |  |  | n/m | n/m |" in rows
+    (tmp_path / "mini-dream" / "c" / "w4a4-quarot-clean.json").write_text(json.dumps(cell))  # the same model
+    assert "| W4A4 | quarot | masked |  |  | = clean | = clean |" in R.mini_table(R.RUNS[2:]).splitlines()
 
 
 def test_bits_per_weight_counts_the_scales_in_the_dtype_they_are_stored_in(tmp_path):

@@ -130,3 +130,20 @@ for fmt in ("fp8", "int8", "int4"):
         err = lambda y: ((y.double() - ref).abs().max() / ref.abs().max()).item()
         k = err(lin(x)); eager = err(lin.dequantized_forward(x)); simulate(lin); s = err(lin(x))
         print(f"{fmt}: kernel {k:.4f} eager twin {eager:.4f} simulated {s:.4f}", flush=True)
+
+# ===== 2026-11-22, fifth session: the rest of run C's grid, from the model kept on the CPU machine
+# Machine 1: m2setup.sh; put.sh x 20; join.sh (sha256 094310b4... matched); then
+#   bash .dev/sh/bg2.sh 1500 2 w8a8-rtn,w8a8-smoothquant-clean,w8a8-quarot-clean,w8a8-duquant-clean,w4a4-rtn,\
+#     w4a4-smoothquant-clean,w4a4-duquant-clean,w4-awq,w3-rtn,w3-gptq,w3-awq,w2-quantdllm-clean,w2-quantdllm-masked,\
+#     w4a4-quarot-dllmquant-trajectory
+#   gwait.sh 240 (below: the GPU test of cache_weights, 1 passed); wait.sh x 5. Finished: both DuQuant cells, both
+#   SmoothQuant cells, W8A8 QuaRot, both Quant-dLLM cells, W4 AWQ; the timeout stopped the DLLMQuant cell.
+# Machine 2: m2setup.sh; put.sh x 20; join.sh (sha256 matched); then
+#   bash .dev/sh/bg2.sh 1400 3 w4a4-quarot-dllmquant-trajectory,w3-awq,w3-gptq,w3-rtn,w8a8-rtn,w4a4-rtn
+#   wait.sh x 3: all six finished.
+# w4a4-quarot-masked was not run: QuaRot with RTN weights reads no calibration data (its clean cell is the same model).
+
+# ===== gwait.sh
+# usage: bash .dev/sh/gwait.sh SECONDS: the GPU test of cache_weights (from /tmp/repo2), then wait.sh
+(cd /tmp/repo2 && timeout 120 python3 -m pytest -q -m gpu tests/test_wa_kernels.py -k cached 2>&1 | tail -3)
+bash .dev/sh/wait.sh $1
