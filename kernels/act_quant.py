@@ -14,12 +14,13 @@ so a dequantized int8/int4 output equals the fake quantization the torch model a
 
 Rotation. QuaRot's online Hadamard of the down projection is x -> x (H_m (x) H_b) / sqrt(m b) (quantizers/quarot.py
 builds it as a core.Rotation: a shared Sylvester H_b / sqrt(b) on each of the m blocks of b channels, then the mix
-H_m / sqrt(m) across blocks). The kernel holds a whole token in registers as an (m, b) tile, applies H_b by the fast
-Walsh-Hadamard transform (log2 b rounds of pairwise sums and differences: Pease's constant-geometry form, in which
-every round is the same reshape) and the mix by one tensor-core product, then quantizes. The rotation is computed in
-fp32 (the mix's product with tf32x3 inputs on the GPU); the twin computes it in fp32 too. That covers m <= 16 with
-b >= 16 (LLaDA-8B's 12288 = 12 x 1024, powers of two); any other rotation (Dream-7B's 18944 = 148 x 128, DuQuant's)
-is applied by torch in x's dtype before the kernel quantizes.
+H_m / sqrt(m) across blocks). Its kernel (_quant) holds a whole token in registers as an (m, b) tile, applies H_b
+by the fast Walsh-Hadamard transform (log2 b rounds of pairwise sums and differences: Pease's constant-geometry
+form, in which every round is the same reshape) and the mix by one tensor-core product, then quantizes. The
+rotation is computed in fp32 (the mix's product with tf32x3 inputs on the GPU); the twin computes it in fp32 too.
+That covers m <= 16 with b >= 16 (LLaDA-8B's 12288 = 12 x 1024, powers of two); any other rotation (Dream-7B's
+18944 = 148 x 128, DuQuant's) is applied by torch in x's dtype before the kernel quantizes. Without a rotation,
+a token is read in chunks (_quant_rows), twice: once for its scale and once to encode it.
 
     python -m kernels.act_quant         # on a GPU: check against the twin, then time with and without the rotation
 """
@@ -110,17 +111,16 @@ def _rint(v):
 def _quant(x_ptr, mix_ptr, q_ptr, s_ptr, M_BLOCKS, K, stride_xm, stride_qm, clip, QMAX: tl.constexpr,
            FMT: tl.constexpr, ROWS: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr, MIX: tl.constexpr,
            EMULATE: tl.constexpr):
-    """One token per program, held as a (ROWS, B) tile: channel k at (k // B, k % B); rows past K are zeros."""
+    """QuaRot's rotation, then the codes. One token per program, held as a (ROWS, B) tile: channel k at (k // B,
+    k % B); rows past K are zeros."""
     tok = tl.program_id(0)
     i, j = tl.arange(0, ROWS), tl.arange(0, B)
     k = i[:, None] * B + j[None, :]
-    ok = k < K
-    x = tl.load(x_ptr + tok * stride_xm + k, mask=ok, other=0.0).to(tl.float32)
-    if LOG_B > 0:  # x H_b on every row: Pease's FWHT, each round y = [x_even + x_odd, x_even - x_odd]
-        for _ in tl.static_range(LOG_B):
-            a, b = tl.split(tl.reshape(x, (ROWS, B // 2, 2)))
-            x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (ROWS, B))
-        x = x * (1.0 / tl.sqrt(B * 1.0))
+    x = tl.load(x_ptr + tok * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+    for _ in tl.static_range(LOG_B):  # x H_b on every row: Pease's FWHT, each round y = [x_even + x_odd, x_even -
+        a, b = tl.split(tl.reshape(x, (ROWS, B // 2, 2)))  # x_odd]
+        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (ROWS, B))
+    x = x * (1.0 / tl.sqrt(B * 1.0))
     if MIX:  # y_n = sum_m mix[m, n] x_m: mix^T (ROWS, ROWS) @ x, zero-padded past the m blocks
         mt = tl.load(mix_ptr + i[None, :] * M_BLOCKS + i[:, None],
                      mask=(i[:, None] < M_BLOCKS) & (i[None, :] < M_BLOCKS), other=0.0)
@@ -128,26 +128,52 @@ def _quant(x_ptr, mix_ptr, q_ptr, s_ptr, M_BLOCKS, K, stride_xm, stride_qm, clip
     s = tl.max(tl.max(tl.abs(x), 1), 0) * clip / QMAX
     s = tl.where(s > 0, s, 1.0)
     tl.store(s_ptr + tok, s)
-    v = tl.math.div_rn(x, s)  # correctly rounded, as torch; the default fp32 division on the GPU is approximate
-    if FMT == 0:
+    _encode(tl.math.div_rn(x, s), q_ptr + tok * stride_qm, k, k < K, 0, tl.cdiv(K, 32) * 4, FMT, ROWS * B, EMULATE)
+
+
+@triton.jit
+def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, clip, QMAX: tl.constexpr, FMT: tl.constexpr,
+                BLOCK: tl.constexpr, EMULATE: tl.constexpr):
+    """One token per program, BLOCK channels at a time, without a rotation: one pass for max|x|, a second that
+    encodes (the same bytes moments later, which L2 should still hold). A whole token in registers, as _quant holds
+    it for the FWHT, pads K = 12288 to 16384 lanes and 18944 to 32768; on the H100 this kernel took half its time
+    at those widths (results/wa_gemm_h100.md)."""
+    tok = tl.program_id(0)
+    x_row = x_ptr + tok * stride_xm
+    amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        amax = tl.maximum(amax, tl.abs(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32)))
+    s = tl.max(amax, 0) * clip / QMAX
+    s = tl.where(s > 0, s, 1.0)
+    tl.store(s_ptr + tok, s)
+    for k0 in range(0, K, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        v = tl.math.div_rn(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32), s)
+        _encode(v, q_ptr + tok * stride_qm, k, k < K, k0 // 8, tl.cdiv(K, 32) * 4, FMT, BLOCK, EMULATE)
+
+
+@triton.jit
+def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.constexpr, EMULATE: tl.constexpr):
+    """Store v = x / s (any tile shape; k its channels, row-major) as codes of the format at q_row. int4: codes
+    v + 8, eight to a word (code j of a word at bits 4j .. 4j + 3), the tile's words from word0 on; past K code 0,
+    as core.pack pads."""
+    if FMT == 0:  # correctly rounded division above, as torch; the GPU's default fp32 division is approximate
         v = _round_fp8(tl.minimum(tl.maximum(v, -448.0), 448.0), EMULATE)
-        tl.store(q_ptr + tok * stride_qm + k, v.to(tl.float8e4nv), mask=ok)
+        tl.store(q_row + k, v.to(tl.float8e4nv), mask=ok)
     else:
         v = _rint(v)
         if FMT == 1:
-            tl.store(q_ptr + tok * stride_qm + k, tl.minimum(tl.maximum(v, -128.0), 127.0).to(tl.int8), mask=ok)
-        else:  # codes v + 8 in 0..15, eight to a word (code j of a word at bits 4j .. 4j + 3); past K code 0, as
-            c = tl.where(ok, (tl.minimum(tl.maximum(v, -8.0), 7.0) + 8.0).to(tl.int32), 0)  # core.pack pads
-            c = tl.reshape(c, (ROWS * B // 8, 8)) << (tl.arange(0, 8) * 4)[None, :]
+            tl.store(q_row + k, tl.minimum(tl.maximum(v, -128.0), 127.0).to(tl.int8), mask=ok)
+        else:
+            c = tl.where(ok, (tl.minimum(tl.maximum(v, -8.0), 7.0) + 8.0).to(tl.int32), 0)
+            c = tl.reshape(c, (NUMEL // 8, 8)) << (tl.arange(0, 8) * 4)[None, :]
             w = tl.sum(c, 1)  # disjoint bits: the sum is the OR
-            r = tl.arange(0, ROWS * B // 8)
-            tl.store(q_ptr + tok * stride_qm + r, w, mask=r < tl.cdiv(K, 32) * 4)
+            r = word0 + tl.arange(0, NUMEL // 8)
+            tl.store(q_row + r, w, mask=r < n_words)
 
 
-def _tile(K):
-    """(ROWS, B): a power-of-two tile of at least K channels (and 32: a packed chunk), rows of at most 1024."""
-    b = min(max(triton.next_power_of_2(K), 32), 1024)
-    return triton.cdiv(K, b), b
+CHUNK, WARPS = 2048, 8  # _quant_rows: channels per step, warps per token
 
 
 def quantize(x, fmt, clip=1.0, rotation=None):
@@ -163,17 +189,19 @@ def quantize(x, fmt, clip=1.0, rotation=None):
         x2 = rotation(x2)
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
     M = x2.shape[0]
-    if form is None:
-        m, (rows, b), mix, log_b = 1, _tile(K), None, 0
-    else:  # one token is an (m, b) tile; the mix needs at least 16 rows for the tensor-core product
-        m, b, mix = form
-        rows, log_b = max(m, 16) if mix is not None else m, int(math.log2(b))
-        if mix is not None and mix.device != x.device:  # move the kept matrix once, not on every call
-            mix = mix.to(x.device)
-            rotation._hadamard_form = (m, b, mix)
     dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32}[fmt]
     q = torch.empty(M, -(-K // 32) * 4 if fmt == "int4" else K, device=x.device, dtype=dtype)
     s = torch.empty(M, device=x.device, dtype=torch.float32)
+    if form is None:
+        block = min(max(triton.next_power_of_2(K), 32), CHUNK)
+        _quant_rows[(M,)](x2, q, s, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt], FMT=FMT[fmt], BLOCK=block,
+                          EMULATE=INTERPRET, num_warps=WARPS)
+        return q, s
+    m, b, mix = form  # one token is an (m, b) tile; the mix needs at least 16 rows for the tensor-core product
+    rows, log_b = max(m, 16) if mix is not None else m, int(math.log2(b))
+    if mix is not None and mix.device != x.device:  # move the kept matrix once, not on every call
+        mix = mix.to(x.device)
+        rotation._hadamard_form = (m, b, mix)
     rows = triton.next_power_of_2(rows)
     warps = 16 if rows * b >= 16384 else 8 if rows * b >= 4096 else 4
     _quant[(M,)](x2, mix if mix is not None else s, q, s, m, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt],
