@@ -136,8 +136,8 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, clip, QMAX: tl.con
                 BLOCK: tl.constexpr, EMULATE: tl.constexpr):
     """One token per program, BLOCK channels at a time, without a rotation: one pass for max|x|, a second that
     encodes (the same bytes moments later, which L2 should still hold). A whole token in registers, as _quant holds
-    it for the FWHT, pads K = 12288 to 16384 lanes and 18944 to 32768; on the H100 this kernel took half its time
-    at those widths (results/wa_gemm_h100.md)."""
+    it for the FWHT, pads K = 12288 to 16384 lanes and 18944 to 32768; on the H100 this kernel is 1.4-2.8x faster
+    at those widths, up to 12% slower at K <= 4096 (results/wa_gemm_h100.md)."""
     tok = tl.program_id(0)
     x_row = x_ptr + tok * stride_xm
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
