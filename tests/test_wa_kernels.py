@@ -172,7 +172,6 @@ def test_qlinear_on_cuda_runs_the_kernels():
     assert torch.equal(lin(x), wa_gemm.linear(x, lin, "int8"))
 
 
-
 @pytest.mark.gpu
 def test_cached_weights_leave_the_kernels_in_charge():
     """eval.py --cache_weights: a W8A8 / W4A4 layer stays on the kernels (bit for bit); a weight-only one runs the
