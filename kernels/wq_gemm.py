@@ -9,16 +9,19 @@ Format (quantizers/core.py defines it; `reference` below is its pure-torch twin)
   scales, zeros (N, G) in the activation dtype, G groups of K / G consecutive input channels (G = 1: per channel),
 and W[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g], rounded once to the activation dtype, as the twin.
 
-Two paths, and per shape the faster one (timed once on first use, cached per (M bucket, N, K, groups, bits)):
-  fused    one kernel, y^T = W x^T, the weight tile dequantized in registers and used as the left operand of the
-           tensor-core product, so the token dimension can be as small as 16. For M <= 64, K is split over up to 8
-           programs that add fp32 partial sums atomically (a 4096-wide layer at M = 1 is otherwise 32 programs for
-           132 SMs). Autotune lists hold 4 configurations per regime.
-  unfused  a Triton kernel dequantizes W into a temporary in the activation dtype, then cuBLAS multiplies. It costs
-           one layer's float weight in memory while it runs.
-On one H100 (`python -m kernels.wq_gemm`, the README's Speed section) the fused path wins at M <= 16 and, for most
-layers, the unfused one from M = 64 up: at M = 1024 the fused kernel reaches only 165-190 TFLOP/s on the large layers
-against cuBLAS's 650-700. fp32 activations go to the twin (the tensor cores would round them to tf32).
+Three paths, and per shape the fastest (timed once on first use, cached per (M bucket, N, K, groups, bits)):
+  fused     one kernel, y^T = W x^T, the weight tile dequantized in registers and used as the left operand of the
+            tensor-core product, so the token dimension can be as small as 16. For M <= 64, K is split over up to 8
+            programs that add fp32 partial sums atomically (a 4096-wide layer at M = 1 is otherwise 32 programs for
+            132 SMs). Autotune lists hold 4 configurations per regime.
+  factored  for M <= 64 at 4 bits with groups a multiple of 32: kernels/wq_factored.py, which turns codes into
+            floats by a bit trick and applies scales and zeros once per chunk of inputs, not once per weight.
+  unfused   a Triton kernel dequantizes W into a temporary in the activation dtype, then cuBLAS multiplies. It costs
+            one layer's float weight in memory while it runs.
+On one H100 (`python -m kernels.wq_gemm`, the README's Speed section) the factored path wins at M <= 16 on most
+layers and the unfused one from M = 256 up: at M = 1024 the fused kernels (this one and a factored variant tried
+for many tokens) reach only 165-220 TFLOP/s on the large layers against cuBLAS's 650-700. fp32 activations go to
+the twin (the tensor cores would round them to tf32).
 
     python -m kernels.wq_gemm          # on a GPU: check against the twin, then time against bf16 torch.matmul
 """
@@ -28,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import wq_factored
 from quantizers.core import dequantize, fit_grid, pack, quantize, unpack
 
 
@@ -187,7 +191,13 @@ def unfused(x2, qweight, scales, zeros, bits, K, out=None):
     return torch.matmul(x2, W.T, out=out) if out is not None else x2 @ W.T
 
 
-PATHS = {}  # (M bucket, N, K, G, bits, dtype) -> "fused" or "unfused", whichever ran faster there
+PATHS = {}  # (M bucket, N, K, G, bits, dtype) -> "fused", "factored" or "unfused", whichever ran fastest there
+
+
+def paths(M, bits, K, G, dtype):
+    """The paths that take a layer: {name: function}."""
+    few = M <= 64 and wq_factored.chunk_of(bits, K, G, dtype) is not None
+    return {"fused": fused, "unfused": unfused, **({"factored": wq_factored.matmul} if few else {})}
 
 
 def choose(x2, qweight, scales, zeros, bits, K):
@@ -195,16 +205,16 @@ def choose(x2, qweight, scales, zeros, bits, K):
     if key not in PATHS:
         from triton.testing import do_bench
         times = {name: do_bench(lambda f=f: f(x2, qweight, scales, zeros, bits, K), warmup=5, rep=20)
-                 for name, f in (("fused", fused), ("unfused", unfused))}
+                 for name, f in paths(x2.shape[0], bits, K, scales.shape[1], x2.dtype).items()}
         PATHS[key] = min(times, key=times.get)
     return PATHS[key]
 
 
 def matmul(x, qweight, scales, zeros, bits, K, path=None, config=None, out=None):
     """x (..., K) bf16/fp16 @ dequant(W)^T -> (..., N) in x's dtype by Triton kernels (fp32 x: the twin). path:
-    "fused" or "unfused" instead of the faster one, timed once per shape; config: a triton.Config of CONFIGS[True]
-    (few tokens) or CONFIGS[False] instead of the autotuned one (the tests run each; the interpreter cannot time).
-    out: (M, N) in x's dtype to write into."""
+    "fused", "factored" or "unfused" instead of the fastest, timed once per shape; config: a triton.Config of
+    CONFIGS[True] (few tokens) or CONFIGS[False] (or of wq_factored.CONFIGS for "factored") instead of the autotuned
+    one (the tests run each; the interpreter cannot time). out: (M, N) in x's dtype to write into."""
     if x.dtype == torch.float32:
         return reference(x, qweight, scales, zeros, bits, K)
     if x.shape[-1] != K or scales.dtype != x.dtype or qweight.shape[1] != -(-K // 32) * bits:
@@ -216,6 +226,8 @@ def matmul(x, qweight, scales, zeros, bits, K, path=None, config=None, out=None)
     path = path or ("fused" if INTERPRET or config is not None else choose(x2, qweight, scales, zeros, bits, K))
     if path == "fused":
         y = fused(x2, qweight, scales, zeros, bits, K, config, out)
+    elif path == "factored":
+        y = wq_factored.matmul(x2, qweight, scales, zeros, bits, K, config, out)
     else:
         y = unfused(x2, qweight, scales, zeros, bits, K, out)
     return y.view(*x.shape[:-1], qweight.shape[0])
@@ -239,13 +251,13 @@ def _layer(N, K, bits, group):
 
 
 def bench(bits_list=(4, 8, 3, 2), group=128):
-    """Check both paths against the twin on every shape, then time them against bf16 F.linear, each in a CUDA graph
+    """Check every path against the twin on every shape, then time them against bf16 F.linear, each in a CUDA graph
     (GPU time, no launch overhead), side by side; prints a markdown table and returns its rows."""
     from triton.testing import do_bench_cudagraph
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
           f"weights g{group} asymmetric, bf16 activations, times in a CUDA graph\n")
-    print("| layer (N x K) | M | bits | bf16 µs | fused µs | unfused µs | best vs bf16 | best TFLOP/s | best GB/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| layer (N x K) | M | bits | bf16 µs | fused µs | factored µs | unfused µs | best vs bf16 | best TFLOP/s | "
+          "best GB/s |\n|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for name, (N, K) in SHAPES.items():
         for bits in bits_list:
@@ -253,22 +265,23 @@ def bench(bits_list=(4, 8, 3, 2), group=128):
             for M in TOKENS if bits == 4 else (16, 1024):
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
                 ref = x.float() @ dequantize(unpack(qw, bits, K), s, z).float().T
-                times = [do_bench_cudagraph(lambda: torch.nn.functional.linear(x, W)) * 1e3]  # noqa: B023
-                for path in ("fused", "unfused"):
+                t_ref = do_bench_cudagraph(lambda: torch.nn.functional.linear(x, W)) * 1e3  # noqa: B023
+                times = {}
+                for path in paths(M, bits, K, s.shape[1], x.dtype):
                     y = matmul(x, qw, s, z, bits, K, path=path)
                     err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
                     if err > 1e-2:
                         raise SystemExit(f"{name} M={M} W{bits} {path}: differs from the twin by {err:.2e}")
-                    times.append(do_bench_cudagraph(lambda p=path: matmul(x, qw, s, z, bits, K, path=p)) * 1e3)  # noqa: B023
-                t_ref, t_f, t_u = times
-                t = min(t_f, t_u)
+                    times[path] = do_bench_cudagraph(lambda p=path: matmul(x, qw, s, z, bits, K, path=p)) * 1e3  # noqa: B023
+                t = min(times.values())
                 moved = qw.numel() * 4 + 2 * s.numel() * 2 + 2 * M * (K + N)
-                rows.append((name, N, K, M, bits, t_ref, t_f, t_u))
-                print(f"| {name} ({N} x {K}) | {M} | {bits} | {t_ref:.1f} | {t_f:.1f} | {t_u:.1f} | "
-                      f"{t_ref / t:.2f}x | {2 * M * N * K / t / 1e6:.1f} | {moved / t / 1e3:.0f} |", flush=True)
+                rows.append((name, N, K, M, bits, t_ref, t))
+                cells = " | ".join(f"{times[p]:.1f}" if p in times else "-" for p in ("fused", "factored", "unfused"))
+                print(f"| {name} ({N} x {K}) | {M} | {bits} | {t_ref:.1f} | {cells} | {t_ref / t:.2f}x | "
+                      f"{2 * M * N * K / t / 1e6:.1f} | {moved / t / 1e3:.0f} |", flush=True)
     for bits in bits_list:
         for label, pick in (("M <= 16", lambda m: m <= 16), ("M >= 512", lambda m: m >= 512)):
-            r = [t_ref / min(t_f, t_u) for _, _, _, m, b, t_ref, t_f, t_u in rows if b == bits and pick(m)]
+            r = [t_ref / t for _, _, _, m, b, t_ref, t in rows if b == bits and pick(m)]
             if r:
                 print(f"W{bits}A16, {label}: {min(r):.2f}x to {max(r):.2f}x bf16 (geometric mean "
                       f"{torch.tensor(r).log().mean().exp():.2f}x over {len(r)} layer shapes x token counts)")

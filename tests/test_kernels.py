@@ -3,7 +3,7 @@ conftest.py) on small odd shapes, every configuration of the autotune lists; tes
 import pytest
 import torch
 
-from kernels import wq_gemm
+from kernels import wq_factored, wq_gemm
 from quantizers.core import QLinear, dequantize, fit_grid, pack, quantize, unpack
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,6 +49,29 @@ def test_other_widths_match_the_twin(bits, few, dtype):
         check(M, N, K, group, bits, dtype, wq_gemm.CONFIGS[few][0])
 
 
+FACTORED = {128: [(1, 100, 256, 128), (7, 72, 384, -1), (33, 40, 512, 256)], 64: [(7, 72, 192, 64)],
+            32: [(33, 40, 160, 32)]}  # chunk: M N K g
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("chunk,i", [(c, i) for c in FACTORED for i in range(len(wq_factored.CONFIGS[c]))])
+def test_factored_kernel_every_config_matches_the_twin(chunk, i, dtype):
+    for M, N, K, group in FACTORED[chunk]:
+        assert wq_factored.chunk_of(4, K, K // group if group > 0 else 1, dtype) == chunk
+        check(M, N, K, group, 4, dtype, wq_factored.CONFIGS[chunk][i], path="factored")
+
+
+def test_factored_kernel_takes_only_its_layers():
+    assert wq_factored.chunk_of(3, 256, 2, torch.bfloat16) is None  # 3 bits
+    assert wq_factored.chunk_of(4, 148, 2, torch.bfloat16) is None  # groups of 74
+    assert wq_factored.chunk_of(4, 256, 2, torch.float32) is None
+    assert "factored" in wq_gemm.paths(16, 4, 4096, 32, torch.bfloat16)
+    assert "factored" not in wq_gemm.paths(65, 4, 4096, 32, torch.bfloat16)
+    qw, s, z = layer(40, 148, 4, 74, torch.bfloat16)
+    with pytest.raises(ValueError, match="148 inputs in 2 groups"):
+        wq_factored.matmul(torch.randn(3, 148).bfloat16(), qw, s, z, 4, 148)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_dequantization_kernel_equals_the_twin_bit_for_bit(bits, dtype):
@@ -80,6 +103,8 @@ def test_real_shapes_autotuned(N, K):
     for M in (1, 65, 1024):  # both regimes; autotuning every check makes more of them slow
         check(M, N, K, 128, 4, torch.bfloat16, path="fused")
         check(M, N, K, 128, 4, torch.bfloat16, path="unfused")
+    for M, group, dtype in ((1, 128, torch.bfloat16), (16, -1, torch.float16), (33, 64, torch.bfloat16)):
+        check(M, N, K, group, 4, dtype, path="factored")
     for bits, group in ((4, -1), (8, 128), (3, 128), (2, 64)):
         check(16, N, K, group, bits, torch.bfloat16)
         check(600, N, K, group, bits, torch.float16)
