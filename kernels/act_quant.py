@@ -16,8 +16,9 @@ Rotation. QuaRot's online Hadamard of the down projection is x -> x (H_m (x) H_b
 builds it as a core.Rotation: a shared Sylvester H_b / sqrt(b) on each of the m blocks of b channels, then the mix
 H_m / sqrt(m) across blocks). Its kernel (_quant) holds a whole token in registers as an (m, b) tile, applies H_b
 by the fast Walsh-Hadamard transform (log2 b rounds of pairwise sums and differences: Pease's constant-geometry
-form, in which every round is the same reshape) and the mix by one tensor-core product, then quantizes. The
-rotation is computed in fp32 (the mix's product with tf32x3 inputs on the GPU); the twin computes it in fp32 too.
+form, in which every round is the same reshape) and the mix by one product of the (m, m) matrix with the tile (by
+fp32 FMAs: on the H100 1.5x faster than on the tensor cores in tf32x3), then quantizes. The rotation is computed
+in fp32; the twin computes it in fp32 too.
 That covers m <= 16 with b >= 16 (LLaDA-8B's 12288 = 12 x 1024, powers of two); any other rotation (Dream-7B's
 18944 = 148 x 128, DuQuant's) is applied by torch in x's dtype before the kernel quantizes. Without a rotation,
 a token is read in chunks (_quant_rows), twice: once for its scale and once to encode it.
@@ -124,7 +125,7 @@ def _quant(x_ptr, mix_ptr, q_ptr, s_ptr, M_BLOCKS, K, stride_xm, stride_qm, clip
     if MIX:  # y_n = sum_m mix[m, n] x_m: mix^T (ROWS, ROWS) @ x, zero-padded past the m blocks
         mt = tl.load(mix_ptr + i[None, :] * M_BLOCKS + i[:, None],
                      mask=(i[:, None] < M_BLOCKS) & (i[None, :] < M_BLOCKS), other=0.0)
-        x = tl.dot(mt, x, input_precision="tf32x3")
+        x = tl.dot(mt, x, input_precision="ieee")
     s = tl.max(tl.max(tl.abs(x), 1), 0) * clip / QMAX
     s = tl.where(s > 0, s, 1.0)
     tl.store(s_ptr + tok, s)
@@ -203,7 +204,7 @@ def quantize(x, fmt, clip=1.0, rotation=None):
         mix = mix.to(x.device)
         rotation._hadamard_form = (m, b, mix)
     rows = triton.next_power_of_2(rows)
-    warps = 16 if rows * b >= 16384 else 8 if rows * b >= 4096 else 4
+    warps = 8 if rows * b >= 4096 else 4
     _quant[(M,)](x2, mix if mix is not None else s, q, s, m, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt],
                  FMT=FMT[fmt], ROWS=rows, B=b, LOG_B=log_b, MIX=mix is not None, EMULATE=INTERPRET,
                  num_warps=warps)  # (s stands in for the mix pointer when there is none)

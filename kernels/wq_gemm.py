@@ -20,7 +20,7 @@ Three paths, and per shape the fastest (timed once on first use, cached per (M b
             one layer's float weight in memory while it runs.
 On one H100 (`python -m kernels.wq_gemm`, the README's Speed section) the factored path wins at M <= 16 on most
 layers and the unfused one from M = 256 up: at M = 1024 the fused kernels (this one and a factored variant tried
-for many tokens) reach only 165-220 TFLOP/s on the large layers against cuBLAS's 650-700. fp32 activations go to
+for many tokens) reach only 147-221 TFLOP/s on the large layers against cuBLAS's 650-700. fp32 activations go to
 the twin (the tensor cores would round them to tf32).
 
     python -m kernels.wq_gemm          # on a GPU: check against the twin, then time against bf16 torch.matmul

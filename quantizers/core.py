@@ -150,13 +150,14 @@ class Rotation(nn.Module):
     def forward(self, x):
         lead = x.shape[:-1]
         y = x.reshape(*lead, self.m, self.b)
-        y = torch.einsum("...mb,mbc->...mc", y, self.r1.to(y.dtype).expand(self.m, -1, -1))
+        r1 = self.r1.to(y.dtype)  # shared: one GEMM over all blocks (an einsum would copy x into block-major order)
+        y = y @ r1[0] if self.shared else torch.einsum("...mb,mbc->...mc", y, r1)
         if self.perm is not None:
             y = y.reshape(*lead, -1)[..., self.perm].reshape(*lead, self.m, self.b)
         if self.r2 is not None:
             y = torch.einsum("...mb,mbc->...mc", y, self.r2.to(y.dtype).expand(self.m, -1, -1))
         if self.mix is not None:
-            y = torch.einsum("...mb,mn->...nb", y, self.mix.to(y.dtype))
+            y = self.mix.T.to(y.dtype) @ y  # y_n = sum_m mix[m, n] y_m: one batched GEMM, no permuted copy
         return y.reshape(x.shape)
 
 
