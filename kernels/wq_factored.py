@@ -10,8 +10,8 @@ Two identities leave each weight with a shift, a mask and an OR:
          sum_{k in C} (q_k - z) s x_mk = s (sum_{k in C} (128 + q_k) x_mk - (z + 128) sum_{k in C} x_mk):
      the first sum is a tensor-core product of the raw (128 + q) tile, the second a row sum of x, and the float
      arithmetic (one multiply-add per output) runs once per chunk, not once per weight.
-Chunks are 128 inputs (16 words of 8 codes), or 64 / 32 when the group is. Products are exact and summed in fp32,
-so unlike the twin the weights are not rounded to the activation dtype first (the difference is within its ulp).
+Chunks are 128 inputs (16 words of 8 codes), or 64 / 32 when the group is. Products are exact and summed in fp32;
+unlike the twin, weights are not rounded to the activation dtype first (tests: within 5e-3 of max |y| in bf16).
 Two ways to meet the chunk's x, both autotune candidates since neither wins on every layer (on one H100):
   SHIFTS   codes j, 8 + j, 16 + j, ... (shift j of each word) form one (BLOCK_N, 16) tile: 8 products per chunk
            against x read at stride 8, no shuffling of registers (128-input chunks only);
