@@ -49,9 +49,8 @@ def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
 @pytest.mark.parametrize("n,fused", [(768, True), (3072, True), (2048, True), (592, False), (96, False)])
 def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused):
     """768 = 12 x 64 (tiny-llada's MLP) and 3072 = 12 x 256 (Paley mix and FWHT) and 2048 (FWHT alone) run in the
-    kernel: the codes of
-    x (H_m (x) H_b) / sqrt(n), against a float64 dense product. 96 = 12 x 8 (blocks below 16) and 592 = 148 x 4
-    (tiny-dream, a mix above 16) are rotated by torch in bf16 first: the codes of that, exactly."""
+    kernel: the codes of x (H_m (x) H_b) / sqrt(n), against a float64 dense product. 96 = 12 x 8 (blocks below 16)
+    and 592 = 148 x 4 (tiny-dream, a mix above 16) are rotated by torch in bf16 first: the codes of that, exactly."""
     rot = online_hadamard(n, torch.float32).to(DEVICE)
     assert (act_quant.hadamard_form(rot) is not None) == fused
     x = torch.randn(5, n, device=DEVICE).bfloat16()
