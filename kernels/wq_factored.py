@@ -18,13 +18,11 @@ Two ways to meet the chunk's x, both autotune candidates since neither wins on e
   natural  the (BLOCK_N, 16, 8) codes reshaped to (BLOCK_N, 128) in input order: one product with contiguous x.
 K is split over 2 to 8 programs whose fp32 partial sums are added atomically, as in wq_gemm's fused path.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+from kernels.wq_gemm import INTERPRET, grid
 
 
 def chunk_of(bits, K, G, dtype):
@@ -105,12 +103,8 @@ def matmul(x2, qweight, scales, zeros, bits, K, config=None, out=None):
     flags = dict(CHUNK=chunk, MAGIC=0x4300 if bf16 else 0x6400, OFFSET=128.0 if bf16 else 1024.0,  # noqa: C408
                  DOT_F32=INTERPRET)
     if config is None:
-        _tuned[chunk][lambda meta: _grid(M, N, meta)](*args, **flags)
+        _tuned[chunk][lambda meta: grid(M, N, meta)](*args, **flags)
     else:
-        _factored[_grid(M, N, config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
+        _factored[grid(M, N, config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
                                               num_stages=config.num_stages)
     return out.copy_(y) if out is not None else y.to(x2.dtype)
-
-
-def _grid(M, N, meta):
-    return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]), meta["SPLIT_K"]

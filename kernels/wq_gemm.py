@@ -31,7 +31,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import wq_factored
 from quantizers.core import dequantize, fit_grid, pack, quantize, unpack
 
 
@@ -196,6 +195,7 @@ PATHS = {}  # (M bucket, N, K, G, bits, dtype) -> "fused", "factored" or "unfuse
 
 def paths(M, bits, K, G, dtype):
     """The paths that take a layer: {name: function}."""
+    from kernels import wq_factored  # imported here: it takes INTERPRET and grid from this file
     few = M <= 64 and wq_factored.chunk_of(bits, K, G, dtype) is not None
     return {"fused": fused, "unfused": unfused, **({"factored": wq_factored.matmul} if few else {})}
 
@@ -227,6 +227,7 @@ def matmul(x, qweight, scales, zeros, bits, K, path=None, config=None, out=None)
     if path == "fused":
         y = fused(x2, qweight, scales, zeros, bits, K, config, out)
     elif path == "factored":
+        from kernels import wq_factored
         y = wq_factored.matmul(x2, qweight, scales, zeros, bits, K, config, out)
     else:
         y = unfused(x2, qweight, scales, zeros, bits, K, out)
