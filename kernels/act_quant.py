@@ -14,18 +14,19 @@ so a dequantized int8/int4 output equals the fake quantization the torch model a
 
 Rotation. QuaRot's online Hadamard of the down projection is x -> x (H_m (x) H_b) / sqrt(m b) (quantizers/quarot.py
 builds it as a core.Rotation: a shared Sylvester H_b / sqrt(b) on each of the m blocks of b channels, then the mix
-H_m / sqrt(m) across blocks). Its kernel (_quant) holds a whole token in registers as an (m, b) tile, applies H_b
-by the fast Walsh-Hadamard transform (log2 b rounds of pairwise sums and differences: Pease's constant-geometry
-form, in which every round is the same reshape) and the mix by one product of the (m, m) matrix with the tile (by
-fp32 FMAs: on the H100 1.5x faster than on the tensor cores in tf32x3), then quantizes. The rotation is computed
-in fp32; the twin computes it in fp32 too.
-That covers m <= 16 with b >= 16 (LLaDA-8B's 12288 = 12 x 1024, powers of two); any other rotation (Dream-7B's
-18944 = 148 x 128, DuQuant's) is applied by torch in x's dtype before the kernel quantizes. Without a rotation,
-a token is read in chunks (_quant_rows), twice: once for its scale and once to encode it.
+H_m / sqrt(m) across blocks). Its kernel (_rotate_quant) runs it as two tensor-core products per token: with
+H_b = H_(b/C) (x) H_C, a token is an (R, C) tile X (R = K / C rows, C <= 128) and X -> B^T X H_C with
+B = H_m (x) H_(b/C) (LLaDA-8B's 12288: C = 128, B 96 x 96; Dream-7B's 18944: B 148 x 148). Every matrix holds +-1,
+exact in bf16, and the constant 1 / sqrt(m b) comes last. The first product takes x as it is (exact products, fp32
+sums); the second takes the fp32 X H_C as two bf16 halves, 16 of its 24 bits, so a value within 2^-16 of a rounding
+boundary may land one code from the fp32 twin's. (H100, M = 1024: 2.2x faster than the fast Walsh-Hadamard
+transform it replaced on LLaDA, whose shuffles between threads cost more than these products, and 3x faster than
+Dream's rotation by torch before the quantizer; results/wa_gemm_h100.md.)
+Any other rotation (DuQuant's, blocks under 16 channels) is applied by torch in x's dtype before the kernel
+quantizes. Without a rotation, a token is read in chunks (_quant_rows), twice: once for its scale, once to encode.
 
     python -m kernels.act_quant         # on a GPU: check against the twin, then time with and without the rotation
 """
-import math
 import os
 
 import torch
@@ -41,8 +42,8 @@ FMT = {"fp8": 0, "int8": 1, "int4": 2}
 
 def reference(x, fmt, clip=1.0, rotation=None):
     """The pure-torch twin: x (..., K) -> (codes, scales (M,) float32), M the number of tokens. The rotation is
-    applied in fp32, as the kernel applies QuaRot's Hadamard; `quantize` applies any other rotation in x's dtype,
-    so there it equals reference(rotation(x))."""
+    applied in fp32 (the kernel's QuaRot Hadamard to 16 bits: see above); `quantize` applies any other rotation in
+    x's dtype, so there it equals reference(rotation(x))."""
     x = x.reshape(-1, x.shape[-1]).float()
     if rotation is not None:
         x = rotation(x)  # a Rotation casts its matrices to x's dtype: fp32 here
@@ -64,9 +65,10 @@ def dequantize(q, s, fmt, K):
 
 
 def hadamard_form(rotation):
-    """(m, b, mix (m, m) fp32 or None) when `rotation` is QuaRot's H_m (x) H_b with b a power of two, which the
-    kernel applies itself; None for any other rotation (DuQuant's, a dense random one). Worked out once per module
-    (it reads the matrices back to the host) and kept on it."""
+    """The kernel's form of `rotation` when it is QuaRot's H_m (x) H_b (b a power of two, the mix +-1 times one
+    constant): (C, R0, R1P, norm, H_C, B) as _rotate_quant takes them; None for any other rotation (DuQuant's, a
+    dense random one), which torch applies. Worked out once per module (it reads the matrices back to the host) and
+    kept on it; the two matrices move to x's device on first use."""
     if rotation is None:
         return None
     if not hasattr(rotation, "_hadamard_form"):
@@ -78,12 +80,24 @@ def _form(rotation):
     m, b = rotation.m, rotation.b
     if not rotation.shared or rotation.perm is not None or rotation.r2 is not None or b < 16 or b & (b - 1):
         return None
-    if rotation.mix is not None and m > 16:  # a larger mix (Dream's 148) does not fit one program: torch mixes
-        return None
     from quantizers.quarot import sylvester
-    if not torch.allclose(rotation.r1[0].double().cpu(), sylvester(b) / b ** 0.5, atol=1e-3):
+    r1 = rotation.r1[0].double().cpu()
+    mix = torch.eye(m, dtype=torch.float64) if rotation.mix is None else rotation.mix.double().cpu()
+    c1, c2 = r1[0, 0].item(), mix.abs().max().item()
+    pm = (mix / c2).round()
+    if not torch.equal(r1, c1 * sylvester(b)) or not torch.equal(pm * c2, mix):
         return None
-    return m, b, None if rotation.mix is None else rotation.mix.float()
+    C = min(b, 128)  # a token is an (R, C) tile of R = m b / C rows, at least 16 (the tensor cores' smallest side)
+    while C > 16 and m * b // C < 16:
+        C //= 2
+    R = m * b // C
+    R0 = 1 << (R.bit_length() - 1)  # rows split as a power of two and the rest, padded: 148 = 128 + 20 (-> 32)
+    R1P = 0 if R == R0 else max(triton.next_power_of_2(R - R0), 16)
+    if R < 16 or R0 + R1P > 256:  # past 256 rows the tile outgrows one program's registers
+        return None
+    B = torch.zeros(R0 + R1P, R0 + R1P, dtype=torch.float64)
+    B[:R, :R] = torch.kron(pm, sylvester(b // C))  # H_b = H_(b/C) (x) H_C: the first factor joins the mix
+    return C, R0, R1P, c1 * c2, sylvester(C).bfloat16(), B.bfloat16()
 
 
 @triton.jit
@@ -109,36 +123,72 @@ def _rint(v):
 
 
 @triton.jit
-def _quant(x_ptr, mix_ptr, q_ptr, s_ptr, M_BLOCKS, K, stride_xm, stride_qm, clip, QMAX: tl.constexpr,
-           FMT: tl.constexpr, ROWS: tl.constexpr, B: tl.constexpr, LOG_B: tl.constexpr, MIX: tl.constexpr,
-           EMULATE: tl.constexpr):
-    """QuaRot's rotation, then the codes. One token per program, held as a (ROWS, B) tile: channel k at (k // B,
-    k % B); rows past K are zeros."""
-    tok = tl.program_id(0)
-    i, j = tl.arange(0, ROWS), tl.arange(0, B)
-    k = i[:, None] * B + j[None, :]
-    x = tl.load(x_ptr + tok * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
-    for _ in tl.static_range(LOG_B):  # x H_b on every row: Pease's FWHT, each round y = [x_even + x_odd, x_even -
-        a, b = tl.split(tl.reshape(x, (ROWS, B // 2, 2)))  # x_odd]
-        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (ROWS, B))
-    x = x * (1.0 / tl.sqrt(B * 1.0))
-    if MIX:  # y_n = sum_m mix[m, n] x_m: mix^T (ROWS, ROWS) @ x, zero-padded past the m blocks
-        mt = tl.load(mix_ptr + i[None, :] * M_BLOCKS + i[:, None],
-                     mask=(i[:, None] < M_BLOCKS) & (i[None, :] < M_BLOCKS), other=0.0)
-        x = tl.dot(mt, x, input_precision="ieee")
-    s = tl.max(tl.max(tl.abs(x), 1), 0) * clip / QMAX
-    s = tl.where(s > 0, s, 1.0)
-    tl.store(s_ptr + tok, s)
-    _encode(tl.math.div_rn(x, s), q_ptr + tok * stride_qm, k, k < K, 0, tl.cdiv(K, 32) * 4, FMT, ROWS * B, EMULATE)
+def _dot(a, b, acc, F32: tl.constexpr):
+    """a @ b + acc on the tensor cores; through fp32 under the interpreter, whose bf16 products are wrong (3.9)."""
+    if F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _dot_split(z, pm, acc, F32: tl.constexpr):
+    """z (fp32) @ pm (entries 0, +-1 in bf16) + acc, z sent as the sum of two bf16 numbers: 16 of its 24 bits."""
+    hi = z.to(tl.bfloat16)
+    return _dot(hi, pm, _dot((z - hi.to(tl.float32)).to(tl.bfloat16), pm, acc, F32), F32)
+
+
+@triton.jit
+def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, norm, clip, M_BUCKET,
+                  QMAX: tl.constexpr, FMT: tl.constexpr, C: tl.constexpr, R0: tl.constexpr, R1P: tl.constexpr,
+                  X_F32: tl.constexpr, EMULATE: tl.constexpr, TOKENS: tl.constexpr):
+    """QuaRot's rotation, then the codes, for TOKENS tokens per program. A token is held transposed, X^T (C, R):
+    channel r C + c at [c, r], rows R0 .. R0 + R1P in a second tile (zeros past K). Z^T = H_C X^T, then
+    Y^T = Z^T B; each tile of Y^T sums the products with both tiles of Z^T."""
+    c, i0 = tl.arange(0, C), tl.arange(0, R0)
+    h = tl.load(h_ptr + c[:, None] * C + c[None, :])  # the +-1 matrices, read once per program
+    b00 = tl.load(b_ptr + i0[:, None] * (R0 + R1P) + i0[None, :])
+    kt0, k0 = i0[None, :] * C + c[:, None], i0[:, None] * C + c[None, :]  # channels of the (C, R0) and (R0, C) tiles
+    if R1P > 0:
+        i1 = tl.arange(0, R1P)
+        b01 = tl.load(b_ptr + i0[:, None] * (R0 + R1P) + R0 + i1[None, :])
+        b10 = tl.load(b_ptr + (R0 + i1[:, None]) * (R0 + R1P) + i0[None, :])
+        b11 = tl.load(b_ptr + (R0 + i1[:, None]) * (R0 + R1P) + R0 + i1[None, :])
+        kt1, k1 = (R0 + i1[None, :]) * C + c[:, None], (R0 + i1[:, None]) * C + c[None, :]
+    for t in range(TOKENS):
+        tok = tl.program_id(0) * TOKENS + t
+        lim = tl.where(tok < M, K, 0)  # past the last token nothing is read or written
+        x_row, q_row = x_ptr + tok * stride_xm, q_ptr + tok * stride_qm
+        z0 = _hx(h, tl.load(x_row + kt0, mask=kt0 < lim, other=0.0), X_F32, EMULATE)
+        y0 = _dot_split(z0, b00, None, EMULATE)
+        amax = tl.max(tl.max(tl.abs(y0), 1), 0)
+        if R1P > 0:
+            z1 = _hx(h, tl.load(x_row + kt1, mask=kt1 < lim, other=0.0), X_F32, EMULATE)
+            y0 = _dot_split(z1, b10, y0, EMULATE)
+            y1 = _dot_split(z1, b11, _dot_split(z0, b01, None, EMULATE), EMULATE)
+            amax = tl.maximum(tl.max(tl.max(tl.abs(y0), 1), 0), tl.max(tl.max(tl.abs(y1), 1), 0))
+        s = tl.where(amax > 0, amax * norm * clip / QMAX, 1.0)
+        tl.store(s_ptr + tok, s, mask=tok < M)
+        n_words = tl.where(tok < M, tl.cdiv(K, 32) * 4, 0)  # (transposed back: the codes go out along channels)
+        _encode(tl.trans(y0 * (norm / s)), q_row, k0, k0 < lim, 0, n_words, FMT, R0 * C, EMULATE)
+        if R1P > 0:
+            _encode(tl.trans(y1 * (norm / s)), q_row, k1, k1 < lim, R0 * C // 8, n_words, FMT, R1P * C, EMULATE)
+
+
+@triton.jit
+def _hx(h, xt, X_F32: tl.constexpr, EMULATE: tl.constexpr):
+    """H_C X^T: exact products of +-1 with bf16 / fp16 x, summed in fp32; fp32 x by fp32 FMAs."""
+    if X_F32:
+        return tl.dot(h.to(tl.float32), xt, input_precision="ieee")
+    return _dot(h.to(xt.dtype), xt, None, EMULATE)
 
 
 @triton.jit
 def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, clip, QMAX: tl.constexpr, FMT: tl.constexpr,
                 BLOCK: tl.constexpr, EMULATE: tl.constexpr):
     """One token per program, BLOCK channels at a time, without a rotation: one pass for max|x|, a second that
-    encodes (the same bytes moments later, which L2 should still hold). A whole token in registers, as _quant holds
-    it for the FWHT, pads K = 12288 to 16384 lanes and 18944 to 32768; on the H100 this kernel is 1.4-2.8x faster
-    at those widths, up to 12% slower at K <= 4096 (results/wa_gemm_h100.md)."""
+    encodes (the same bytes moments later, which L2 should still hold). A whole token in registers as one 1-D tile
+    pads K = 12288 to 16384 lanes and 18944 to 32768; on the H100 this kernel was 1.4-2.8x faster than that at those
+    widths, up to 12% slower at K <= 4096 (results/wa_gemm_h100.md)."""
     tok = tl.program_id(0)
     x_row = x_ptr + tok * stride_xm
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -175,12 +225,16 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
 
 
 CHUNK, WARPS = 2048, 8  # _quant_rows: channels per step, warps per token
+CONFIGS = [triton.Config({"TOKENS": t}, num_warps=w, num_stages=st)  # _rotate_quant: tokens per program, warps,
+           for t, w, st in ((2, 4, 2), (1, 8, 1), (4, 4, 2), (4, 8, 2), (8, 8, 3))]  # stages, from an H100 sweep
+_tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "K", "FMT"])(_rotate_quant)
 
 
-def quantize(x, fmt, clip=1.0, rotation=None):
+def quantize(x, fmt, clip=1.0, rotation=None, config=None):
     """x (..., K) bf16/fp16/fp32 -> (codes, scales) as `reference` defines them, by one Triton kernel per call.
     rotation: a core.Rotation applied first; QuaRot's Hadamard (hadamard_form) is fused into the kernel, any other
-    is applied by torch before it, in x's dtype."""
+    is applied by torch before it, in x's dtype. config: one of CONFIGS for the fused rotation instead of the
+    autotuned one (the tests run each; the interpreter cannot time)."""
     K = x.shape[-1]
     if fmt not in FMT:
         raise ValueError(f"act_quant: format {fmt!r} is not one of {', '.join(FMT)}")
@@ -198,16 +252,20 @@ def quantize(x, fmt, clip=1.0, rotation=None):
         _quant_rows[(M,)](x2, q, s, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt], FMT=FMT[fmt], BLOCK=block,
                           EMULATE=INTERPRET, num_warps=WARPS)
         return q, s
-    m, b, mix = form  # one token is an (m, b) tile; the mix needs at least 16 rows for the tensor-core product
-    rows, log_b = max(m, 16) if mix is not None else m, int(math.log2(b))
-    if mix is not None and mix.device != x.device:  # move the kept matrix once, not on every call
-        mix = mix.to(x.device)
-        rotation._hadamard_form = (m, b, mix)
-    rows = triton.next_power_of_2(rows)
-    warps = 8 if rows * b >= 4096 else 4
-    _quant[(M,)](x2, mix if mix is not None else s, q, s, m, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt],
-                 FMT=FMT[fmt], ROWS=rows, B=b, LOG_B=log_b, MIX=mix is not None, EMULATE=INTERPRET,
-                 num_warps=warps)  # (s stands in for the mix pointer when there is none)
+    C, R0, R1P, norm, H, B = form
+    if H.device != x.device:  # move the kept matrices once, not on every call
+        H, B = H.to(x.device), B.to(x.device)
+        rotation._hadamard_form = (C, R0, R1P, norm, H, B)
+    args = (x2, H, B, q, s, M, K, x2.stride(0), q.stride(0), norm, clip, triton.next_power_of_2(M))
+    flags = dict(QMAX=QMAX[fmt], FMT=FMT[fmt], C=C, R0=R0, R1P=R1P, X_F32=x2.dtype == torch.float32,  # noqa: C408
+                 EMULATE=INTERPRET)
+    config = CONFIGS[0] if config is None and INTERPRET else config
+    if config is None:
+        _tuned[lambda meta: (triton.cdiv(M, meta["TOKENS"]),)](*args, **flags)
+    else:
+        _rotate_quant[(triton.cdiv(M, config.kwargs["TOKENS"]),)](*args, **flags, **config.kwargs,
+                                                                   num_warps=config.num_warps,
+                                                                   num_stages=config.num_stages)
     return q, s
 
 
