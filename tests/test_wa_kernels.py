@@ -55,7 +55,7 @@ def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused)
     rot = online_hadamard(n, torch.float32).to(DEVICE)
     assert (act_quant.hadamard_form(rot) is not None) == fused
     runs = [(torch.bfloat16, c) for c in act_quant.CONFIGS] + [(torch.float16, None), (torch.float32, None)]
-    for dtype, config in runs if fused else runs[-2:-1]:
+    for dtype, config in runs if fused else runs[:1]:  # (torch rotates: the config does not matter)
         check_hadamard(n, fmt, fused, rot, torch.randn(5, n, device=DEVICE).to(dtype), config)
 
 
