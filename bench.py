@@ -7,7 +7,8 @@ Speed and memory of dllmq models at real scale, with random weights (no checkpoi
                                               # bf16 checkpoint in 6 shards (written there first if absent)
     python bench.py --gptq                    # GPU: GPTQ W4 g128 of an LLaDA-8B-shaped model, 128 x 2048 tokens
     python bench.py --quantized               # GPU: bf16 vs W4A16 / W8A8-FP8 / W8A8-INT8 / W4A4 through the Triton
-                                              # kernels: forward at 512/1024/2048 tokens and a 256-token generation
+                                              # kernels: forward at 512/1024/2048 tokens and a 256-token generation,
+                                              # eager and with compiled blocks (--models, --formats: some of them)
 FLOPs of one forward over T tokens: 2*T*(linear weights + head) + 4*T^2*dim*layers (QK^T and PV).
 """
 import argparse
@@ -101,54 +102,64 @@ def quantize_random(model, cfg):
     torch.cuda.empty_cache()
 
 
-def quantized_bench(gen_length=256, prompt=64):
+def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256, prompt=64):
     """Forward at 512/1024/2048 tokens and one LLaDA generation (gen 256, steps 256, block 32) per format at 8B
-    shapes with random weights, every quantized layer through the Triton kernels (QLinear on CUDA)."""
+    shapes with random weights, every quantized layer through the Triton kernels (QLinear on CUDA): eagerly, then
+    with each block compiled (sample.py --compile; kernels/ops.py), each against bf16 run the same way."""
     from triton.testing import do_bench, do_bench_cudagraph
     from quantizers.core import model_bytes
     from sample import generate
     dev = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}; batch 1; forward: median in a CUDA graph (GPU "
-          "time) and eager (with Python's launch overhead)\n")
-    print("| model | format | weights GiB | tokens | forward ms | tokens/s | vs bf16 | eager ms | eager vs bf16 | "
-          "peak GiB |\n" + "|---" * 10 + "|")
-    base, gens = {}, []
-    for name, args in SHAPES.items():
-        for fmt, cfg in FORMATS.items():
+          "time) of the eager model and of the compiled one, and eager (with Python's launch overhead); LLaDA "
+          f"generation: prompt {prompt}, gen {gen_length}, steps {gen_length}, block 32, low confidence\n")
+    print("| model | format | weights GiB | tokens | graph ms | vs bf16 | compiled ms | tokens/s | vs bf16 compiled | "
+          "eager ms | eager vs bf16 | peak GiB |\n" + "|---" * 12 + "|")
+    base = {}
+    for name in models:
+        args = SHAPES[name]
+        for fmt in dict.fromkeys(("bf16", *formats)):  # bf16 first: the baseline of every ratio
             torch.manual_seed(0)
-            model = random_model(args, dev)
-            if cfg is not None:
-                quantize_random(model, cfg)
+            model, rows = random_model(args, dev), {}
+            if FORMATS[fmt] is not None:
+                quantize_random(model, FORMATS[fmt])
             gib = model_bytes(model) / 2**30
-            for T in (512, 1024, 2048):
-                ids = torch.randint(0, args.vocab_size - 1, (1, T), device=dev)
-                with torch.no_grad():
-                    model(ids)  # autotuning and compilation outside the timed region
-                    torch.cuda.reset_peak_memory_stats()
-                    eager = do_bench(functools.partial(model, ids), return_mode="median")
-                    peak = torch.cuda.max_memory_allocated() / 2**30
-                    ms = do_bench_cudagraph(functools.partial(model, ids))
-                base.setdefault((name, T), (ms, eager))
-                print(f"| {name} | {fmt} | {gib:.2f} | {T} | {ms:.1f} | {T / ms * 1e3:.0f} | "
-                      f"{base[name, T][0] / ms:.2f}x | {eager:.1f} | {base[name, T][1] / eager:.2f}x | {peak:.1f} |",
+            tokens = {T: torch.randint(0, args.vocab_size - 1, (1, T), device=dev) for T in (512, 1024, 2048)}
+            gen_ids = torch.randint(0, args.vocab_size - 1, (1, prompt), device=dev)
+            for mode in ("eager", "compiled"):
+                if mode == "compiled":  # static shapes: one graph per length, shared by every block
+                    torch._dynamo.reset()
+                    for block in model.blocks:
+                        block.compile(dynamic=False)
+                for T, ids in tokens.items():
+                    with torch.no_grad():
+                        model(ids)  # autotuning and compilation outside the timed region
+                        torch.cuda.reset_peak_memory_stats()
+                        eager = do_bench(functools.partial(model, ids), return_mode="median") if mode == "eager" else 0
+                        peak = torch.cuda.max_memory_allocated() / 2**30
+                        rows[mode, T] = do_bench_cudagraph(functools.partial(model, ids)), eager, peak
+                if name == "LLaDA-8B":
+                    with torch.no_grad():
+                        model(torch.cat([gen_ids, gen_ids[:, :1].expand(1, gen_length)], 1))  # tune at this length
+                        torch.cuda.synchronize()
+                        t0 = time.time()
+                        generate(model, gen_ids, gen_length=gen_length, steps=gen_length, block_length=32)
+                        torch.cuda.synchronize()
+                    rows[mode] = time.time() - t0
+            for T in tokens:
+                (ms, eager, peak), (comp, _, _) = rows["eager", T], rows["compiled", T]
+                b = base.setdefault((name, T), (ms, comp, eager))
+                print(f"| {name} | {fmt} | {gib:.2f} | {T} | {ms:.1f} | {b[0] / ms:.2f}x | {comp:.1f} | "
+                      f"{T / comp * 1e3:.0f} | {b[1] / comp:.2f}x | {eager:.1f} | {b[2] / eager:.2f}x | {peak:.1f} |",
                       flush=True)
-            if name == "LLaDA-8B":
-                ids = torch.randint(0, args.vocab_size - 1, (1, prompt), device=dev)
-                with torch.no_grad():
-                    model(torch.cat([ids, ids[:, :1].expand(1, gen_length)], 1))  # tune the kernels at this length
-                    torch.cuda.synchronize()
-                    t0 = time.time()
-                    generate(model, ids, gen_length=gen_length, steps=gen_length, block_length=32)
-                    torch.cuda.synchronize()
-                gens.append((fmt, time.time() - t0))
+            if "eager" in rows:
+                g = base.setdefault("gen", (rows["eager"], rows["compiled"]))
+                print(f"| {name} generation | {fmt} | eager {rows['eager']:.2f} s, {g[0] / rows['eager']:.2f}x | "
+                      f"compiled {rows['compiled']:.2f} s, {g[1] / rows['compiled']:.2f}x |", flush=True)
             model = None
+            torch._dynamo.reset()
             gc.collect()
             torch.cuda.empty_cache()
-    print(f"\nLLaDA-8B generation (eager): prompt {prompt}, gen {gen_length}, steps {gen_length}, block 32, low "
-          "confidence\n")
-    print("| format | seconds | tokens/s | vs bf16 |\n|---|---|---|---|")
-    for fmt, sec in gens:
-        print(f"| {fmt} | {sec:.2f} | {gen_length / sec:.1f} | {gens[0][1] / sec:.2f}x |")
 
 
 def gptq_bench(nsamples=128, seqlen=2048):
@@ -230,6 +241,8 @@ if __name__ == "__main__":
     p.add_argument("--load_memory", action="store_true", help="peak host memory of load() for LLaDA-8B bf16")
     p.add_argument("--gptq", action="store_true", help="GPTQ W4 of an LLaDA-8B-shaped model, 128 x 2048 tokens (CUDA)")
     p.add_argument("--quantized", action="store_true", help="bf16 vs quantized formats end to end at 8B shapes (CUDA)")
+    p.add_argument("--models", default=",".join(SHAPES), help="--quantized: which of " + ", ".join(SHAPES))
+    p.add_argument("--formats", default=",".join(FORMATS), help="--quantized: which of " + ", ".join(FORMATS))
     p.add_argument("--dir", default="/tmp/llada8b-random", help="where the random LLaDA-8B checkpoint lives")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -245,4 +258,7 @@ if __name__ == "__main__":
     if opts.gptq:
         gptq_bench()
     if opts.quantized:
-        quantized_bench()
+        for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", opts.formats, FORMATS)):
+            if set(given.split(",")) - set(known):
+                p.error(f"{flag}: {', '.join(sorted(set(given.split(',')) - set(known)))} not in {', '.join(known)}")
+        quantized_bench(opts.models.split(","), opts.formats.split(","))

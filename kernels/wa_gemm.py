@@ -110,10 +110,10 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, N, K, str
         else:
             acc = tl.dot(a, b, acc, out_dtype=acc.dtype)
     if HAS_ZERO:  # sum_k x_k (c_k - z) = sum_k x_k (c_k - offset) - (z - offset) sum_k x_k
-        z = tl.load(zb_ptr + rn, mask=n_ok, other=0.0).to(tl.int32) - OFFSET
+        z = tl.load(zb_ptr + rn, mask=n_ok, other=0.0).to(tl.float32).to(tl.int32) - OFFSET
         acc -= rowsum[:, None] * z[None, :]
     sa = tl.load(sa_ptr + rm, mask=m_ok, other=0.0)
-    sb = tl.load(sb_ptr + rn, mask=n_ok, other=0.0)
+    sb = tl.load(sb_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)  # (in the layer's dtype: no cast kernel per call)
     y = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -130,8 +130,8 @@ def matmul(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=No
     scales sw and zeros zw (N,) or (N, 1) -> (M, N) in dtype. config: a triton.Config of CONFIGS instead of the
     autotuned one (the tests run each; the interpreter cannot time)."""
     M, N = sx.shape[0], w.shape[0]
-    sw = sw.reshape(-1).float()
-    zw = zw.reshape(-1).float() if fmt != "fp8" else sw
+    sw = sw.reshape(-1)
+    zw = zw.reshape(-1) if fmt != "fp8" else sw
     y = torch.empty(M, N, device=xq.device, dtype=dtype)
     args = (xq, w, sx, sw, zw, bias if bias is not None else sw, y, M, N, K, xq.stride(0), w.stride(0), y.stride(0),
             xq.shape[1], w.shape[1], triton.next_power_of_2(M))
@@ -149,6 +149,9 @@ def matmul(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=No
 def linear(x, layer, fmt, config=None):
     """A QLinear's forward through the kernels: online rotation and per-token quantization in one act_quant pass,
     then the GEMM with the scales (and bias) in its epilogue. x (..., K) bf16/fp16 -> (..., N)."""
+    if torch.compiler.is_compiling() and config is None:  # traced by torch.compile: kernels/ops.py
+        from kernels import ops
+        return ops.linear(x, layer, fmt)
     K = layer.in_features
     xq, sx = act_quant.quantize(x, fmt, layer.act_clip, layer.rotation)
     y = matmul(xq, sx, weight_operand(layer, fmt), layer.scales, layer.zeros, fmt, K, layer.bias, x.dtype, config)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import calibrate as C
-from kernels import act_quant, wa_gemm
+from kernels import act_quant, wa_gemm, wq_gemm
 from quantizers.core import QLinear, build_layer, cache_weights, fit_grid, fp8_grid, quantize
 from quantizers.quarot import online_hadamard, orthogonal
 
@@ -132,8 +132,8 @@ def test_which_layers_the_kernels_take():
                                       ("dream", {"method": "quarot", "bits": 8}),
                                       ("llada", {"method": "rtn", "wbits": 8, "abits": 8, "fp8": True})])
 def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, kw):
-    """Every QLinear of a quantized tiny model through act_quant + wa_gemm, against the same model's fake-quantized
-    torch path, both in bf16, and both against the fake-quantized model in float32."""
+    """Every QLinear of a quantized tiny model through act_quant + wa_gemm, eagerly and with compiled blocks, against
+    the same model's fake-quantized torch path, all in bf16, and all against the fake-quantized model in float32."""
     m = C.calibrate(C.Args(model=TINY[which], out=str(tmp_path / "q"), nsamples=4, seqlen=32, nll_windows=0,
                            device="cpu", **kw)).to(DEVICE)
     ids = torch.randint(0, m.args.vocab_size - 1, (1, 16), device=DEVICE)
@@ -148,9 +148,42 @@ def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, k
             assert fmt is not None
             mod.forward = lambda x, mod=mod, fmt=fmt: wa_gemm.linear(x, mod, fmt)
         kernel = m(ids).float()
-    err_twin, err_kernel = ((t - exact).abs().mean() / exact.abs().mean() for t in (twin, kernel))
-    print(f"mean error against float32: kernels {err_kernel:.4f}, bf16 torch {err_twin:.4f}")
+        torch._dynamo.reset()
+        for block in m.blocks:  # sample.py --compile (CPU: dynamo alone, the same ops, so the same logits)
+            block.compile(backend="inductor" if DEVICE == "cuda" else "eager")
+        compiled = m(ids).float()
+    err_twin, err_kernel, err_compiled = ((t - exact).abs().mean() / exact.abs().mean() for t in (twin, kernel,
+                                                                                                  compiled))
+    print(f"mean error against float32: kernels {err_kernel:.4f}, compiled {err_compiled:.4f}, bf16 torch "
+          f"{err_twin:.4f}")
     assert err_kernel < 1.5 * err_twin + 1e-3, (err_kernel, err_twin)  # exact integer products: often smaller
+    assert err_compiled < 1.5 * err_twin + 1e-3 and (DEVICE == "cuda" or torch.equal(compiled, kernel))
+
+
+@pytest.mark.parametrize("fmt,rotated", [("fp8", False), ("int8", False), ("int4", False), ("int8", True),
+                                         ("w4", False)])
+def test_compiled_layers_equal_the_eager_kernels(fmt, rotated):
+    """Traced by torch.compile (kernels/ops.py), a W8A8 / W4A4 layer quantizes x with the twin and runs the GEMM as
+    one custom operator, with no graph break: the eager kernels' output bit for bit (on the GPU, Inductor's code for
+    the twin, within a few codes). A rotated layer runs eagerly (one break); a weight-only one (w4) is one operator."""
+    K = 768  # 12 x 64: the fused rotation
+    lin = layer(40, K, "int4" if fmt == "w4" else fmt, False, torch.bfloat16)
+    if rotated:
+        lin.rotation = online_hadamard(K, torch.float32).to(DEVICE)
+    if fmt == "w4":
+        f = lambda x: wq_gemm.matmul(x * 2, lin.qweight, lin.scales, lin.zeros, 4, K)  # noqa: E731
+    else:
+        f = lambda x: wa_gemm.linear(x * 2, lin, fmt)  # noqa: E731 (x * 2: a producer to fuse with)
+    x = torch.randn(3, 5, K, device=DEVICE).to(torch.bfloat16)
+    backend = "inductor" if DEVICE == "cuda" else "eager"  # (CPU: no C++ compiler needed, the ops run as they are)
+    torch._dynamo.reset()
+    with torch.no_grad():  # (the ops have no backward: QLinear is for inference)
+        assert rotated or torch._dynamo.explain(f)(x).graph_break_count == 0
+        y, ref = torch.compile(f, backend=backend)(x), f(x)
+    if DEVICE == "cpu":
+        assert torch.equal(y, ref)
+    else:  # Inductor's fp32 division is the GPU's approximate one: a value near a rounding boundary may move a code
+        assert ((y - ref).abs().mean() / ref.abs().mean()).item() < 1e-2
 
 
 SHAPES = [(4096, 4096), (12288, 4096), (4096, 12288), (3584, 3584), (512, 3584), (18944, 3584), (3584, 18944)]

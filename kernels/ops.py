@@ -1,0 +1,58 @@
+"""
+The quantized matmuls as torch.library custom operators, for torch.compile (sample.py --compile, bench.py).
+
+Dynamo cannot trace into an autotuned Triton launch, so under torch.compile each GEMM is one opaque operator with a
+shape-only fake: the block stays one graph, and Inductor fuses the code around the operator. QLinear's kernel paths
+come here when traced (wa_gemm.linear and wq_gemm.matmul check torch.compiler.is_compiling()).
+
+A W8A8 / W4A4 layer without an online rotation then quantizes its input with act_quant's torch twin (`reference`),
+plain torch that Inductor fuses into the op that produced the input: RMSNorm before q/k/v and gate/up, SiLU * up
+before down. Layers that read one input (q/k/v, gate/up) share one quantization. act_quant's kernel can do neither,
+as it only sees the finished input. The codes are the same quantizer's but not always the same bits as eagerly:
+Inductor keeps the producer's output in fp32 instead of rounding it to bf16 first, and its fp32 division is the
+GPU's approximate one, so values near a rounding boundary can land one code away (about 2% of codes after a fused
+bf16 product, on the H100). A layer with an online rotation keeps act_quant's fused rotation and runs eagerly,
+outside the graph.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from kernels import act_quant, wa_gemm, wq_gemm
+
+
+@torch.library.custom_op("dllmq::wa_matmul", mutates_args=())
+def wa_matmul(xq: Tensor, sx: Tensor, w: Tensor, sw: Tensor, zw: Tensor, bias: Optional[Tensor], fmt: str, K: int,
+              dtype: torch.dtype) -> Tensor:
+    """wa_gemm.matmul: act_quant's (codes, scales) times the weight operand -> (M, N) in dtype."""
+    return wa_gemm.matmul(xq, sx, w, sw, zw, fmt, K, bias, dtype)
+
+
+@wa_matmul.register_fake
+def _(xq, sx, w, sw, zw, bias, fmt, K, dtype):
+    return xq.new_empty(sx.shape[0], w.shape[0], dtype=dtype)
+
+
+@torch.library.custom_op("dllmq::wq_matmul", mutates_args=())
+def wq_matmul(x: Tensor, qweight: Tensor, scales: Tensor, zeros: Tensor, bits: int, K: int) -> Tensor:
+    """wq_gemm.matmul with its fastest path: x (..., K) @ dequant(W)^T -> (..., N)."""
+    return wq_gemm.matmul(x, qweight, scales, zeros, bits, K)
+
+
+@wq_matmul.register_fake
+def _(x, qweight, scales, zeros, bits, K):
+    return x.new_empty(*x.shape[:-1], qweight.shape[0])
+
+
+def linear(x, layer, fmt):
+    """wa_gemm.linear in traced code: the twin's quantizer (fused by Inductor into x's producer), then the GEMM."""
+    if layer.rotation is not None:
+        return _eager_linear(x, layer, fmt)
+    xq, sx = act_quant.reference(x, fmt, layer.act_clip)
+    y = wa_matmul(xq, sx, wa_gemm.weight_operand(layer, fmt), layer.scales, layer.zeros, layer.bias, fmt,
+                  layer.in_features, x.dtype)
+    return y.view(*x.shape[:-1], layer.out_features)
+
+
+_eager_linear = torch.compiler.disable(wa_gemm.linear)  # a graph break: run act_quant's fused rotation as it is
