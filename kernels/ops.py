@@ -5,14 +5,14 @@ Dynamo cannot trace into an autotuned Triton launch, so under torch.compile each
 shape-only fake: the block stays one graph, and Inductor fuses the code around the operator. QLinear's kernel paths
 come here when traced (wa_gemm.linear and wq_gemm.matmul check torch.compiler.is_compiling()).
 
-A W8A8 / W4A4 layer without an online rotation then quantizes its input with act_quant's torch twin (`reference`),
-plain torch that Inductor fuses into the op that produced the input: RMSNorm before q/k/v and gate/up, SiLU * up
-before down. Layers that read one input (q/k/v, gate/up) share one quantization. act_quant's kernel can do neither,
-as it only sees the finished input. The codes are the same quantizer's but not always the same bits as eagerly:
-Inductor keeps the producer's output in fp32 instead of rounding it to bf16 first, and its fp32 division is the
-GPU's approximate one, so values near a rounding boundary can land one code away (about 2% of codes after a fused
-bf16 product, on the H100). A layer with an online rotation keeps act_quant's fused rotation and runs eagerly,
-outside the graph.
+A W8A8 layer without an online rotation then quantizes its input with act_quant's torch twin (`reference`), plain
+torch that Inductor fuses into the op that produced the input: RMSNorm before q/k/v and gate/up, SiLU * up before
+down. Layers that read one input (q/k/v, gate/up) share one quantization. act_quant's kernel can do neither, as it
+only sees the finished input; it still quantizes W4A4's int4, as one more operator (see `linear`). The twin's codes
+are the same quantizer's but not always the same bits as eagerly: Inductor keeps the producer's output in fp32
+instead of rounding it to bf16 first, and its fp32 division is the GPU's approximate one, so values near a rounding
+boundary can land one code away (about 2% of codes after a fused bf16 product, on the H100). A layer with an online
+rotation keeps act_quant's fused rotation and runs eagerly, outside the graph.
 """
 from typing import Optional
 
@@ -45,11 +45,27 @@ def _(x, qweight, scales, zeros, bits, K):
     return x.new_empty(*x.shape[:-1], qweight.shape[0])
 
 
+@torch.library.custom_op("dllmq::act_quant", mutates_args=())
+def quantize(x: Tensor, fmt: str, clip: float) -> tuple[Tensor, Tensor]:
+    """act_quant.quantize without a rotation: (codes, scales)."""
+    return act_quant.quantize(x, fmt, clip)
+
+
+@quantize.register_fake
+def _(x, fmt, clip):
+    M, K = x.numel() // x.shape[-1], x.shape[-1]
+    dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32}[fmt]
+    return x.new_empty(M, -(-K // 32) * 4 if fmt == "int4" else K, dtype=dtype), x.new_empty(M, dtype=torch.float32)
+
+
 def linear(x, layer, fmt):
     """wa_gemm.linear in traced code: the twin's quantizer (fused by Inductor into x's producer), then the GEMM."""
     if layer.rotation is not None:
         return _eager_linear(x, layer, fmt)
-    xq, sx = act_quant.reference(x, fmt, layer.act_clip)
+    if fmt == "int4":  # the twin packs 8 codes to a word in 32 int64 steps, which Inductor's code runs slowly
+        xq, sx = quantize(x, fmt, layer.act_clip)
+    else:
+        xq, sx = act_quant.reference(x, fmt, layer.act_clip)
     y = wa_matmul(xq, sx, wa_gemm.weight_operand(layer, fmt), layer.scales, layer.zeros, layer.bias, fmt,
                   layer.in_features, x.dtype)
     return y.view(*x.shape[:-1], layer.out_features)
