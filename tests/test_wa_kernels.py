@@ -163,9 +163,10 @@ def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, k
 @pytest.mark.parametrize("fmt,rotated", [("fp8", False), ("int8", False), ("int4", False), ("int8", True),
                                          ("w4", False)])
 def test_compiled_layers_equal_the_eager_kernels(fmt, rotated):
-    """Traced by torch.compile (kernels/ops.py), a W8A8 / W4A4 layer quantizes x with the twin and runs the GEMM as
-    one custom operator, with no graph break: the eager kernels' output bit for bit (on the GPU, Inductor's code for
-    the twin, within a few codes). A rotated layer runs eagerly (one break); a weight-only one (w4) is one operator."""
+    """Traced by torch.compile (kernels/ops.py), a W8A8 layer quantizes x with the twin (W4A4: with act_quant's kernel
+    as an operator) and runs the GEMM as one custom operator, with no graph break: the eager kernels' output bit for
+    bit (on the GPU, Inductor's code for the twin, within a few codes). A rotated layer runs eagerly (one break); a
+    weight-only one (w4) is one operator."""
     K = 768  # 12 x 64: the fused rotation
     lin = layer(40, K, "int4" if fmt == "w4" else fmt, False, torch.bfloat16)
     if rotated:
