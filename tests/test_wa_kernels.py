@@ -126,8 +126,6 @@ def test_which_layers_the_kernels_take():
         QLinear(64, 32, 4, -1, fp8=True)
 
 
-
-
 @pytest.mark.parametrize("which,kw", [("llada", {"method": "quarot", "bits": 4}),
                                       ("dream", {"method": "quarot", "bits": 8}),
                                       ("llada", {"method": "rtn", "wbits": 8, "abits": 8, "fp8": True})])
