@@ -105,14 +105,15 @@ def quantize_random(model, cfg):
 def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256, prompt=64):
     """Forward at 512/1024/2048 tokens and one LLaDA generation (gen 256, steps 256, block 32) per format at 8B
     shapes with random weights, every quantized layer through the Triton kernels (QLinear on CUDA): eagerly, then
-    with each block compiled (sample.py --compile; kernels/ops.py), each against bf16 run the same way."""
+    with each block compiled (sample.py --compile; kernels/ops.py), each against bf16 run the same way; the
+    generation both launched from Python and replayed from CUDA graphs (sample.py --cuda_graph)."""
     from triton.testing import do_bench, do_bench_cudagraph
     from quantizers.core import model_bytes
-    from sample import generate
+    from sample import Graphed, generate
     dev = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}; batch 1; forward: median in a CUDA graph (GPU "
           "time) of the eager model and of the compiled one, and eager (with Python's launch overhead); LLaDA "
-          f"generation: prompt {prompt}, gen {gen_length}, steps {gen_length}, block 32, low confidence\n")
+          f"generation: prompt {prompt}, gen {gen_length}, steps {gen_length}, block 32, low confidence (wall time)\n")
     print("| model | format | weights GiB | tokens | graph ms | vs bf16 | compiled ms | tokens/s | vs bf16 compiled | "
           "eager ms | eager vs bf16 | peak GiB |\n" + "|---" * 12 + "|")
     base = {}
@@ -138,24 +139,26 @@ def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256
                         eager = do_bench(functools.partial(model, ids), return_mode="median") if mode == "eager" else 0
                         peak = torch.cuda.max_memory_allocated() / 2**30
                         rows[mode, T] = do_bench_cudagraph(functools.partial(model, ids)), eager, peak
-                if name == "LLaDA-8B":
+                for graph in (False, True) if name == "LLaDA-8B" else ():  # launched from Python / replayed
                     with torch.no_grad():
                         model(torch.cat([gen_ids, gen_ids[:, :1].expand(1, gen_length)], 1))  # tune at this length
                         torch.cuda.synchronize()
                         t0 = time.time()
-                        generate(model, gen_ids, gen_length=gen_length, steps=gen_length, block_length=32)
+                        generate(Graphed(model) if graph else model, gen_ids, gen_length=gen_length,
+                                 steps=gen_length, block_length=32)
                         torch.cuda.synchronize()
-                    rows[mode] = time.time() - t0
+                    rows[mode, graph] = time.time() - t0
             for T in tokens:
                 (ms, eager, peak), (comp, _, _) = rows["eager", T], rows["compiled", T]
                 b = base.setdefault((name, T), (ms, comp, eager))
                 print(f"| {name} | {fmt} | {gib:.2f} | {T} | {ms:.1f} | {b[0] / ms:.2f}x | {comp:.1f} | "
                       f"{T / comp * 1e3:.0f} | {b[1] / comp:.2f}x | {eager:.1f} | {b[2] / eager:.2f}x | {peak:.1f} |",
                       flush=True)
-            if "eager" in rows:
-                g = base.setdefault("gen", (rows["eager"], rows["compiled"]))
-                print(f"| {name} generation | {fmt} | eager {rows['eager']:.2f} s, {g[0] / rows['eager']:.2f}x | "
-                      f"compiled {rows['compiled']:.2f} s, {g[1] / rows['compiled']:.2f}x |", flush=True)
+            if ("eager", False) in rows:  # each against bf16 run the same way
+                g = base.setdefault("gen", dict(rows))
+                print(f"| {name} generation | {fmt} | " + " | ".join(
+                    f"{m}{' + CUDA graph' * gr} {rows[m, gr]:.2f} s, {g[m, gr] / rows[m, gr]:.2f}x"
+                    for m in ("eager", "compiled") for gr in (False, True)) + " |", flush=True)
             model = None
             torch._dynamo.reset()
             gc.collect()

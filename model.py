@@ -259,7 +259,10 @@ class Model(nn.Module):
     def forward(self, ids, attn_mask=None, select=None):
         """ids (B, T) -> logits (B, T, vocab) with logits[:, i] predicting token i, for both families; with select
         (B, T) bool, only the selected rows (N, vocab), the ones a training loss reads (a 150k vocab makes it pay)."""
-        h = self.hidden(ids, attn_mask)
+        return self.head(self.hidden(ids, attn_mask), select)
+
+    def head(self, h, select=None):
+        """hidden's states (B, T, dim) -> forward's logits (sample.Graphed runs hidden in a CUDA graph, this not)."""
         if self.args.family == "dream":  # raw row i-1 predicts token i; row 0 is a copy and never used
             h = torch.cat([h[:, :1], h[:, :-1]], dim=1)  # shifting h before the head = shifting the logits
         return self.lm_head(h if select is None else h[select])

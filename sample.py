@@ -63,6 +63,8 @@ class Args:
     confidence_eos_eot_inf: bool = opt(False, "commit EOS/EoT predictions only when nothing else is left (B.4)")
     show_steps: bool = opt(False, "print the canvas after every step, masks shown as _")
     compile: bool = opt(False, "torch.compile each block (GPU: fewer kernel launches; the first step compiles)")
+    cuda_graph: bool = opt(False, "replay each step's forward from a CUDA graph (GPU: no launch cost on the host, "
+                                  "most of a quantized model's step time; the first step captures it)")
     seed: int = opt(0, "random seed (temperature, random remasking, origin, alg_temp)")
     device: str = opt("auto", "cpu, cuda, ... (auto: cuda when available)")
     dtype: str = opt("auto", "float32, bfloat16 or float16 (auto: bfloat16 on cuda, float32 on cpu)")
@@ -95,6 +97,41 @@ def cfg_logits(model, x, attn_mask, prompt_len, cfg_scale, cand):
     mask2 = None if attn_mask is None else attn_mask.repeat(2, 1)
     cond, un = model(torch.cat([x, un]), mask2, select=cand.repeat(2, 1)).chunk(2)  # rows of x, then of un
     return un + (cfg_scale + 1) * (cond - un)
+
+
+class Graphed:
+    """The model with its trunk (model.hidden: embeddings, blocks, final norm) replayed from a CUDA graph, captured
+    once per input shape (a padded batch, cfg's doubled one). Every step of generate runs the whole canvas at one
+    shape, so after the first a forward is one replay instead of thousands of kernel launches from Python, which at
+    these sizes cost more host time than the kernels take (a quantized layer launches two Triton kernels; bench.py).
+    The LM head runs eagerly on the selected rows, whose number changes every step. Inputs are copied into the
+    captured buffers; the hidden states live in the graph's memory, overwritten by the next replay."""
+
+    def __init__(self, model):
+        self.model, self.args, self.graphs, self.pool = model, model.args, {}, None
+
+    def __call__(self, ids, attn_mask=None, select=None):
+        key = (tuple(ids.shape), attn_mask is None)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(ids.clone(), None if attn_mask is None else attn_mask.clone())
+        graph, inputs, h = self.graphs[key]
+        for buffer, new in zip(inputs, (ids, attn_mask), strict=True):
+            if new is not None:
+                buffer.copy_(new)
+        graph.replay()
+        return self.model.head(h, select)
+
+    def capture(self, *inputs):
+        side = torch.cuda.Stream()  # warm up off the capturing stream: Triton's autotuning, torch.compile and the
+        side.wait_stream(torch.cuda.current_stream())  # kernels' first-call set-up must not run inside the capture
+        with torch.cuda.stream(side):
+            self.model.hidden(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.pool = self.pool or torch.cuda.graph_pool_handle()  # one memory pool shared by every shape's graph
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            h = self.model.hidden(*inputs)
+        return graph, inputs, h
 
 
 def filter_logits(logits, temperature, top_p, top_k):
@@ -260,9 +297,12 @@ def main():
     dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     if dtype_name not in dtypes:
         raise InputError(f"--dtype {args.dtype!r} is unknown (expected auto, {', '.join(dtypes)})")
+    if args.cuda_graph and not device.startswith("cuda"):
+        raise InputError(f"--cuda_graph needs a CUDA device, not --device {device}")
     model, tok = load(args.model, dtypes[dtype_name], device), load_tokenizer(args.model)
     for block in model.blocks if args.compile else []:
         block.compile()
+    model = Graphed(model) if args.cuda_graph else model
     a = model.args
     pad = a.pad_id if a.pad_id is not None else a.eos_id
     seqs = encode_prompts(args, a.family, tok, a.bos_id)

@@ -9,6 +9,8 @@ and its values v = x / s become
   int8  clamp(round(v), -128, 127) (QMAX 127): (M, K) int8;
   int4  clamp(round(v), -8, 7) (QMAX 7), stored as codes v + 8 packed by quantizers/core.pack (8 to an int32
         word, code j in bits 4j .. 4j + 3, chunks of 32 channels padded with code 0): (M, ceil(K / 32) * 4) int32.
+The integer formats also give each token's sum of its values, sum_k v_k, (M,) int32: the GEMM's zero-point
+correction needs it (kernels/wa_gemm.py), and it costs nothing here, where the values are made.
 The integer grids are exactly core.quantize_tokens' symmetric grid (clip < 1 saturates at -2^(b-1) and 2^(b-1) - 1),
 so a dequantized int8/int4 output equals the fake quantization the torch model applies. Scales are (M,) float32.
 
@@ -41,7 +43,8 @@ FMT = {"fp8": 0, "int8": 1, "int4": 2}
 
 
 def reference(x, fmt, clip=1.0, rotation=None):
-    """The pure-torch twin: x (..., K) -> (codes, scales (M,) float32), M the number of tokens. The rotation is
+    """The pure-torch twin: x (..., K) -> (codes, scales (M,) float32, sums (M,) int32 or None for fp8), M the
+    number of tokens. The rotation is
     applied in fp32 (the kernel's QuaRot Hadamard to 16 bits: see above); `quantize` applies any other rotation in
     x's dtype, so there it equals reference(rotation(x))."""
     x = x.reshape(-1, x.shape[-1]).float()
@@ -51,10 +54,11 @@ def reference(x, fmt, clip=1.0, rotation=None):
     s = torch.where(s > 0, s, 1.0)
     v = x / s[:, None]
     if fmt == "fp8":
-        return v.clamp(-448, 448).to(torch.float8_e4m3fn), s
+        return v.clamp(-448, 448).to(torch.float8_e4m3fn), s, None
     lo = -128 if fmt == "int8" else -8
     q = torch.clamp(torch.round(v), lo, -lo - 1)
-    return (q.to(torch.int8) if fmt == "int8" else pack((q + 8).to(torch.uint8), 4)), s
+    sums = q.sum(-1, dtype=torch.int32)  # (float ints summed as int32: exact, whatever the order)
+    return (q.to(torch.int8) if fmt == "int8" else pack((q + 8).to(torch.uint8), 4)), s, sums
 
 
 def dequantize(q, s, fmt, K):
@@ -138,7 +142,7 @@ def _dot_split(z, pm, acc, F32: tl.constexpr):
 
 
 @triton.jit
-def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, norm, clip, M_BUCKET,
+def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, sum_ptr, M, K, stride_xm, stride_qm, norm, clip, M_BUCKET,
                   QMAX: tl.constexpr, FMT: tl.constexpr, C: tl.constexpr, R0: tl.constexpr, R1P: tl.constexpr,
                   X_F32: tl.constexpr, EMULATE: tl.constexpr, TOKENS: tl.constexpr):
     """QuaRot's rotation, then the codes, for TOKENS tokens per program. A token is held transposed, X^T (C, R):
@@ -169,9 +173,12 @@ def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm,
         s = tl.where(amax > 0, amax * norm * clip / QMAX, 1.0)
         tl.store(s_ptr + tok, s, mask=tok < M)
         n_words = tl.where(tok < M, tl.cdiv(K, 32) * 4, 0)  # (transposed back: the codes go out along channels)
-        _encode(tl.trans(y0 * (norm / s)), q_row, k0, k0 < lim, 0, n_words, FMT, R0 * C, EMULATE)
+        total = _encode(tl.trans(y0 * (norm / s)), q_row, k0, k0 < lim, 0, n_words, FMT, R0 * C, EMULATE)
         if R1P > 0:
-            _encode(tl.trans(y1 * (norm / s)), q_row, k1, k1 < lim, R0 * C // 8, n_words, FMT, R1P * C, EMULATE)
+            total += _encode(tl.trans(y1 * (norm / s)), q_row, k1, k1 < lim, R0 * C // 8, n_words, FMT, R1P * C,
+                             EMULATE)
+        if FMT != 0:
+            tl.store(sum_ptr + tok, total, mask=tok < M)
 
 
 @triton.jit
@@ -183,7 +190,7 @@ def _hx(h, xt, X_F32: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, clip, QMAX: tl.constexpr, FMT: tl.constexpr,
+def _quant_rows(x_ptr, q_ptr, s_ptr, sum_ptr, K, stride_xm, stride_qm, clip, QMAX: tl.constexpr, FMT: tl.constexpr,
                 BLOCK: tl.constexpr, EMULATE: tl.constexpr):
     """One token per program, BLOCK channels at a time, without a rotation: one pass for max|x|, a second that
     encodes (the same bytes moments later, which L2 should still hold). A whole token in registers as one 1-D tile
@@ -198,30 +205,35 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, clip, QMAX: tl.con
     s = tl.max(amax, 0) * clip / QMAX
     s = tl.where(s > 0, s, 1.0)
     tl.store(s_ptr + tok, s)
+    total = 0
     for k0 in range(0, K, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
         v = tl.math.div_rn(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32), s)
-        _encode(v, q_ptr + tok * stride_qm, k, k < K, k0 // 8, tl.cdiv(K, 32) * 4, FMT, BLOCK, EMULATE)
+        total += _encode(v, q_ptr + tok * stride_qm, k, k < K, k0 // 8, tl.cdiv(K, 32) * 4, FMT, BLOCK, EMULATE)
+    if FMT != 0:
+        tl.store(sum_ptr + tok, total)
 
 
 @triton.jit
 def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.constexpr, EMULATE: tl.constexpr):
-    """Store v = x / s (any tile shape; k its channels, row-major) as codes of the format at q_row. int4: codes
-    v + 8, eight to a word (code j of a word at bits 4j .. 4j + 3), the tile's words from word0 on; past K code 0,
-    as core.pack pads."""
+    """Store v = x / s (any tile shape; k its channels, row-major) as codes of the format at q_row; return the sum of
+    the integer values (0 for fp8). int4: codes v + 8, eight to a word (code j of a word at bits 4j .. 4j + 3), the
+    tile's words from word0 on; past K code 0, as core.pack pads (v there is 0: x was read as 0)."""
     if FMT == 0:  # correctly rounded division above, as torch; the GPU's default fp32 division is approximate
         v = _round_fp8(tl.minimum(tl.maximum(v, -448.0), 448.0), EMULATE)
         tl.store(q_row + k, v.to(tl.float8e4nv), mask=ok)
+        total = 0
     else:
-        v = _rint(v)
+        lo = -128.0 if FMT == 1 else -8.0
+        v = tl.minimum(tl.maximum(_rint(v), lo), -lo - 1.0).to(tl.int32)
         if FMT == 1:
-            tl.store(q_row + k, tl.minimum(tl.maximum(v, -128.0), 127.0).to(tl.int8), mask=ok)
+            tl.store(q_row + k, v.to(tl.int8), mask=ok)
         else:
-            c = tl.where(ok, (tl.minimum(tl.maximum(v, -8.0), 7.0) + 8.0).to(tl.int32), 0)
-            c = tl.reshape(c, (NUMEL // 8, 8)) << (tl.arange(0, 8) * 4)[None, :]
-            w = tl.sum(c, 1)  # disjoint bits: the sum is the OR
+            c = tl.reshape(tl.where(ok, v + 8, 0), (NUMEL // 8, 8)) << (tl.arange(0, 8) * 4)[None, :]
             r = word0 + tl.arange(0, NUMEL // 8)
-            tl.store(q_row + r, w, mask=r < n_words)
+            tl.store(q_row + r, tl.sum(c, 1), mask=r < n_words)  # disjoint bits: the sum is the OR
+        total = tl.sum(tl.reshape(v, (NUMEL,)), 0)
+    return total
 
 
 CHUNK, WARPS = 2048, 8  # _quant_rows: channels per step, warps per token
@@ -231,7 +243,7 @@ _tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "K", "FMT"])(_rotate_quant)
 
 
 def quantize(x, fmt, clip=1.0, rotation=None, config=None):
-    """x (..., K) bf16/fp16/fp32 -> (codes, scales) as `reference` defines them, by one Triton kernel per call.
+    """x (..., K) bf16/fp16/fp32 -> (codes, scales, sums) as `reference` defines them, by one Triton kernel.
     rotation: a core.Rotation applied first; QuaRot's Hadamard (hadamard_form) is fused into the kernel, any other
     is applied by torch before it, in x's dtype. config: one of CONFIGS for the fused rotation instead of the
     autotuned one (the tests run each; the interpreter cannot time)."""
@@ -247,16 +259,18 @@ def quantize(x, fmt, clip=1.0, rotation=None, config=None):
     dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32}[fmt]
     q = torch.empty(M, -(-K // 32) * 4 if fmt == "int4" else K, device=x.device, dtype=dtype)
     s = torch.empty(M, device=x.device, dtype=torch.float32)
+    sums = torch.empty(M, device=x.device, dtype=torch.int32)  # (fp8 leaves them unwritten and returns None)
+    out = q, s, None if fmt == "fp8" else sums
     if form is None:
         block = min(max(triton.next_power_of_2(K), 32), CHUNK)
-        _quant_rows[(M,)](x2, q, s, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt], FMT=FMT[fmt], BLOCK=block,
+        _quant_rows[(M,)](x2, q, s, sums, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt], FMT=FMT[fmt], BLOCK=block,
                           EMULATE=INTERPRET, num_warps=WARPS)
-        return q, s
+        return out
     C, R0, R1P, norm, H, B = form
     if H.device != x.device:  # move the kept matrices once, not on every call
         H, B = H.to(x.device), B.to(x.device)
         rotation._hadamard_form = (C, R0, R1P, norm, H, B)
-    args = (x2, H, B, q, s, M, K, x2.stride(0), q.stride(0), norm, clip, triton.next_power_of_2(M))
+    args = (x2, H, B, q, s, sums, M, K, x2.stride(0), q.stride(0), norm, clip, triton.next_power_of_2(M))
     flags = dict(QMAX=QMAX[fmt], FMT=FMT[fmt], C=C, R0=R0, R1P=R1P, X_F32=x2.dtype == torch.float32,  # noqa: C408
                  EMULATE=INTERPRET)
     config = CONFIGS[0] if config is None and INTERPRET else config
@@ -266,7 +280,7 @@ def quantize(x, fmt, clip=1.0, rotation=None, config=None):
         _rotate_quant[(triton.cdiv(M, config.kwargs["TOKENS"]),)](*args, **flags, **config.kwargs,
                                                                    num_warps=config.num_warps,
                                                                    num_stages=config.num_stages)
-    return q, s
+    return out
 
 
 # ------------------------------------------------------------------------------------------ check and benchmark
@@ -281,8 +295,8 @@ def bench():
             for M in (16, 1024, 4096):
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
                 for fmt in ("fp8", "int8", "int4"):
-                    q, s = quantize(x, fmt, 1.0, rot)
-                    ref_q, ref_s = reference(x, fmt, 1.0, rot)
+                    q, s, _ = quantize(x, fmt, 1.0, rot)
+                    ref_q, ref_s, _ = reference(x, fmt, 1.0, rot)
                     d, ref_d = dequantize(q, s, fmt, K), dequantize(ref_q, ref_s, fmt, K)
                     err = ((d - ref_d).abs().max() / ref_d.abs().max()).item()
                     step = (32 if fmt == "fp8" else 1) / QMAX[fmt]  # one code (e4m3: its widest step) of max|x|

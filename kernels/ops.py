@@ -23,14 +23,14 @@ from kernels import act_quant, wa_gemm, wq_gemm
 
 
 @torch.library.custom_op("dllmq::wa_matmul", mutates_args=())
-def wa_matmul(xq: Tensor, sx: Tensor, w: Tensor, sw: Tensor, zw: Tensor, bias: Optional[Tensor], fmt: str, K: int,
-              dtype: torch.dtype) -> Tensor:
-    """wa_gemm.matmul: act_quant's (codes, scales) times the weight operand -> (M, N) in dtype."""
-    return wa_gemm.matmul(xq, sx, w, sw, zw, fmt, K, bias, dtype)
+def wa_matmul(xq: Tensor, sx: Tensor, sums: Optional[Tensor], w: Tensor, sw: Tensor, zw: Tensor,
+              bias: Optional[Tensor], fmt: str, K: int, dtype: torch.dtype) -> Tensor:
+    """wa_gemm.matmul: act_quant's (codes, scales, sums) times the weight operand -> (M, N) in dtype."""
+    return wa_gemm.matmul(xq, sx, sums, w, sw, zw, fmt, K, bias, dtype)
 
 
 @wa_matmul.register_fake
-def _(xq, sx, w, sw, zw, bias, fmt, K, dtype):
+def _(xq, sx, sums, w, sw, zw, bias, fmt, K, dtype):
     return xq.new_empty(sx.shape[0], w.shape[0], dtype=dtype)
 
 
@@ -46,16 +46,16 @@ def _(x, qweight, scales, zeros, bits, K):
 
 
 @torch.library.custom_op("dllmq::act_quant", mutates_args=())
-def quantize(x: Tensor, fmt: str, clip: float) -> tuple[Tensor, Tensor]:
-    """act_quant.quantize without a rotation: (codes, scales)."""
+def quantize(x: Tensor, fmt: str, clip: float) -> tuple[Tensor, Tensor, Tensor]:
+    """act_quant.quantize without a rotation, for the integer formats: (codes, scales, sums)."""
     return act_quant.quantize(x, fmt, clip)
 
 
 @quantize.register_fake
 def _(x, fmt, clip):
     M, K = x.numel() // x.shape[-1], x.shape[-1]
-    dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32}[fmt]
-    return x.new_empty(M, -(-K // 32) * 4 if fmt == "int4" else K, dtype=dtype), x.new_empty(M, dtype=torch.float32)
+    q = x.new_empty(M, -(-K // 32) * 4 if fmt == "int4" else K, dtype=torch.int32 if fmt == "int4" else torch.int8)
+    return q, x.new_empty(M, dtype=torch.float32), x.new_empty(M, dtype=torch.int32)
 
 
 def linear(x, layer, fmt):
@@ -63,10 +63,10 @@ def linear(x, layer, fmt):
     if layer.rotation is not None:
         return _eager_linear(x, layer, fmt)
     if fmt == "int4":  # the twin packs 8 codes to a word in 32 int64 steps, which Inductor's code runs slowly
-        xq, sx = quantize(x, fmt, layer.act_clip)
+        xq, sx, sums = quantize(x, fmt, layer.act_clip)
     else:
-        xq, sx = act_quant.reference(x, fmt, layer.act_clip)
-    y = wa_matmul(xq, sx, wa_gemm.weight_operand(layer, fmt), layer.scales, layer.zeros, layer.bias, fmt,
+        xq, sx, sums = act_quant.reference(x, fmt, layer.act_clip)
+    y = wa_matmul(xq, sx, sums, wa_gemm.weight_operand(layer, fmt), layer.scales, layer.zeros, layer.bias, fmt,
                   layer.in_features, x.dtype)
     return y.view(*x.shape[:-1], layer.out_features)
 

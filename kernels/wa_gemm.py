@@ -7,12 +7,15 @@ Formats (the twin `reference` below defines the product; quantizers/core.py the 
         hold the e4m3 bytes), scales s_w (N, 1). Products on the fp8 tensor cores, fp32 sums.
   int8  x: int8 per token; W: 8-bit codes per output channel, z the zero point (128 when symmetric). The tensor cores
         take int8, so a code c enters as c - 128 (its top bit flipped in registers) and the sum is corrected by
-        (z - 128) * sum_k x_q[k] in the epilogue; int32 sums.
+        (z - 128) * sum_k x_q[k] in the epilogue, with the token sums act_quant made; int32 sums. The kernel computes
+        the transposed product, W x^T: the left operand is the one Hopper's tensor cores read from registers, so
+        the flipped tile goes straight in (as the right operand it went back through shared memory: H100, 1024
+        tokens, LLaDA's down projection 164 -> 98 µs; results/wa_gemm_h100.md).
   int4  x: int4 per token, packed 8 to a word; W: 4-bit codes per output channel. Hopper has no int4 tensor-core
         instruction, so both operands are unpacked in registers to int8 and multiplied on the int8 tensor cores:
         int4 here saves memory and bandwidth, not arithmetic. The codes c (0..15) enter as they are and the zero
         point is corrected in the epilogue, as for int8.
-The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * rowsum[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
+The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
 the activation dtype. Weights must be per output channel (one group); other layouts use kernels/wq_gemm.py or the
 twin (QLinear decides, see format_of).
 
@@ -60,7 +63,8 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
 
 
 def _configs():  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): tokens x outputs x inputs
-    shapes = [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4)]
+    shapes = [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4),
+              (256, 128, 128, 8, 3), (128, 128, 64, 4, 4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
             for m, n, k, w, s in shapes]
 
@@ -75,7 +79,16 @@ def _nibbles(ptr, rows, rows_ok, k0, stride, n_words, BLOCK_R: tl.constexpr, BLO
 
 
 @triton.jit
-def _wa_gemm(a_ptr, b_ptr, sa_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, N, K, stride_am, stride_bn, stride_cm,
+def _mma(a, b, acc, EMULATE: tl.constexpr):
+    """acc + a @ b on the tensor cores; the CPU interpreter has no fp8 or int8 product, and fp32 holds these
+    products and sums exactly."""
+    if EMULATE:
+        return acc + tl.dot(a.to(tl.float32), b.to(tl.float32)).to(acc.dtype)
+    return tl.dot(a, b, acc, out_dtype=acc.dtype)
+
+
+@triton.jit
+def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, N, K, stride_am, stride_bn, stride_cm,
              a_words, b_words, M_BUCKET, FMT: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
              HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -88,30 +101,30 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, N, K, str
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = rm < M, rn < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FMT == 0 else tl.int32)
-    rowsum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    if FMT == 1:  # the transposed product W x^T (module docstring): a (BLOCK_N, BLOCK_M) tile, transposed at the end
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FMT == 0 else tl.int32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         if FMT == 2:
             a = tl.where(k_ok[None, :], _nibbles(a_ptr, rm, m_ok, k0, stride_am, a_words, BLOCK_M, BLOCK_K) - 8, 0)
-            a = a.to(tl.int8)
             b = tl.trans(_nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8))
+            acc = _mma(a.to(tl.int8), b, acc, EMULATE)
+        elif FMT == 1:  # code c as c - 128: flip the top bit, read the byte as int8
+            w = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+            xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
+            acc = _mma((w ^ 0x80).to(tl.int8, bitcast=True), xt, acc, EMULATE)
         else:
-            zero = 0.0 if FMT == 0 else 0
-            a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=zero)
-            b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=zero)
-            if FMT == 1:  # code c as c - 128: flip the top bit, read the byte as int8
-                b = (b ^ 0x80).to(tl.int8, bitcast=True)
-        if FMT != 0:
-            rowsum += tl.sum(a.to(tl.int32), 1)
-        if EMULATE:  # the CPU interpreter has no fp8 or int8 product; fp32 holds these products and sums exactly
-            acc += tl.dot(a.to(tl.float32), b.to(tl.float32)).to(acc.dtype)
-        else:
-            acc = tl.dot(a, b, acc, out_dtype=acc.dtype)
+            a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+            acc = _mma(a, b, acc, EMULATE)
+    if FMT == 1:
+        acc = tl.trans(acc)
     if HAS_ZERO:  # sum_k x_k (c_k - z) = sum_k x_k (c_k - offset) - (z - offset) sum_k x_k
         z = tl.load(zb_ptr + rn, mask=n_ok, other=0.0).to(tl.float32).to(tl.int32) - OFFSET
-        acc -= rowsum[:, None] * z[None, :]
+        acc -= tl.load(sum_ptr + rm, mask=m_ok, other=0)[:, None] * z[None, :]
     sa = tl.load(sa_ptr + rm, mask=m_ok, other=0.0)
     sb = tl.load(sb_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)  # (in the layer's dtype: no cast kernel per call)
     y = acc.to(tl.float32) * sa[:, None] * sb[None, :]
@@ -125,16 +138,19 @@ CONFIGS = _configs()
 _tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "N", "K", "FMT"])(_wa_gemm)
 
 
-def matmul(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=None):
-    """Quantized activations (xq, sx) of act_quant times the weight operand w (weight_operand), with per-channel
-    scales sw and zeros zw (N,) or (N, 1) -> (M, N) in dtype. config: a triton.Config of CONFIGS instead of the
-    autotuned one (the tests run each; the interpreter cannot time)."""
+def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=None):
+    """Quantized activations (codes xq, scales sx, sums: act_quant's three; sums None for fp8) times the weight
+    operand w (weight_operand), with per-channel scales sw and zeros zw (N,) or (N, 1) -> (M, N) in dtype.
+    config: a triton.Config of CONFIGS instead of the autotuned one (the tests run each; the interpreter cannot
+    time)."""
     M, N = sx.shape[0], w.shape[0]
+    if (sums is None) != (fmt == "fp8"):  # fp8 has no zero point to correct
+        raise ValueError(f"wa_gemm: {fmt} needs {'no sums' if fmt == 'fp8' else 'the token sums act_quant gives'}")
     sw = sw.reshape(-1)
     zw = zw.reshape(-1) if fmt != "fp8" else sw
     y = torch.empty(M, N, device=xq.device, dtype=dtype)
-    args = (xq, w, sx, sw, zw, bias if bias is not None else sw, y, M, N, K, xq.stride(0), w.stride(0), y.stride(0),
-            xq.shape[1], w.shape[1], triton.next_power_of_2(M))
+    args = (xq, w, sx, sx if sums is None else sums, sw, zw, bias if bias is not None else sw, y, M, N, K,
+            xq.stride(0), w.stride(0), y.stride(0), xq.shape[1], w.shape[1], triton.next_power_of_2(M))
     flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",  # noqa: C408
                  HAS_BIAS=bias is not None, EMULATE=INTERPRET)
     config = CONFIGS[0] if config is None and INTERPRET else config
@@ -153,8 +169,9 @@ def linear(x, layer, fmt, config=None):
         from kernels import ops
         return ops.linear(x, layer, fmt)
     K = layer.in_features
-    xq, sx = act_quant.quantize(x, fmt, layer.act_clip, layer.rotation)
-    y = matmul(xq, sx, weight_operand(layer, fmt), layer.scales, layer.zeros, fmt, K, layer.bias, x.dtype, config)
+    xq, sx, sums = act_quant.quantize(x, fmt, layer.act_clip, layer.rotation)
+    y = matmul(xq, sx, sums, weight_operand(layer, fmt), layer.scales, layer.zeros, fmt, K, layer.bias, x.dtype,
+               config)
     return y.view(*x.shape[:-1], layer.out_features)
 
 
@@ -195,7 +212,7 @@ def bench():
             t_ref = time(lambda: torch.nn.functional.linear(x, W))  # noqa: B023
             cells = []
             for fmt, (_, lin) in layers.items():
-                xq, sx = act_quant.quantize(x, fmt)
+                xq, sx, sums = act_quant.quantize(x, fmt)
                 w = weight_operand(lin, fmt)
                 y = linear(x, lin, fmt)
                 ref = reference(xq, sx, w, lin.scales, lin.zeros, fmt, K, None, torch.float32)
@@ -203,7 +220,7 @@ def bench():
                 if err > 2e-2:  # fp8 sums on the H100 carry fewer bits than fp32
                     raise SystemExit(f"{name} M={M} {fmt}: differs from the twin by {err:.2e}")
                 t_layer = time(lambda: linear(x, lin, fmt))  # noqa: B023
-                t_gemm = time(lambda: matmul(xq, sx, w, lin.scales, lin.zeros, fmt, K))  # noqa: B023
+                t_gemm = time(lambda: matmul(xq, sx, sums, w, lin.scales, lin.zeros, fmt, K))  # noqa: B023
                 cells.append((t_layer, t_gemm))
                 ratios[fmt].append((M, t_ref / t_layer))
             print(f"| {name} ({N} x {K}) | {M} | {t_ref:.1f} | " + " | ".join(f"{a:.1f} | {b:.1f}" for a, b in cells)
@@ -221,9 +238,10 @@ def bench():
         rot = online_hadamard(K, torch.bfloat16).cuda()
         for M in TOKENS[2:]:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-            xq, sx = act_quant.quantize(x, "fp8")
+            xq, sx, _ = act_quant.quantize(x, "fp8")
             t_q, t_h = (time(lambda r=r: act_quant.quantize(x, "fp8", 1.0, r)) for r in (None, rot))  # noqa: B023
-            t_g = time(lambda: matmul(xq, sx, weight_operand(lin, "fp8"), lin.scales, lin.zeros, "fp8", K))  # noqa: B023
+            w = weight_operand(lin, "fp8")
+            t_g = time(lambda: matmul(xq, sx, None, w, lin.scales, lin.zeros, "fp8", K))  # noqa: B023
             t_b = time(lambda: torch.nn.functional.linear(x, W))  # noqa: B023
             print(f"| {name} H{rot.m} x H{rot.b} | {M} | {t_q:.1f} | {t_h:.1f} | {t_h - t_q:.1f} | {t_g:.1f} | "
                   f"{(t_h - t_q) / t_g:.0%} | {t_b:.1f} | {(t_h - t_q) / t_b:.0%} |", flush=True)

@@ -28,13 +28,16 @@ def trace_kwargs(family, case):
                 top_p=g["top_p"], top_k=g["top_k"], alg_temp=g["alg_temp"], eps=g["eps"])
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("device", ["cpu", *(pytest.param(d, marks=pytest.mark.gpu) for d in ("cuda", "cuda graph"))])
 @pytest.mark.parametrize("family,name", CASES)
 def test_matches_reference_sampler_trace(family, name, device):
-    """Output and whole step-by-step history identical; ranking confidences within 1e-5."""
+    """Output and whole step-by-step history identical; ranking confidences within 1e-5. "cuda graph": every
+    forward replayed from a CUDA graph (sample.py --cuda_graph)."""
     case = next(c for c in TRACES[family]["cases"] if c["name"] == name)
     history, confidence = [], []
-    out = S.generate(MODELS[family].to(device), torch.tensor(case["prompt"], device=device),
+    graph, device = device.endswith("graph"), device.split()[0]
+    m = MODELS[family].to(device)
+    out = S.generate(S.Graphed(m) if graph else m, torch.tensor(case["prompt"], device=device),
                      **trace_kwargs(family, case),
                      on_step=lambda i, x, conf: (history.append(x.tolist()), confidence.append(conf.cpu())))
     MODELS[family].cpu()
@@ -203,6 +206,38 @@ def test_bad_settings_give_one_clear_line(kwargs, message):
 def test_prompt_with_the_mask_token_is_refused():
     with pytest.raises(M.InputError, match="contains the mask token id 500"):
         S.generate(MODELS["llada"], torch.tensor([[1, 500, 3]]), gen_length=8, steps=8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which,kw", [("llada", {"method": "quarot", "bits": 4}),
+                                      ("dream", {"method": "rtn", "wbits": 8, "abits": 8, "fp8": True})])
+def test_cuda_graph_replays_a_quantized_model_exactly(tmp_path, which, kw):
+    """A quantized tiny model (its layers on the Triton kernels, blocks compiled) in bf16: a padded batch with
+    classifier-free guidance (two graphs: the batch and its doubled copy) gives the same canvas and confidences at
+    every step replayed from CUDA graphs as launched from Python."""
+    import calibrate as C
+    m = C.calibrate(C.Args(model=os.path.join(ROOT, "assets", f"tiny-{which}"), out=str(tmp_path / "q"), nsamples=4,
+                           seqlen=32, nll_windows=0, device="cpu", **kw)).to("cuda", torch.bfloat16)
+    for block in m.blocks:
+        block.compile()
+    ids, mask = S.pad_left([[5, 6, 7, 8, 9], [11, 12]], m.args.pad_id or 0)
+    runs = []
+    for model in (m, S.Graphed(m)):
+        steps = []
+        S.generate(model, ids.cuda(), mask.cuda(), gen_length=16, steps=8, block_length=8, cfg_scale=0.5,
+                   alg="low_confidence" if which == "llada" else "entropy",
+                   on_step=lambda i, x, conf: steps.append((x.clone(), conf.clone())))  # noqa: B023
+        runs.append(steps)
+    assert len(runs[1]) == 8
+    for (x, conf), (gx, gconf) in zip(*runs, strict=True):
+        assert torch.equal(x, gx) and torch.equal(conf, gconf)
+
+
+def test_cuda_graph_needs_a_gpu():
+    r = subprocess.run([sys.executable, "sample.py", "--model", f"{FIX}/llada-tiny", "--prompt_ids", "1,2,3",
+                        "--device", "cpu", "--cuda_graph"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].endswith("--cuda_graph needs a CUDA device, "
+                                                                            "not --device cpu")
 
 
 def test_cli_prints_the_canvas_at_every_step():

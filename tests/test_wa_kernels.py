@@ -22,6 +22,11 @@ def codes(q, fmt):
     return q.view(torch.uint8) if fmt == "fp8" else q
 
 
+def value_sums(q, fmt, K):
+    """Each token's sum of its integer values, read back from its codes (what the GEMM's zero point needs)."""
+    return act_quant.dequantize(q, torch.ones(q.shape[0], device=q.device), fmt, K).sum(-1).to(torch.int32)
+
+
 @pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_quantizer_equals_the_twin_bit_for_bit(fmt, dtype):
@@ -29,9 +34,11 @@ def test_quantizer_equals_the_twin_bit_for_bit(fmt, dtype):
         x = (torch.randn(6, K, device=DEVICE) * torch.rand(6, 1, device=DEVICE) * 5).to(dtype)
         x[3] = 0  # an all-zero token gets scale 1
         for clip in (1.0, 0.8):
-            q, s = act_quant.quantize(x, fmt, clip)
-            ref_q, ref_s = act_quant.reference(x, fmt, clip)
+            q, s, sums = act_quant.quantize(x, fmt, clip)
+            ref_q, ref_s, ref_sums = act_quant.reference(x, fmt, clip)
             assert torch.equal(s, ref_s) and torch.equal(codes(q, fmt), codes(ref_q, fmt)), (K, clip)
+            assert sums is ref_sums is None if fmt == "fp8" else torch.equal(sums, ref_sums)
+            assert fmt == "fp8" or torch.equal(ref_sums, value_sums(ref_q, fmt, K))
 
 
 def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
@@ -39,9 +46,9 @@ def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
     x = torch.randn(9, 200) * 3
     for fmt, bits in (("int8", 8), ("int4", 4)):
         for clip in (1.0, 0.7):
-            q, s = act_quant.reference(x, fmt, clip)
+            q, s, _ = act_quant.reference(x, fmt, clip)
             assert torch.equal(act_quant.dequantize(q, s, fmt, 200), quantize_tokens(x, bits, True, clip))
-    q, s = act_quant.reference(x, "fp8", 0.9)
+    q, s, _ = act_quant.reference(x, "fp8", 0.9)
     assert torch.equal(act_quant.dequantize(q, s, "fp8", 200), fp8_tokens(x, 0.9))
 
 
@@ -60,12 +67,13 @@ def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused)
 
 
 def check_hadamard(n, fmt, fused, rot, x, config):
-    q, s = act_quant.quantize(x, fmt, 1.0, rot, config)
+    q, s, sums = act_quant.quantize(x, fmt, 1.0, rot, config)
+    assert fmt == "fp8" or torch.equal(sums, value_sums(q, fmt, n))
     if not fused:
-        ref_q, ref_s = act_quant.reference(rot(x), fmt, 1.0)
+        ref_q, ref_s, _ = act_quant.reference(rot(x), fmt, 1.0)
         assert torch.equal(s, ref_s) and torch.equal(codes(q, fmt), codes(ref_q, fmt))
     dense = x.double() @ orthogonal(n, None).to(DEVICE)
-    ref_q, ref_s = act_quant.reference(dense.float(), fmt, 1.0)
+    ref_q, ref_s, _ = act_quant.reference(dense.float(), fmt, 1.0)
     assert torch.allclose(s, ref_s, rtol=3e-5 if fused else 1e-2)  # (fused: 16-bit operands in the second product)
     if fused:  # sums in another order, and those 16 bits, move a few values across a rounding boundary
         assert (codes(q, fmt) != codes(ref_q, fmt)).float().mean().item() < 0.01
@@ -91,7 +99,7 @@ def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
     assert wa_gemm.format_of(lin) == fmt
     x = torch.randn(M, K, device=DEVICE).to(dtype)
     y = wa_gemm.linear(x, lin, fmt, config)
-    xq, sx = act_quant.reference(x, fmt, 1.0)
+    xq, sx, _ = act_quant.reference(x, fmt, 1.0)
     w = wa_gemm.weight_operand(lin, fmt)
     ref = wa_gemm.reference(xq, sx, w, lin.scales.double(), lin.zeros, fmt, K, lin.bias, torch.float64)
     err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
@@ -105,6 +113,13 @@ def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
 def test_every_config_matches_float64(fmt, sym, i):
     for M, N, K in ODD:
         check(M, N, K, fmt, sym, torch.bfloat16, wa_gemm.CONFIGS[i], bias=M != 5)
+
+
+def test_integer_formats_need_the_token_sums():
+    lin, x = layer(8, 64, "int8", False, torch.bfloat16), torch.randn(3, 64, device=DEVICE).bfloat16()
+    xq, sx, _ = act_quant.quantize(x, "int8")
+    with pytest.raises(ValueError, match="int8 needs the token sums"):
+        wa_gemm.matmul(xq, sx, None, wa_gemm.weight_operand(lin, "int8"), lin.scales, lin.zeros, "int8", 64)
 
 
 @pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
