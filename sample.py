@@ -110,6 +110,7 @@ class Graphed:
     def __init__(self, model):
         self.model, self.args, self.graphs, self.pool = model, model.args, {}, None
 
+    @torch.no_grad()
     def __call__(self, ids, attn_mask=None, select=None):
         key = (tuple(ids.shape), attn_mask is None)
         if key not in self.graphs:

@@ -44,9 +44,8 @@ FMT = {"fp8": 0, "int8": 1, "int4": 2}
 
 def reference(x, fmt, clip=1.0, rotation=None):
     """The pure-torch twin: x (..., K) -> (codes, scales (M,) float32, sums (M,) int32 or None for fp8), M the
-    number of tokens. The rotation is
-    applied in fp32 (the kernel's QuaRot Hadamard to 16 bits: see above); `quantize` applies any other rotation in
-    x's dtype, so there it equals reference(rotation(x))."""
+    number of tokens. The rotation is applied in fp32 (the kernel's QuaRot Hadamard to 16 bits: see above);
+    `quantize` applies any other rotation in x's dtype, so there it equals reference(rotation(x))."""
     x = x.reshape(-1, x.shape[-1]).float()
     if rotation is not None:
         x = rotation(x)  # a Rotation casts its matrices to x's dtype: fp32 here
