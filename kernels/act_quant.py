@@ -20,10 +20,11 @@ H_m / sqrt(m) across blocks). Its kernel (_rotate_quant) runs it as two tensor-c
 H_b = H_(b/C) (x) H_C, a token is an (R, C) tile X (R = K / C rows, C <= 128) and X -> B^T X H_C with
 B = H_m (x) H_(b/C) (LLaDA-8B's 12288: C = 128, B 96 x 96; Dream-7B's 18944: B 148 x 148). Every matrix holds +-1,
 exact in bf16, and the constant 1 / sqrt(m b) comes last. The first product takes x as it is (exact products, fp32
-sums); the second takes the fp32 X H_C as two bf16 halves, 16 of its 24 bits, so a value within 2^-16 of a rounding
-boundary may land one code from the fp32 twin's. (H100, M = 1024: 2.2x faster than the fast Walsh-Hadamard
-transform it replaced on LLaDA, whose shuffles between threads cost more than these products, and 3x faster than
-Dream's rotation by torch before the quantizer; results/wa_gemm_h100.md.)
+sums); its result Z = X H_C is rounded to bf16 for the second, and the twin rounds it too. Against an exact
+rotation, that moves 4-6% of int8 / fp8 codes one step, fewer than torch's own rotation of bf16 x moves (7%: it
+rounds after H_b and after the mix), which QLinear runs off the kernels (tests/test_wa_kernels.py checks it).
+Sent as two bf16 halves instead (1e-4 of codes moved), Z made the rotation add 11-21% of the down projection's FP8
+GEMM time on the H100, against 1-8% now (results/wa_gemm_h100.md).
 Any other rotation (DuQuant's, blocks under 16 channels) is applied by torch in x's dtype before the kernel
 quantizes. Without a rotation, a token is read in chunks (_quant_rows), twice: once for its scale, once to encode.
 
@@ -34,6 +35,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from quantizers.core import pack, unpack
 
@@ -44,10 +46,16 @@ FMT = {"fp8": 0, "int8": 1, "int4": 2}
 
 def reference(x, fmt, clip=1.0, rotation=None):
     """The pure-torch twin: x (..., K) -> (codes, scales (M,) float32, sums (M,) int32 or None for fp8), M the
-    number of tokens. The rotation is applied in fp32 (the kernel's QuaRot Hadamard to 16 bits: see above);
-    `quantize` applies any other rotation in x's dtype, so there it equals reference(rotation(x))."""
+    number of tokens. QuaRot's Hadamard is applied as the kernel does it (above); any other rotation in fp32, where
+    `quantize` applies it in x's dtype, so there it equals reference(rotation(x))."""
     x = x.reshape(-1, x.shape[-1]).float()
-    if rotation is not None:
+    form = hadamard_form(rotation)
+    if form is not None:
+        C, R0, R1P, norm, H, B = form
+        R = x.shape[1] // C
+        z = (x.view(-1, R, C) @ H.to(x.device).float()).bfloat16().float()  # X H_C, rounded as in the kernel
+        x = (B[:R, :R].to(x.device).float().T @ z).view(x.shape) * norm
+    elif rotation is not None:
         x = rotation(x)  # a Rotation casts its matrices to x's dtype: fp32 here
     s = x.abs().amax(-1) * clip / QMAX[fmt]
     s = torch.where(s > 0, s, 1.0)
@@ -117,12 +125,14 @@ def _round_fp8(v, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _rint(v):
-    """Round to the nearest integer, ties to even, as torch.round: floor(v + 0.5), then a tie that landed on an odd
-    number goes down (exact for |v| < 2^22). The shorter (v + 1.5 * 2^23) - 1.5 * 2^23 gave codes one off on the
-    H100 (triton 3.6), though it is right in the interpreter."""
-    r = tl.floor(v + 0.5)
-    return tl.where((r - v == 0.5) & (tl.floor(r * 0.5) * 2 != r), r - 1.0, r)
+def _rint(v, EMULATE: tl.constexpr):
+    """v rounded to the nearest integer, ties to even (as torch.round), as int32: one cvt.rni on the GPU, where the
+    interpreter's form below made the int8 pass 30% slower (H100). It has no libdevice: floor(v + 0.5), then a tie
+    that landed on an odd number goes down (exact for |v| < 2^22)."""
+    if EMULATE:
+        r = tl.floor(v + 0.5)
+        return tl.where((r - v == 0.5) & (tl.floor(r * 0.5) * 2 != r), r - 1.0, r).to(tl.int32)
+    return libdevice.float2int_rn(v)
 
 
 @triton.jit
@@ -134,19 +144,12 @@ def _dot(a, b, acc, F32: tl.constexpr):
 
 
 @triton.jit
-def _dot_split(z, pm, acc, F32: tl.constexpr):
-    """z (fp32) @ pm (entries 0, +-1 in bf16) + acc, z sent as the sum of two bf16 numbers: 16 of its 24 bits."""
-    hi = z.to(tl.bfloat16)
-    return _dot(hi, pm, _dot((z - hi.to(tl.float32)).to(tl.bfloat16), pm, acc, F32), F32)
-
-
-@triton.jit
 def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, sum_ptr, M, K, stride_xm, stride_qm, norm, clip, M_BUCKET,
                   QMAX: tl.constexpr, FMT: tl.constexpr, C: tl.constexpr, R0: tl.constexpr, R1P: tl.constexpr,
                   X_F32: tl.constexpr, EMULATE: tl.constexpr, TOKENS: tl.constexpr):
     """QuaRot's rotation, then the codes, for TOKENS tokens per program. A token is held transposed, X^T (C, R):
-    channel r C + c at [c, r], rows R0 .. R0 + R1P in a second tile (zeros past K). Z^T = H_C X^T, then
-    Y^T = Z^T B; each tile of Y^T sums the products with both tiles of Z^T."""
+    channel r C + c at [c, r], rows R0 .. R0 + R1P in a second tile (zeros past K). Z^T = H_C X^T (rounded to
+    bf16), then Y^T = Z^T B; each tile of Y^T sums the products with both tiles of Z^T."""
     c, i0 = tl.arange(0, C), tl.arange(0, R0)
     h = tl.load(h_ptr + c[:, None] * C + c[None, :])  # the +-1 matrices, read once per program
     b00 = tl.load(b_ptr + i0[:, None] * (R0 + R1P) + i0[None, :])
@@ -162,12 +165,12 @@ def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, sum_ptr, M, K, stride_xm, s
         lim = tl.where(tok < M, K, 0)  # past the last token nothing is read or written
         x_row, q_row = x_ptr + tok * stride_xm, q_ptr + tok * stride_qm
         z0 = _hx(h, tl.load(x_row + kt0, mask=kt0 < lim, other=0.0), X_F32, EMULATE)
-        y0 = _dot_split(z0, b00, None, EMULATE)
+        y0 = _dot(z0, b00, None, EMULATE)
         amax = tl.max(tl.max(tl.abs(y0), 1), 0)
         if R1P > 0:
             z1 = _hx(h, tl.load(x_row + kt1, mask=kt1 < lim, other=0.0), X_F32, EMULATE)
-            y0 = _dot_split(z1, b10, y0, EMULATE)
-            y1 = _dot_split(z1, b11, _dot_split(z0, b01, None, EMULATE), EMULATE)
+            y0 = _dot(z1, b10, y0, EMULATE)
+            y1 = _dot(z1, b11, _dot(z0, b01, None, EMULATE), EMULATE)
             amax = tl.maximum(tl.max(tl.max(tl.abs(y0), 1), 0), tl.max(tl.max(tl.abs(y1), 1), 0))
         s = tl.where(amax > 0, amax * norm * clip / QMAX, 1.0)
         tl.store(s_ptr + tok, s, mask=tok < M)
@@ -182,19 +185,24 @@ def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, sum_ptr, M, K, stride_xm, s
 
 @triton.jit
 def _hx(h, xt, X_F32: tl.constexpr, EMULATE: tl.constexpr):
-    """H_C X^T: exact products of +-1 with bf16 / fp16 x, summed in fp32; fp32 x by fp32 FMAs."""
+    """H_C X^T in bf16: exact products of +-1 with bf16 / fp16 x summed in fp32 (fp32 x: fp32 FMAs), then rounded to
+    nearest even; the interpreter (3.9) would truncate, so there the rounding is done on the bits first."""
     if X_F32:
-        return tl.dot(h.to(tl.float32), xt, input_precision="ieee")
-    return _dot(h.to(xt.dtype), xt, None, EMULATE)
+        z = tl.dot(h.to(tl.float32), xt, input_precision="ieee")
+    else:
+        z = _dot(h.to(xt.dtype), xt, None, EMULATE)
+    if EMULATE:
+        b = z.to(tl.uint32, bitcast=True)
+        z = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return z.to(tl.bfloat16)
 
 
 @triton.jit
 def _quant_rows(x_ptr, q_ptr, s_ptr, sum_ptr, K, stride_xm, stride_qm, clip, QMAX: tl.constexpr, FMT: tl.constexpr,
                 BLOCK: tl.constexpr, EMULATE: tl.constexpr):
     """One token per program, BLOCK channels at a time, without a rotation: one pass for max|x|, a second that
-    encodes (the same bytes moments later, which L2 should still hold). A whole token in registers as one 1-D tile
-    pads K = 12288 to 16384 lanes and 18944 to 32768; on the H100 this kernel was 1.4-2.8x faster than that at those
-    widths, up to 12% slower at K <= 4096 (results/wa_gemm_h100.md)."""
+    encodes (the same bytes moments later, which L2 should still hold): on the H100, 1.4-2.8x faster at K = 12288
+    and 18944 than a whole token as one power-of-two tile, up to 12% slower at K <= 4096 (results/wa_gemm_h100.md)."""
     tok = tl.program_id(0)
     x_row = x_ptr + tok * stride_xm
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -223,8 +231,8 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
         tl.store(q_row + k, v.to(tl.float8e4nv), mask=ok)
         total = 0
     else:
-        lo = -128.0 if FMT == 1 else -8.0
-        v = tl.minimum(tl.maximum(_rint(v), lo), -lo - 1.0).to(tl.int32)
+        lo = -128 if FMT == 1 else -8
+        v = tl.minimum(tl.maximum(_rint(v, EMULATE), lo), -lo - 1)
         if FMT == 1:
             tl.store(q_row + k, v.to(tl.int8), mask=ok)
         else:
@@ -236,9 +244,18 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
 
 
 CHUNK, WARPS = 2048, 8  # _quant_rows: channels per step, warps per token
-CONFIGS = [triton.Config({"TOKENS": t}, num_warps=w, num_stages=st)  # _rotate_quant: tokens per program, warps,
-           for t, w, st in ((2, 4, 2), (1, 8, 1), (4, 4, 2), (4, 8, 2), (8, 8, 3))]  # stages, from an H100 sweep
-_tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "K", "FMT"])(_rotate_quant)
+CONFIGS = [triton.Config({"TOKENS": t}, num_warps=w, num_stages=st)  # _rotate_quant: (tokens per program, warps,
+           for t, w, st in ((2, 4, 2), (4, 4, 2), (4, 8, 2), (8, 8, 3), (4, 8, 3), (2, 8, 3), (8, 4, 2), (1, 8, 1))]
+# stages), each the H100 autotuner's choice somewhere; one stage fits fp32 x at Dream's 18944. Timed in a CUDA graph:
+# with their launches, LLaDA at M = 512 had got (4, 8, 3), 12.4 µs, over (2, 4, 2), 10.7 µs in a graph.
+
+
+def _time_in_graph(f, quantiles):
+    from triton.testing import do_bench_cudagraph
+    return do_bench_cudagraph(f, quantiles=quantiles)
+
+
+_tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "K", "FMT"], do_bench=_time_in_graph)(_rotate_quant)
 
 
 def quantize(x, fmt, clip=1.0, rotation=None, config=None):

@@ -9,13 +9,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # sample.py holds Graphed (a step's forward replayed from a CUDA graph).
 # core.py holds both stored formats (QLinear's integer grid, Quant-dLLM's binary residual), the online rotation and
 # QLinear's dispatch to the Triton kernels, the FP8 format and cache_weights() (faster scoring). A kernel file
-# holds its format, twin, kernel, wrapper and benchmark; act_quant.py also the token sums of its two kernels. bench.py
-# times every quantized format eagerly and compiled.
+# holds its format, twin, kernel, wrapper and benchmark; act_quant.py also the token sums of its two kernels and a
+# twin of its rotation's bf16 intermediate. bench.py times every quantized format eagerly and compiled.
 BUDGETS = {"model.py": 455, "sample.py": 330, "bench.py": 270, "train.py": 300, "eval.py": 400,
            "calibrate.py": 300, "sandbox.py": 150, "data/prepare.py": 200,
            "data/prepare_code.py": 150, "tools/gguf_to_dream.py": 250, "quantizers/core.py": 420,
            **{f"kernels/{k}.py": 300 for k in ("wq_gemm", "wq_factored", "wa_gemm", "ops")},
-           "kernels/act_quant.py": 320, "quantizers/rtn.py": 250, "quantizers/gptq.py": 250, "quantizers/awq.py": 250,
+           "kernels/act_quant.py": 330, "quantizers/rtn.py": 250, "quantizers/gptq.py": 250, "quantizers/awq.py": 250,
            **{f"quantizers/{m}.py": 250 for m in ("smoothquant", "quarot", "duquant", "dllmquant", "quantdllm")}}
 
 

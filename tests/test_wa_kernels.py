@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from triton.runtime.errors import OutOfResources
 
 import calibrate as C
 from kernels import act_quant, wa_gemm, wq_gemm
@@ -63,25 +64,47 @@ def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused)
     assert (act_quant.hadamard_form(rot) is not None) == fused
     runs = [(torch.bfloat16, c) for c in act_quant.CONFIGS] + [(torch.float16, None), (torch.float32, None)]
     for dtype, config in runs if fused else runs[:1]:  # (torch rotates: the config does not matter)
-        check_hadamard(n, fmt, fused, rot, torch.randn(5, n, device=DEVICE).to(dtype), config)
+        try:
+            check_hadamard(n, fmt, fused, rot, torch.randn(5, n, device=DEVICE).to(dtype), config)
+        except OutOfResources:  # this config's tiles at this width outgrow the GPU's shared memory (Dream's 18944 with
+            assert DEVICE == "cuda" and config is not None  # some): the autotuner leaves it out too
 
 
 def check_hadamard(n, fmt, fused, rot, x, config):
     q, s, sums = act_quant.quantize(x, fmt, 1.0, rot, config)
     assert fmt == "fp8" or torch.equal(sums, value_sums(q, fmt, n))
-    if not fused:
+    if fused:  # the twin rounds X H_C to bf16 as the kernel does; fp32 sums in another order may move a rare code
+        ref_q, ref_s, _ = act_quant.reference(x, fmt, 1.0, rot)
+        assert torch.allclose(s, ref_s, rtol=1e-5)
+        assert (codes(q, fmt) != codes(ref_q, fmt)).float().mean().item() < 0.01
+    else:
         ref_q, ref_s, _ = act_quant.reference(rot(x), fmt, 1.0)
         assert torch.equal(s, ref_s) and torch.equal(codes(q, fmt), codes(ref_q, fmt))
     dense = x.double() @ orthogonal(n, None).to(DEVICE)
     ref_q, ref_s, _ = act_quant.reference(dense.float(), fmt, 1.0)
-    assert torch.allclose(s, ref_s, rtol=3e-5 if fused else 1e-2)  # (fused: 16-bit operands in the second product)
-    if fused:  # sums in another order, and those 16 bits, move a few values across a rounding boundary
-        assert (codes(q, fmt) != codes(ref_q, fmt)).float().mean().item() < 0.01
+    assert torch.allclose(s, ref_s, rtol=1e-2)  # (the rounding to bf16 before the second product, or torch's own)
     d, ref_d = act_quant.dequantize(q, s, fmt, n), act_quant.dequantize(ref_q, ref_s, fmt, n)
-    step = (32.0 if fmt == "fp8" else 1.0) * ref_s[:, None]  # one code apart (e4m3: its widest step; two after a
-    step = step if fused else 2 * step  # rotation in x's dtype, which moves values by up to a code), plus what the
-    slack = ref_d.abs() * ((s - ref_s).abs() / ref_s)[:, None]  # scale's own difference moves
+    step = (32.0 if fmt == "fp8" else 1.0) * torch.maximum(s, ref_s)[:, None]  # one code apart (e4m3: its widest
+    step = step if fused else 2 * step  # step; two after a rotation in x's dtype, which moves values by up to a
+    slack = ref_d.abs() * ((s - ref_s).abs() / ref_s)[:, None]  # code), plus what the scale's own difference moves
     assert ((d - ref_d).abs() <= (step + slack) * 1.001).all()
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
+def test_fused_rotation_moves_fewer_codes_than_torch_in_bf16(fmt, n=3072, tokens=32):
+    """Against the codes of an exact (float64) rotation, the kernel's (X H_C rounded to bf16) must move fewer than
+    the rotation the eager bf16 model runs, torch's in bf16, which rounds after H_b and again after the mix H_m
+    (H100, LLaDA / Dream widths: 4-6% against 7%). (Without a mix, m = 1, torch rounds once: 2.4% at 4096.)"""
+    rot = online_hadamard(n, torch.float32).to(DEVICE)
+    assert rot.mix is not None
+    x = torch.randn(tokens, n, device=DEVICE)
+    x[:, torch.randperm(n)[:4]] *= 30  # a few outlier channels, as down_proj's inputs have
+    x = x.bfloat16()
+    exact, _, _ = act_quant.reference(x.double() @ orthogonal(n, None).to(DEVICE), fmt)
+    moved = lambda q: (codes(q, fmt) != codes(exact, fmt)).float().mean().item()  # noqa: E731
+    kernel, torch_bf16 = moved(act_quant.quantize(x, fmt, 1.0, rot)[0]), moved(act_quant.reference(rot(x), fmt)[0])
+    print(f"{fmt}: codes moved from the exact rotation's: kernel {kernel:.2%}, torch in bf16 {torch_bf16:.2%}")
+    assert 0 < kernel < torch_bf16
 
 
 def layer(N, K, fmt, sym, dtype, bias=True):
@@ -216,6 +239,8 @@ def test_real_shapes_autotuned(N, K):
 @pytest.mark.parametrize("n,fused", [(12288, True), (18944, True), (4096, True)])
 def test_real_online_hadamards(n, fused):
     test_online_hadamard_in_the_quantizer_equals_the_dense_matrix("int8", n, fused)
+    for fmt in ("fp8", "int8") if n != 4096 else ():  # (4096 = H_4096 alone: no mix)
+        test_fused_rotation_moves_fewer_codes_than_torch_in_bf16(fmt, n, 64)
 
 
 @pytest.mark.gpu
