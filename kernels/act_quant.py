@@ -21,8 +21,8 @@ H_b = H_(b/C) (x) H_C, a token is an (R, C) tile X (R = K / C rows, C <= 128) an
 B = H_m (x) H_(b/C) (LLaDA-8B's 12288: C = 128, B 96 x 96; Dream-7B's 18944: B 148 x 148). Every matrix holds +-1,
 exact in bf16, and the constant 1 / sqrt(m b) comes last. The first product takes x as it is (exact products, fp32
 sums); its result Z = X H_C is rounded to bf16 for the second, and the twin rounds it too. Against an exact
-rotation, that moves 4-6% of int8 / fp8 codes one step, fewer than torch's own rotation of bf16 x moves (7%: it
-rounds after H_b and after the mix), which QLinear runs off the kernels (tests/test_wa_kernels.py checks it).
+rotation, that moves 4-6% of int8 / fp8 codes one step, fewer than torch's own rotation of bf16 x with a mix moves
+(7%: it rounds after H_b and after the mix), which QLinear runs off the kernels (tests/test_wa_kernels.py checks it).
 Sent as two bf16 halves instead (1e-4 of codes moved), Z made the rotation add 11-21% of the down projection's FP8
 GEMM time on the H100, against 1-8% now (results/wa_gemm_h100.md).
 Any other rotation (DuQuant's, blocks under 16 channels) is applied by torch in x's dtype before the kernel

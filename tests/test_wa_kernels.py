@@ -93,8 +93,8 @@ def check_hadamard(n, fmt, fused, rot, x, config):
 @pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
 def test_fused_rotation_moves_fewer_codes_than_torch_in_bf16(fmt, n=3072, tokens=32):
     """Against the codes of an exact (float64) rotation, the kernel's (X H_C rounded to bf16) must move fewer than
-    the rotation the eager bf16 model runs, torch's in bf16, which rounds after H_b and again after the mix H_m
-    (H100, LLaDA / Dream widths: 4-6% against 7%). (Without a mix, m = 1, torch rounds once: 2.4% at 4096.)"""
+    torch's rotation of bf16 x, which QLinear runs off the kernels and which rounds after H_b and again after the
+    mix H_m (H100, LLaDA / Dream widths: 4-6% against 7%). (Without a mix, m = 1, torch rounds once: 2.4% at 4096.)"""
     rot = online_hadamard(n, torch.float32).to(DEVICE)
     assert rot.mix is not None
     x = torch.randn(tokens, n, device=DEVICE)
