@@ -24,7 +24,6 @@ Prints a markdown report (and writes it to --out). With matplotlib installed (op
 writes PNG figures next to --out: max |x| per block and input, a channel x token heat map of the worst input, and
 the error against the step.
 """
-import importlib
 import os
 import sys
 from dataclasses import dataclass
@@ -33,11 +32,12 @@ import torch
 import torch.nn.functional as F
 
 import calibrate as C
-from calibrate import opt
-from model import load, load_tokenizer, parse, run_cli
-from quantizers.core import BlockInputs, input_stats
+from cli import InputError, opt, parse, run_cli
+from model import load, load_tokenizer
+from quantizers.walk import BlockInputs, input_stats
 from sample import DEFAULT_MODEL, generate
 
+OUTLIER_TRANSFORMS = [n for n in C.TRANSFORMS if C.METHODS[n].ACTIVATIONS]  # smoothquant, quarot, duquant
 INPUTS = {"attn_in": "attn.q_proj", "o_in": "attn.o_proj", "mlp_in": "mlp.gate_proj", "down_in": "mlp.down_proj"}
 
 
@@ -45,7 +45,7 @@ INPUTS = {"attn_in": "attn.q_proj", "o_in": "attn.o_proj", "mlp_in": "mlp.gate_p
 class Args:
     model: str = opt(DEFAULT_MODEL, "float checkpoint to look at")
     quantized: str = opt("", "quantized checkpoint of the same model: adds the error-across-steps report")
-    method: str = opt("", "also show the outliers after this transform: smoothquant, quarot or duquant")
+    method: str = opt("", f"also show the outliers after this transform: {', '.join(OUTLIER_TRANSFORMS)}")
     nsamples: int = opt(16, "calibration windows for the outlier statistics")
     seqlen: int = opt(256, "tokens per window")
     calib_data: str = opt(C.Args.calib_data, "text the windows come from")
@@ -92,10 +92,10 @@ def outlier_table(model, calib, args):
 
 
 def transformed(model, calib, method, seed):
-    """The model after `method`'s float transform only (the rounding step is skipped: the function is unchanged)."""
-    a = C.Args(method=f"{method},gptq", bits=4, device="cpu", seed=seed)
+    """The model after `method`'s float transform only (no rounder follows: the function is unchanged)."""
+    a = C.Args(method=method, bits=4, device="cpu", seed=seed)
     C.resolve(a)
-    importlib.import_module(f"quantizers.{method}").quantize(model, calib, a)
+    C.METHODS[method].quantize(model, calib, a)
     return model
 
 
@@ -193,8 +193,8 @@ def figures(tables, records, path):
 
 
 def analyze(args):
-    if args.method and args.method not in ("smoothquant", "quarot", "duquant"):
-        raise C.InputError(f"--method {args.method!r}: expected smoothquant, quarot or duquant")
+    if args.method and args.method not in OUTLIER_TRANSFORMS:
+        raise InputError(f"--method {args.method!r}: expected {', '.join(OUTLIER_TRANSFORMS)}")
     model, tok = load(args.model), load_tokenizer(args.model)
     cargs = C.Args(model=args.model, nsamples=args.nsamples, seqlen=args.seqlen, calib_data=args.calib_data,
                    seed=args.seed)

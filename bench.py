@@ -83,7 +83,8 @@ FORMATS = {"bf16": None, "W4A16 g128": dict(bits=4, group_size=128), "W8A8-FP8":
 @torch.no_grad()
 def quantize_random(model, cfg):
     """Swap every Linear of the blocks for a QLinear with settings cfg, one layer at a time on the GPU."""
-    from quantizers.core import LINEARS, QLinear, fit_grid, fp8_grid, quantize, swap
+    from quantizers.core import LINEARS, QLinear, swap
+    from quantizers.format import fit_grid, fp8_grid, quantize
     from quantizers.quarot import online_hadamard
     cfg = {"group_size": -1, "sym": False, "act_bits": 16, "fp8": False, **cfg}
     for block in model.blocks:
@@ -108,6 +109,7 @@ def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256
     with each block compiled (sample.py --compile; kernels/ops.py), each against bf16 run the same way; the
     generation both launched from Python and replayed from CUDA graphs (sample.py --cuda_graph)."""
     from triton.testing import do_bench, do_bench_cudagraph
+
     from quantizers.core import model_bytes
     from sample import Graphed, generate
     dev = torch.device("cuda")
@@ -168,17 +170,16 @@ def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256
 def gptq_bench(nsamples=128, seqlen=2048):
     """GPTQ W4 g128 of an LLaDA-8B-shaped model with random bf16 weights, calibrated block by block on the GPU
     while the weights wait on the host (calibrate.py's path): wall time and peak GPU memory."""
-    from types import SimpleNamespace
+    from calibrate import Args
     from quantizers import gptq
-    from quantizers.core import Calib
+    from quantizers.walk import Calib
     args = SHAPES["LLaDA-8B"]
     torch.manual_seed(0)
     model = random_model(args, "cuda").to("cpu")  # random numbers are fast on the GPU; the weights live on the host
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     tokens = torch.randint(0, args.vocab_size, (nsamples, seqlen))
-    settings = SimpleNamespace(wbits=4, group_size=128, sym=False, damp=0.01, act_order=False, abits=16, a_sym=True,
-                               a_clip=1.0, device="cuda")
+    settings = Args(method="gptq", wbits=4, group_size=128, device="cuda")
     t0 = time.time()
     gptq.quantize(model, Calib(tokens, torch.zeros_like(tokens, dtype=torch.bool)), settings)
     minutes = (time.time() - t0) / 60

@@ -23,34 +23,51 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields, make_dataclass
 
 import torch
 
-from model import InputError, load, load_tokenizer, parse, run_cli, save
-from quantizers.core import LINEARS, BinaryLinear, Calib, QLinear, group_width, model_bytes
+from cli import InputError, opt, parse, run_cli
+from model import load, load_tokenizer, save
+from quantizers.core import LINEARS, BinaryLinear, QLinear, model_bytes
+from quantizers.format import group_width
+from quantizers.walk import Calib
 from sample import DEFAULT_MODEL, generate
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-WEIGHT_ACTIVATION = {"smoothquant", "quarot", "duquant", "dllmquant"}  # --bits N: W{N}A{N} for these, else W{N}A16
 BUCKETS = [(0.0, 0.25, 0.3), (0.25, 0.5, 0.2), (0.5, 0.75, 0.2), (0.75, 1.01, 0.3)]  # TMAS: mask ratio, share
 
 
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
+def find_methods():
+    """Every quantizers/<name>.py that declares its KIND, by name: a new method is found by adding its file.
+    A method declares KIND ("transform": changes the float weights, the float function kept; "rounder": replaces
+    the Linears) and ACTIVATIONS (whether --bits N means W{N}A{N}), and may own flags (a dataclass Flags) and a
+    resolve(args) that fills their automatic values and checks them."""
+    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "quantizers")) if f.endswith(".py"))
+    methods = {}
+    for name in names:
+        module = importlib.import_module(f"quantizers.{name}")
+        kind = getattr(module, "KIND", None)
+        if kind not in (None, "transform", "rounder"):
+            raise ValueError(f"quantizers/{name}.py: KIND = {kind!r}, expected 'transform' or 'rounder'")
+        if kind is not None:
+            methods[name] = module
+    return methods
 
 
-def available_methods():
-    files = os.listdir(os.path.join(ROOT, "quantizers"))
-    return sorted(f[:-3] for f in files if f.endswith(".py") and f != "core.py")
+METHODS = find_methods()
+TRANSFORMS, ROUNDERS = ([n for n, m in METHODS.items() if m.KIND == k] for k in ("transform", "rounder"))
 
 
 @dataclass
-class Args:
+class Shared:
+    """The flags every method reads. Args below adds each method's own flags (its Flags dataclass)."""
     model: str = opt(DEFAULT_MODEL, "checkpoint folder to quantize")
     out: str = opt("out/quantized", "output checkpoint folder (written complete, then renamed into place)")
-    method: str = opt("rtn", f"comma-separated, applied in order: {', '.join(available_methods())}")
-    bits: int = opt(0, "shorthand: W{bits}A16 for weight-only methods, W{bits}A{bits} for smoothquant/quarot/duquant")
+    method: str = opt("rtn", f"comma-separated, applied in order: transforms ({', '.join(TRANSFORMS)}), then at most "
+                             f"one rounder ({', '.join(ROUNDERS)}); a chain that ends in a transform is rounded by rtn")
+    bits: int = opt(0, "shorthand: W{bits}A{bits} when a method of the chain quantizes activations (smoothquant, "
+                       "quarot, duquant, dllmquant), else W{bits}A16; 0 = use --wbits / --abits")
     wbits: int = opt(4, "weight bits, 2-8; 16 leaves the weights in float")
     abits: int = opt(16, "activation bits (per-token dynamic), 4-8; 16 = no activation quantization")
     group_size: int = opt(0, "input channels per weight scale; -1 = one per output channel; 0 = 128 for weight-only "
@@ -59,24 +76,12 @@ class Args:
     sym: bool = opt(False, "symmetric weight grid (zero point fixed at 2^(bits-1)); default asymmetric")
     a_sym: bool = opt(True, "symmetric activation grid")
     fp8: bool = opt(False, "W8A8 in FP8: e4m3 weights per output channel, e4m3 activations per token (with --bits 8 "
-                           "and a method that rounds by RTN: rtn, smoothquant, quarot, duquant, awq)")
+                           "and a chain that rounds by RTN: rtn, or transforms only)")
     a_clip: float = opt(1.0, "activation clipping ratio of each token's range")
     w_clip: float = opt(1.0, "weight clipping ratio of each group's range (DuQuant used 0.8)")
-    alpha: float = opt(0.5, "SmoothQuant / DuQuant migration strength: s = max|X|^alpha / max|W|^(1-alpha)")
-    block_size: int = opt(128, "DuQuant: channels per rotation block (lowered to a divisor of the width)")
-    rotation_steps: int = opt(256, "DuQuant: greedy rotation steps per block")
     v_bits: int = opt(0, "bits of the attention values V, per channel over the tokens (the V of softmax(P) V); "
                          "0 = --abits with dllmquant, else 16 (off)")
-    cgq_visible: float = opt(0.7, "DLLMQuant CGQ: Hessian weight of a visible token (masked ones weigh about 1)")
-    cgq_beta: float = opt(0.5, "DLLMQuant CGQ: a masked token weighs (1 - beta) + 2 beta x the model's confidence")
-    iaaq_grid: int = opt(11, "DLLMQuant IA-AQ: clipping factors of V tried, evenly spaced in [0.5, 1]")
-    abmp_k: float = opt(-1.0, "Quant-dLLM ABMP: share of column groups one bit above, and one below, --wbits "
-                              "(-1: 0.05 for LLaDA, 0.10 for Dream)")
-    daq_iters: int = opt(10, "Quant-dLLM DAQ: rounds of scale refits and joint re-binarisation")
-    daq_lambda: float = opt(2.0, "Quant-dLLM DAQ: loss weight of the 3-sigma outliers of the importance Z")
-    daq_compensate: str = opt("column", "Quant-dLLM: GPTQ-style error compensation per column, or per group only")
-    damp: float = opt(0.01, "GPTQ (and Quant-dLLM): damping as a fraction of mean(diag H)")
-    act_order: bool = opt(False, "GPTQ: quantize columns in order of decreasing H_jj (static groups)")
+    damp: float = opt(0.01, "GPTQ, DLLMQuant, Quant-dLLM: damping of the Hessian as a fraction of mean(diag H)")
     nsamples: int = opt(128, "calibration sequences")
     seqlen: int = opt(256, "tokens per calibration sequence (the study used 2048 for GPTQ, 512 for AWQ)")
     calib_data: str = opt(os.path.join(ROOT, "data", "wiki_calib.txt.gz"),
@@ -90,38 +95,82 @@ class Args:
     dtype: str = opt("auto", "model dtype: float32, bfloat16 (auto: bfloat16 on cuda, float32 on cpu)")
 
 
+def with_method_flags(shared):
+    """The dataclass of every flag: the shared ones, then each method's own, listed under its name in --help."""
+    specs, owner = [], {}
+    for name, cls in [(None, shared)] + [(n, m.Flags) for n, m in METHODS.items() if hasattr(m, "Flags")]:
+        for f in fields(cls):
+            if f.name in owner:
+                raise ValueError(f"quantizers/{name}.py: flag --{f.name} is already defined by {owner[f.name]}")
+            owner[f.name] = "calibrate.py" if name is None else f"quantizers/{name}.py"
+            group = None if name is None else f"{name} (quantizers/{name}.py)"
+            specs.append((f.name, f.type, opt(f.default, f.metadata.get("help", ""), group)))
+    return make_dataclass("Args", specs, namespace={"__doc__": "calibrate.py's settings: every flag, by name."})
+
+
+Args = with_method_flags(Shared)
+
+
+def chain_of(method):
+    """--method as the list of methods to run: transforms, then at most one rounder, last; a chain that ends in a
+    transform gets rtn appended. Anything else is refused in one line."""
+    names = method.split(",")
+    for name in names:
+        if name not in METHODS:
+            raise InputError(f"--method {name!r} is unknown (available: {', '.join(METHODS)})")
+    for name in names[:-1]:
+        if METHODS[name].KIND == "rounder":
+            raise InputError(f"--method {method}: {name} is a rounder, so it must come last (a chain is transforms, "
+                             f"{', '.join(TRANSFORMS)}, then at most one rounder, {', '.join(ROUNDERS)})")
+    return names if METHODS[names[-1]].KIND == "rounder" else names + ["rtn"]
+
+
 def resolve(args):
     """Resolve --bits and the auto values; refuse bad flags with one line naming the flag."""
-    methods, known = args.method.split(","), available_methods()
-    for m in methods:
-        if m not in known:
-            raise InputError(f"--method {m!r} is unknown (available: {', '.join(known)})")
+    chain = chain_of(args.method)
+    activations = any(getattr(METHODS[m], "ACTIVATIONS", False) for m in chain)
     if args.bits:
-        args.wbits, args.abits = args.bits, args.bits if WEIGHT_ACTIVATION & set(methods) else 16
+        args.wbits, args.abits = args.bits, args.bits if activations else 16
     if args.group_size == 0:
-        args.group_size = -1 if WEIGHT_ACTIVATION & set(methods) or args.fp8 else 128
+        args.group_size = -1 if activations or args.fp8 else 128
     if not (2 <= args.wbits <= 8 or args.wbits == 16):
         raise InputError(f"--wbits {args.wbits} is out of range (2-8, or 16 to leave the weights in float)")
     if not (4 <= args.abits <= 8 or args.abits == 16):
         raise InputError(f"--abits {args.abits} is out of range (4-8, or 16 for no activation quantization)")
+    for name in dict.fromkeys(chain):  # each method fills its own automatic values and checks its own flags
+        if hasattr(METHODS[name], "resolve"):
+            METHODS[name].resolve(args)
     if args.v_bits == 0:
-        args.v_bits = args.abits if "dllmquant" in methods else 16
+        args.v_bits = 16
     if not (4 <= args.v_bits <= 8 or args.v_bits == 16):
         raise InputError(f"--v_bits {args.v_bits} is out of range (4-8, or 16 to leave V in float)")
     if args.wbits == 16 and args.abits < 16:
         raise InputError(f"--abits {args.abits} with --wbits 16: activation-only quantization is not supported")
-    if args.fp8 and (args.wbits != 8 or args.abits not in (8, 16) or args.group_size != -1
-                     or methods[-1] in ("gptq", "quantdllm", "dllmquant")):
-        raise InputError(f"--fp8 needs --wbits 8, --abits 8 or 16, --group_size -1 and a method that rounds by RTN, "
+    if args.fp8 and (args.wbits != 8 or args.abits not in (8, 16) or args.group_size != -1 or chain[-1] != "rtn"):
+        raise InputError(f"--fp8 needs --wbits 8, --abits 8 or 16, --group_size -1 and a chain that rounds by RTN, "
                          f"not W{args.wbits}A{args.abits} g{args.group_size} {args.method}")
-    if args.daq_compensate not in ("column", "group"):
-        raise InputError(f"--daq_compensate {args.daq_compensate!r} is unknown (expected column or group)")
     if args.calib_mode not in ("clean", "masked", "trajectory"):
         raise InputError(f"--calib_mode {args.calib_mode!r} is unknown (expected clean, masked or trajectory)")
     args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     if args.dtype not in ("float32", "bfloat16"):
         raise InputError(f"--dtype {args.dtype!r} is unknown (expected float32 or bfloat16)")
+
+
+def run_methods(model, calib, args):
+    """Apply the chain in order. A transform followed by RTN (written or appended) rounds each block by RTN as soon
+    as it has transformed it, so the next block's statistics come from the quantized blocks before it (as the
+    transforms' RTN rows of the study run); before another rounder, a transform walks every block in float first."""
+    chain, i = chain_of(args.method), 0
+    while i < len(chain):
+        method = METHODS[chain[i]]
+        fused = method.KIND == "transform" and chain[i + 1:] == ["rtn"]
+        print(f"--- {chain[i]}" + (", then rtn block by block" if fused else ""), flush=True)
+        if fused:
+            method.quantize(model, calib, args, round_block=METHODS["rtn"].round_block)
+        else:
+            method.quantize(model, calib, args)
+        i += 2 if fused else 1
 
 
 def check(args, model):
@@ -225,7 +274,8 @@ def calibration(args, model, tok):
 
 def heldout_nll(model, tok, args):
     """Masked-diffusion NLL on held-out Wikipedia (eval.py's scorer, fixed masks), on args.device."""
-    from eval import Args as EvalArgs, wiki_nll
+    from eval import Args as EvalArgs
+    from eval import wiki_nll
     home = next(model.parameters()).device
     model.to(args.device)
     result = wiki_nll(model, tok, EvalArgs(limit=args.nll_windows, seq_len=min(256, model.args.max_seq_len), mc=2,
@@ -265,9 +315,8 @@ def calibrate(args):
           f"{calib.masked.float().mean().item():.0%} masked", flush=True)
     before = heldout_nll(model, tok, args) if args.nll_windows and tok else None
     float_bytes = model_bytes(model)
-    for name in args.method.split(",") if args.wbits < 16 else []:  # --wbits 16: the weights stay as they are
-        print(f"--- {name}", flush=True)
-        importlib.import_module(f"quantizers.{name}").quantize(model, calib, args)
+    if args.wbits < 16:  # --wbits 16: the weights stay as they are
+        run_methods(model, calib, args)
     for block in model.blocks if args.v_bits < 16 else []:  # V at --v_bits for methods that leave it alone
         if isinstance(block.attn.v_proj, QLinear) and block.attn.v_proj.out_bits == 16:
             block.attn.v_proj.out_bits = args.v_bits

@@ -30,13 +30,14 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from cli import InputError, opt, parse, run_cli
 from data.prepare import ANSWER_WIDTH, arithmetic
-from model import InputError, load, load_tokenizer, parse, run_cli
+from model import load, load_tokenizer
 from quantizers.core import cache_weights
 from sample import DEFAULT_MODEL, generate, pad_left
 from train import diffusion_loss
@@ -46,10 +47,6 @@ GEN = {"gsm8k": (4, 256, 256, 32), "humaneval": (0, 512, 512, 32), "mbpp": (3, 5
        "arithmetic": (0, ANSWER_WIDTH, ANSWER_WIDTH, ANSWER_WIDTH)}  # task: few-shot, gen_length, steps, block
 STOP = {"gsm8k": ["Question:"], "humaneval": ["\nclass", "\ndef", "\n#", "\nif", "\nprint"],  # lm-eval's
         "mbpp": ["[DONE]"], "arithmetic": ["\n"]}
-
-
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

@@ -12,23 +12,17 @@ Papers: LLaDA (Nie et al. 2025, arXiv:2502.09992), Dream 7B (Ye et al. 2025, arX
 
     model = load("tests/fixtures/llada-tiny"); logits = model(ids)      # ids (B, T) -> (B, T, vocab)
 """
-import argparse
 import json
 import os
-import sys
-import types
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
-
-class InputError(ValueError):
-    """Bad input from the user (a file, a config key, a flag). Entry scripts print it as one line."""
-
+from cli import InputError
 
 # Canonical module name -> module name in the family's safetensors files ({i}: block index).
 LAYOUTS = {
@@ -353,7 +347,7 @@ def tensor_files(path):
     if not os.path.isfile(single):
         raise InputError(f"{path}: no model.safetensors and no model.safetensors.index.json")
     with _open(single) as f:
-        return {k: single for k in f.keys()}
+        return dict.fromkeys(f.keys(), single)
 
 
 @torch.no_grad()
@@ -420,36 +414,3 @@ def save(model, path, metadata=None):
         json.dump(model.args.to_config(), f, indent=2)
     os.replace(out + ".tmp", out)
     os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))
-
-
-# ----------------------------------------------------------------------------------------------- command line
-def parse(cls, argv=None, doc=None):
-    """Each dataclass field becomes --name with the same type and default; `help` comes from field metadata."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=_HelpFormatter)
-    for f in fields(cls):
-        extra = {"nargs": "?", "const": True} if f.type is bool else {}  # `--flag` alone means true
-        p.add_argument(f"--{f.name}", type=_flag_type(f.type), default=f.default,
-                       help=f.metadata.get("help", ""), **extra)
-    return cls(**vars(p.parse_args(argv)))
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the docstring's layout and show every flag's default."""
-
-
-def _flag_type(kind):
-    if kind is bool:
-        return lambda s: s.lower() in ("1", "true", "yes")
-    if isinstance(kind, types.UnionType):  # `int | None`: the word none gives None
-        inner = next(k for k in kind.__args__ if k is not type(None))
-        return lambda s: None if s.lower() == "none" else inner(s)
-    return kind
-
-
-def run_cli(main):
-    """Run an entry script's main(); bad input prints one line `error: ...` and exits with status 2."""
-    try:
-        main()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -17,13 +17,14 @@ Both run on any model here (logits come aligned from model.py); Dream's algorith
     python sample.py --model DIR --prompt "Why is the sky blue?" --chat
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from model import InputError, load, load_tokenizer, parse, run_cli
+from cli import InputError, opt, parse, run_cli
+from model import load, load_tokenizer
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny-llada")  # bundled
 LLADA_ALGS = ("low_confidence", "random")
@@ -35,10 +36,6 @@ CHAT = {
     "dream": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
              "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n",
 }
-
-
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

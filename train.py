@@ -20,17 +20,14 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import InputError, Model, ModelArgs, load, parse, run_cli, save, special_ids
-
-
-def opt(default, help):
-    return field(default=default, metadata={"help": help})
+from cli import InputError, opt, parse, run_cli
+from model import Model, ModelArgs, load, save, special_ids
 
 
 @dataclass

@@ -7,56 +7,67 @@ Format (`reference` below is the pure-torch twin that defines it). Each token (r
 and its values v = x / s become
   fp8   e4m3 (QMAX 448), round to nearest even, saturated: (M, K) torch.float8_e4m3fn;
   int8  clamp(round(v), -128, 127) (QMAX 127): (M, K) int8;
-  int4  clamp(round(v), -8, 7) (QMAX 7), stored as codes v + 8 packed by quantizers/core.pack (8 to an int32
+  int4  clamp(round(v), -8, 7) (QMAX 7), stored as codes v + 8 packed by quantizers/format.pack (8 to an int32
         word, code j in bits 4j .. 4j + 3, chunks of 32 channels padded with code 0): (M, ceil(K / 32) * 4) int32.
 The integer formats also give each token's sum of its values, sum_k v_k, (M,) int32: the GEMM's zero-point
-correction needs it (kernels/wa_gemm.py), and it costs nothing here, where the values are made.
-The integer grids are exactly core.quantize_tokens' symmetric grid (clip < 1 saturates at -2^(b-1) and 2^(b-1) - 1),
-so a dequantized int8/int4 output equals the fake quantization the torch model applies. Scales are (M,) float32.
+correction needs it (kernels/wa_gemm.py), and it costs nothing here, where the values are made. The integer grids
+are exactly format.quantize_tokens' symmetric grid, so a dequantized int8 / int4 output equals the fake quantization
+the torch model applies. Scales are (M,) float32.
 
-Rotation. QuaRot's online Hadamard of the down projection is x -> x (H_m (x) H_b) / sqrt(m b) (quantizers/quarot.py
-builds it as a core.Rotation: a shared Sylvester H_b / sqrt(b) on each of the m blocks of b channels, then the mix
-H_m / sqrt(m) across blocks). Its kernel (_rotate_quant) runs it as two tensor-core products per token: with
-H_b = H_(b/C) (x) H_C, a token is an (R, C) tile X (R = K / C rows, C <= 128) and X -> B^T X H_C with
-B = H_m (x) H_(b/C) (LLaDA-8B's 12288: C = 128, B 96 x 96; Dream-7B's 18944: B 148 x 148). Every matrix holds +-1,
-exact in bf16, and the constant 1 / sqrt(m b) comes last. The first product takes x as it is (exact products, fp32
-sums); its result Z = X H_C is rounded to bf16 for the second, and the twin rounds it too. Against an exact
-rotation, that moves 4-6% of int8 / fp8 codes one step, fewer than torch's own rotation of bf16 x with a mix moves
-(7%: it rounds after H_b and after the mix), which QLinear runs off the kernels (tests/test_wa_kernels.py checks it).
-Sent as two bf16 halves instead (1e-4 of codes moved), Z made the rotation add 11-21% of the down projection's FP8
-GEMM time on the H100, against 1-8% now (results/wa_gemm_h100.md).
-Any other rotation (DuQuant's, blocks under 16 channels) is applied by torch in x's dtype before the kernel
-quantizes. Without a rotation, a token is read in chunks (_quant_rows), twice: once for its scale, once to encode.
+How the work is laid out (a Triton program is one thread block; it handles a tile of the data in registers):
+  _quant_rows      one program per token, no rotation. It reads the token in chunks of CHUNK channels twice: a
+                   first pass for max|x|, a second that scales, rounds and stores the codes (the chunk is still in
+                   L2 by then). int4 codes of 8 neighbouring channels are shifted into one word as they are stored.
+  _rotate_quant    QuaRot's rotation x -> x (H_m (x) H_b) / sqrt(m b), for TOKENS tokens per program, as two
+                   tensor-core products per token. With H_b = H_(b/C) (x) H_C, a token of K = R C channels is an
+                   (R, C) tile X (C <= 128; LLaDA-8B's 12288: R = 96, Dream-7B's 18944: R = 148), and
+                   x H = B^T X H_C with B = H_m (x) H_(b/C) (R, R). The program holds X transposed, X^T (C, R), so
+                   Z^T = H_C X^T is the first product and Z^T B the second, whose left operand stays in registers.
+                   Every matrix holds +-1, exact in bf16; 1 / sqrt(m b) is applied last. Z is rounded to bf16 for the
+                   second product (the twin rounds it too): against an exact rotation that moves a few percent of
+                   the codes one step, fewer than torch's own rotation of bf16 x (tests/test_wa_kernels.py). Rows
+                   past a power of two (148 = 128 + 20) go in a second tile padded to 32.
+Any other rotation (DuQuant's, blocks under 16 channels) is applied by torch before this kernel (quantizers/core.py
+decides); `fused_form` says which rotations the fused kernel takes.
 
     python -m kernels.act_quant         # on a GPU: check against the twin, then time with and without the rotation
 """
-import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
-from quantizers.core import pack, unpack
+from kernels.shims import INTERPRET, dot, rint, round_bf16, round_fp8
+from quantizers.format import pack, unpack
+from quantizers.hadamard import hadamard_factors, sylvester
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 QMAX = {"fp8": 448.0, "int8": 127.0, "int4": 7.0}
 FMT = {"fp8": 0, "int8": 1, "int4": 2}
 
 
-def reference(x, fmt, clip=1.0, rotation=None):
+class Form(NamedTuple):
+    """A rotation as _rotate_quant takes it: a token is an (R, C) tile, R = R0 (+ R1P padded rows); x -> B^T X H_C
+    times norm. H (C, C) and B (R0 + R1P, R0 + R1P) hold +-1 in bf16."""
+    C: int
+    R0: int
+    R1P: int
+    norm: float
+    H: torch.Tensor
+    B: torch.Tensor
+
+    def to(self, device):
+        return self._replace(H=self.H.to(device), B=self.B.to(device))
+
+
+def reference(x, fmt, clip=1.0, form=None):
     """The pure-torch twin: x (..., K) -> (codes, scales (M,) float32, sums (M,) int32 or None for fp8), M the
-    number of tokens. QuaRot's Hadamard is applied as the kernel does it (above); any other rotation in fp32, where
-    `quantize` applies it in x's dtype, so there it equals reference(rotation(x))."""
+    number of tokens. With a form, x is rotated first as the kernel does it (above)."""
     x = x.reshape(-1, x.shape[-1]).float()
-    form = hadamard_form(rotation)
     if form is not None:
-        C, R0, R1P, norm, H, B = form
-        R = x.shape[1] // C
-        z = (x.view(-1, R, C) @ H.to(x.device).float()).bfloat16().float()  # X H_C, rounded as in the kernel
-        x = (B[:R, :R].to(x.device).float().T @ z).view(x.shape) * norm
-    elif rotation is not None:
-        x = rotation(x)  # a Rotation casts its matrices to x's dtype: fp32 here
+        R = x.shape[1] // form.C
+        z = (x.view(-1, R, form.C) @ form.H.to(x.device).float()).bfloat16().float()  # X H_C, rounded as the kernel
+        x = (form.B[:R, :R].to(x.device).float().T @ z).view(x.shape) * form.norm
     s = x.abs().amax(-1) * clip / QMAX[fmt]
     s = torch.where(s > 0, s, 1.0)
     v = x / s[:, None]
@@ -75,25 +86,16 @@ def dequantize(q, s, fmt, K):
     return q.float() * s[:, None]
 
 
-def hadamard_form(rotation):
-    """The kernel's form of `rotation` when it is QuaRot's H_m (x) H_b (b a power of two, the mix +-1 times one
-    constant): (C, R0, R1P, norm, H_C, B) as _rotate_quant takes them; None for any other rotation (DuQuant's, a
-    dense random one), which torch applies. Worked out once per module (it reads the matrices back to the host) and
-    kept on it; the two matrices move to x's device on first use."""
-    if rotation is None:
+def fused_form(r1, m, mix=None):
+    """The Form of the rotation of m blocks of b channels, x -> blockdiag(r1, .., r1) then the mix across blocks
+    (y_n = sum_m mix[m, n] y_m), when it is QuaRot's H_m (x) H_b: r1 (b, b) a constant times Sylvester's H_b
+    (b >= 16 a power of two), mix (m, m) +-1 times a constant (None: no mix). None for any other rotation. Reads the
+    matrices back to the host."""
+    b = len(r1)
+    if b < 16 or b & (b - 1):
         return None
-    if not hasattr(rotation, "_hadamard_form"):
-        rotation._hadamard_form = _form(rotation)
-    return rotation._hadamard_form
-
-
-def _form(rotation):
-    m, b = rotation.m, rotation.b
-    if not rotation.shared or rotation.perm is not None or rotation.r2 is not None or b < 16 or b & (b - 1):
-        return None
-    from quantizers.quarot import sylvester
-    r1 = rotation.r1[0].double().cpu()
-    mix = torch.eye(m, dtype=torch.float64) if rotation.mix is None else rotation.mix.double().cpu()
+    r1 = r1.double().cpu()
+    mix = torch.eye(m, dtype=torch.float64) if mix is None else mix.double().cpu()
     c1, c2 = r1[0, 0].item(), mix.abs().max().item()
     pm = (mix / c2).round()
     if not torch.equal(r1, c1 * sylvester(b)) or not torch.equal(pm * c2, mix):
@@ -108,39 +110,17 @@ def _form(rotation):
         return None
     B = torch.zeros(R0 + R1P, R0 + R1P, dtype=torch.float64)
     B[:R, :R] = torch.kron(pm, sylvester(b // C))  # H_b = H_(b/C) (x) H_C: the first factor joins the mix
-    return C, R0, R1P, c1 * c2, sylvester(C).bfloat16(), B.bfloat16()
+    return Form(C, R0, R1P, c1 * c2, sylvester(C).bfloat16(), B.bfloat16())
 
 
-@triton.jit
-def _round_fp8(v, EMULATE: tl.constexpr):
-    """v (fp32, |v| <= 448) rounded to the nearest even e4m3 value, still fp32. The GPU's cast rounds like this by
-    itself; the CPU interpreter (triton 3.9) truncates, so there it is done on the bits: 3 mantissa bits for normal
-    values, steps of 2^-9 below 2^-6 (the subnormals)."""
-    if EMULATE:
-        b = v.to(tl.uint32, bitcast=True)
-        normal = ((b + 0x7FFFF + ((b >> 20) & 1)) & 0xFFF00000).to(tl.float32, bitcast=True)
-        sub = (v + 24576.0) - 24576.0  # 1.5 * 2^14: adding it leaves a multiple of 2^-9, rounded to nearest even
-        v = tl.where(tl.abs(v) < 0.015625, sub, normal)
-    return v
-
-
-@triton.jit
-def _rint(v, EMULATE: tl.constexpr):
-    """v rounded to the nearest integer, ties to even (as torch.round), as int32: one cvt.rni on the GPU, where the
-    interpreter's form below made the int8 pass 30% slower (H100). It has no libdevice: floor(v + 0.5), then a tie
-    that landed on an odd number goes down (exact for |v| < 2^22)."""
-    if EMULATE:
-        r = tl.floor(v + 0.5)
-        return tl.where((r - v == 0.5) & (tl.floor(r * 0.5) * 2 != r), r - 1.0, r).to(tl.int32)
-    return libdevice.float2int_rn(v)
-
-
-@triton.jit
-def _dot(a, b, acc, F32: tl.constexpr):
-    """a @ b + acc on the tensor cores; through fp32 under the interpreter, whose bf16 products are wrong (3.9)."""
-    if F32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
-    return tl.dot(a, b, acc)
+def hadamard_form(n):
+    """The Form of QuaRot's online rotation of width n (H_m (x) H_b / sqrt(n), as quantizers/quarot.py builds it),
+    or None when the fused kernel does not take that width."""
+    factors = hadamard_factors(n)
+    if factors is None:
+        return None
+    A, B = factors
+    return fused_form(B / len(B) ** 0.5, len(A), A / len(A) ** 0.5 if len(A) > 1 else None)
 
 
 @triton.jit
@@ -165,12 +145,12 @@ def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, sum_ptr, M, K, stride_xm, s
         lim = tl.where(tok < M, K, 0)  # past the last token nothing is read or written
         x_row, q_row = x_ptr + tok * stride_xm, q_ptr + tok * stride_qm
         z0 = _hx(h, tl.load(x_row + kt0, mask=kt0 < lim, other=0.0), X_F32, EMULATE)
-        y0 = _dot(z0, b00, None, EMULATE)
+        y0 = dot(z0, b00, None, EMULATE)
         amax = tl.max(tl.max(tl.abs(y0), 1), 0)
         if R1P > 0:
             z1 = _hx(h, tl.load(x_row + kt1, mask=kt1 < lim, other=0.0), X_F32, EMULATE)
-            y0 = _dot(z1, b10, y0, EMULATE)
-            y1 = _dot(z1, b11, _dot(z0, b01, None, EMULATE), EMULATE)
+            y0 = dot(z1, b10, y0, EMULATE)
+            y1 = dot(z1, b11, dot(z0, b01, None, EMULATE), EMULATE)
             amax = tl.maximum(tl.max(tl.max(tl.abs(y0), 1), 0), tl.max(tl.max(tl.abs(y1), 1), 0))
         s = tl.where(amax > 0, amax * norm * clip / QMAX, 1.0)
         tl.store(s_ptr + tok, s, mask=tok < M)
@@ -186,14 +166,13 @@ def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, sum_ptr, M, K, stride_xm, s
 @triton.jit
 def _hx(h, xt, X_F32: tl.constexpr, EMULATE: tl.constexpr):
     """H_C X^T in bf16: exact products of +-1 with bf16 / fp16 x summed in fp32 (fp32 x: fp32 FMAs), then rounded to
-    nearest even; the interpreter (3.9) would truncate, so there the rounding is done on the bits first."""
+    nearest even (under the interpreter on the bits first: shims.round_bf16)."""
     if X_F32:
         z = tl.dot(h.to(tl.float32), xt, input_precision="ieee")
     else:
-        z = _dot(h.to(xt.dtype), xt, None, EMULATE)
+        z = dot(h.to(xt.dtype), xt, None, EMULATE)
     if EMULATE:
-        b = z.to(tl.uint32, bitcast=True)
-        z = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        z = round_bf16(z)
     return z.to(tl.bfloat16)
 
 
@@ -201,8 +180,7 @@ def _hx(h, xt, X_F32: tl.constexpr, EMULATE: tl.constexpr):
 def _quant_rows(x_ptr, q_ptr, s_ptr, sum_ptr, K, stride_xm, stride_qm, clip, QMAX: tl.constexpr, FMT: tl.constexpr,
                 BLOCK: tl.constexpr, EMULATE: tl.constexpr):
     """One token per program, BLOCK channels at a time, without a rotation: one pass for max|x|, a second that
-    encodes (the same bytes moments later, which L2 should still hold): on the H100, 1.4-2.8x faster at K = 12288
-    and 18944 than a whole token as one power-of-two tile, up to 12% slower at K <= 4096 (results/wa_gemm_h100.md)."""
+    encodes (the same bytes moments later, which L2 should still hold)."""
     tok = tl.program_id(0)
     x_row = x_ptr + tok * stride_xm
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -227,12 +205,12 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
     the integer values (0 for fp8). int4: codes v + 8, eight to a word (code j of a word at bits 4j .. 4j + 3), the
     tile's words from word0 on; past K code 0, as core.pack pads (v there is 0: x was read as 0)."""
     if FMT == 0:  # correctly rounded division above, as torch; the GPU's default fp32 division is approximate
-        v = _round_fp8(tl.minimum(tl.maximum(v, -448.0), 448.0), EMULATE)
+        v = round_fp8(tl.minimum(tl.maximum(v, -448.0), 448.0), EMULATE)
         tl.store(q_row + k, v.to(tl.float8e4nv), mask=ok)
         total = 0
     else:
         lo = -128 if FMT == 1 else -8
-        v = tl.minimum(tl.maximum(_rint(v, EMULATE), lo), -lo - 1)
+        v = tl.minimum(tl.maximum(rint(v, EMULATE), lo), -lo - 1)
         if FMT == 1:
             tl.store(q_row + k, v.to(tl.int8), mask=ok)
         else:
@@ -246,8 +224,8 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
 CHUNK, WARPS = 2048, 8  # _quant_rows: channels per step, warps per token
 CONFIGS = [triton.Config({"TOKENS": t}, num_warps=w, num_stages=st)  # _rotate_quant: (tokens per program, warps,
            for t, w, st in ((2, 4, 2), (4, 4, 2), (4, 8, 2), (8, 8, 3), (4, 8, 3), (2, 8, 3), (8, 4, 2), (1, 8, 1))]
-# stages), each the H100 autotuner's choice somewhere; one stage fits fp32 x at Dream's 18944. Timed in a CUDA graph:
-# with their launches, LLaDA at M = 512 had got (4, 8, 3), 12.4 µs, over (2, 4, 2), 10.7 µs in a graph.
+# stages), each the H100 autotuner's choice at some width and token count (results/kernels-h100); one stage fits
+# fp32 x at Dream's 18944. The autotuner times them in a CUDA graph, as a model step runs them.
 
 
 def _time_in_graph(f, quantiles):
@@ -258,18 +236,14 @@ def _time_in_graph(f, quantiles):
 _tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "K", "FMT"], do_bench=_time_in_graph)(_rotate_quant)
 
 
-def quantize(x, fmt, clip=1.0, rotation=None, config=None):
+def quantize(x, fmt, clip=1.0, form=None, config=None):
     """x (..., K) bf16/fp16/fp32 -> (codes, scales, sums) as `reference` defines them, by one Triton kernel.
-    rotation: a core.Rotation applied first; QuaRot's Hadamard (hadamard_form) is fused into the kernel, any other
-    is applied by torch before it, in x's dtype. config: one of CONFIGS for the fused rotation instead of the
-    autotuned one (the tests run each; the interpreter cannot time)."""
+    form: a Form (fused_form) to rotate x by first, in the same kernel. config: one of CONFIGS for the fused
+    rotation instead of the autotuned one (the tests run each; the interpreter cannot time)."""
     K = x.shape[-1]
     if fmt not in FMT:
         raise ValueError(f"act_quant: format {fmt!r} is not one of {', '.join(FMT)}")
     x2 = x.reshape(-1, K)
-    form = hadamard_form(rotation)
-    if rotation is not None and form is None:  # in x's dtype: cuBLAS, where fp32 would run 10x slower
-        x2 = rotation(x2)
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
     M = x2.shape[0]
     dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32}[fmt]
@@ -282,13 +256,12 @@ def quantize(x, fmt, clip=1.0, rotation=None, config=None):
         _quant_rows[(M,)](x2, q, s, sums, K, x2.stride(0), q.stride(0), clip, QMAX=QMAX[fmt], FMT=FMT[fmt], BLOCK=block,
                           EMULATE=INTERPRET, num_warps=WARPS)
         return out
-    C, R0, R1P, norm, H, B = form
-    if H.device != x.device:  # move the kept matrices once, not on every call
-        H, B = H.to(x.device), B.to(x.device)
-        rotation._hadamard_form = (C, R0, R1P, norm, H, B)
-    args = (x2, H, B, q, s, sums, M, K, x2.stride(0), q.stride(0), norm, clip, triton.next_power_of_2(M))
-    flags = dict(QMAX=QMAX[fmt], FMT=FMT[fmt], C=C, R0=R0, R1P=R1P, X_F32=x2.dtype == torch.float32,  # noqa: C408
-                 EMULATE=INTERPRET)
+    if form.H.device != x.device:
+        form = form.to(x.device)
+    args = (x2, form.H, form.B, q, s, sums, M, K, x2.stride(0), q.stride(0), form.norm, clip,
+            triton.next_power_of_2(M))
+    flags = dict(QMAX=QMAX[fmt], FMT=FMT[fmt], C=form.C, R0=form.R0, R1P=form.R1P,
+                 X_F32=x2.dtype == torch.float32, EMULATE=INTERPRET)
     config = CONFIGS[0] if config is None and INTERPRET else config
     if config is None:
         _tuned[lambda meta: (triton.cdiv(M, meta["TOKENS"]),)](*args, **flags)
@@ -303,25 +276,22 @@ def quantize(x, fmt, clip=1.0, rotation=None, config=None):
 def bench():
     """Check against the twin and time the quantizer with and without QuaRot's online Hadamard (GB/s moved)."""
     from triton.testing import do_bench_cudagraph
-
-    from quantizers.quarot import online_hadamard
     print("| K | rotation | M | fmt | µs | GB/s |\n|---|---|---|---|---|---|")
     for K in (4096, 3584, 12288, 18944):
-        for rot in (None, online_hadamard(K, torch.bfloat16).cuda()):
+        for form in (None, hadamard_form(K).to("cuda")):
             for M in (16, 1024, 4096):
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
                 for fmt in ("fp8", "int8", "int4"):
-                    q, s, _ = quantize(x, fmt, 1.0, rot)
-                    ref_q, ref_s, _ = reference(x, fmt, 1.0, rot)
+                    q, s, _ = quantize(x, fmt, 1.0, form)
+                    ref_q, ref_s, _ = reference(x, fmt, 1.0, form)
                     d, ref_d = dequantize(q, s, fmt, K), dequantize(ref_q, ref_s, fmt, K)
                     err = ((d - ref_d).abs().max() / ref_d.abs().max()).item()
                     step = (32 if fmt == "fp8" else 1) / QMAX[fmt]  # one code (e4m3: its widest step) of max|x|
-                    if err > (0.01 if rot is None else 2.01) * step:  # exact; a rotation sums in another order or, by
-                        # torch in bf16 (hadamard_form None), rounds twice: up to two codes
-                        raise SystemExit(f"K={K} M={M} {fmt}: differs from the twin by {err:.2e}")
-                    t = do_bench_cudagraph(lambda: quantize(x, fmt, 1.0, rot)) * 1e3  # noqa: B023
+                    if err > (0.01 if form is None else 2.01) * step:  # exact; the rotation's fp32 sums in another
+                        raise SystemExit(f"K={K} M={M} {fmt}: differs from the twin by {err:.2e}")  # order: codes
+                    t = do_bench_cudagraph(lambda: quantize(x, fmt, 1.0, form)) * 1e3  # noqa: B023
                     moved = x.numel() * 2 + q.numel() * q.element_size() + 4 * M
-                    name = "none" if rot is None else f"H{rot.m} x H{rot.b}"
+                    name = "none" if form is None else "H{} x H{}".format(*map(len, hadamard_factors(K)))
                     print(f"| {K} | {name} | {M} | {fmt} | {t:.1f} | {moved / t / 1e3:.0f} |", flush=True)
 
 

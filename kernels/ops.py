@@ -2,8 +2,8 @@
 The quantized matmuls as torch.library custom operators, for torch.compile (sample.py --compile, bench.py).
 
 Dynamo cannot trace into an autotuned Triton launch, so under torch.compile each GEMM is one opaque operator with a
-shape-only fake: the block stays one graph, and Inductor fuses the code around the operator. QLinear's kernel paths
-come here when traced (wa_gemm.linear and wq_gemm.matmul check torch.compiler.is_compiling()).
+shape-only fake: the block stays one graph, and Inductor fuses the code around the operator. quantizers/core.py
+sends a QLinear here when it is being traced.
 
 A W8A8 layer without an online rotation then quantizes its input with act_quant's torch twin (`reference`), plain
 torch that Inductor fuses into the op that produced the input: RMSNorm before q/k/v and gate/up, SiLU * up before
@@ -12,7 +12,7 @@ only sees the finished input; it still quantizes W4A4's int4, as one more operat
 are the same quantizer's but not always the same bits as eagerly: Inductor keeps the producer's output in fp32
 instead of rounding it to bf16 first, and its fp32 division is the GPU's approximate one, so values near a rounding
 boundary can land one code away (about 2% of codes after a fused bf16 product, on the H100). A layer with an online
-rotation keeps act_quant's fused rotation and runs eagerly, outside the graph.
+rotation does not come here: it keeps act_quant's fused rotation and runs eagerly, outside the graph.
 """
 from typing import Optional
 
@@ -58,17 +58,12 @@ def _(x, fmt, clip):
     return q, x.new_empty(M, dtype=torch.float32), x.new_empty(M, dtype=torch.int32)
 
 
-def linear(x, layer, fmt):
-    """wa_gemm.linear in traced code: the twin's quantizer (fused by Inductor into x's producer), then the GEMM."""
-    if layer.rotation is not None:
-        return _eager_linear(x, layer, fmt)
+def wa_linear(x, qweight, scales, zeros, bias, fmt, clip):
+    """wa_gemm.linear (without a rotation) in traced code: the twin's quantizer, which Inductor fuses into x's
+    producer, then the GEMM as one operator."""
     if fmt == "int4":  # the twin packs 8 codes to a word in 32 int64 steps, which Inductor's code runs slowly
-        xq, sx, sums = quantize(x, fmt, layer.act_clip)
+        xq, sx, sums = quantize(x, fmt, clip)
     else:
-        xq, sx, sums = act_quant.reference(x, fmt, layer.act_clip)
-    y = wa_matmul(xq, sx, sums, wa_gemm.weight_operand(layer, fmt), layer.scales, layer.zeros, layer.bias, fmt,
-                  layer.in_features, x.dtype)
-    return y.view(*x.shape[:-1], layer.out_features)
-
-
-_eager_linear = torch.compiler.disable(wa_gemm.linear)  # a graph break: run act_quant's fused rotation as it is
+        xq, sx, sums = act_quant.reference(x, fmt, clip)
+    y = wa_matmul(xq, sx, sums, wa_gemm.weight_operand(qweight, fmt), scales, zeros, bias, fmt, x.shape[-1], x.dtype)
+    return y.view(*x.shape[:-1], qweight.shape[0])

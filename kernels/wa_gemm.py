@@ -2,53 +2,45 @@
 Weight-activation quantized GEMMs: y = (s_x x_q) (s_w (W_q - z))^T for W8A8 in FP8 or INT8 and for W4A4, with the
 activations quantized per token by kernels/act_quant.py and the scales applied in the epilogue.
 
-Formats (the twin `reference` below defines the product; quantizers/core.py the weights):
-  fp8   x: e4m3 per token (act_quant "fp8"); W: e4m3 per output channel (a QLinear with fp8=True: its 8-bit words
-        hold the e4m3 bytes), scales s_w (N, 1). Products on the fp8 tensor cores, fp32 sums.
+Formats (the twin `reference` below defines the product; quantizers/format.py the weights):
+  fp8   x: e4m3 per token (act_quant "fp8"); W: e4m3 per output channel (format.fp8_grid: the 8-bit words of a
+        QLinear with fp8=True hold the e4m3 bytes), scales s_w (N, 1). Products on the fp8 tensor cores, fp32 sums.
   int8  x: int8 per token; W: 8-bit codes per output channel, z the zero point (128 when symmetric). The tensor cores
         take int8, so a code c enters as c - 128 (its top bit flipped in registers) and the sum is corrected by
-        (z - 128) * sum_k x_q[k] in the epilogue, with the token sums act_quant made; int32 sums. The kernel computes
-        the transposed product, W x^T: the left operand is the one Hopper's tensor cores read from registers, so
-        the flipped tile goes straight in (as the right operand it went back through shared memory: H100, 1024
-        tokens, LLaDA's down projection 164 -> 98 µs; results/wa_gemm_h100.md).
+        (z - 128) * sum_k x_q[k] in the epilogue, with the token sums act_quant made; int32 sums.
   int4  x: int4 per token, packed 8 to a word; W: 4-bit codes per output channel. Hopper has no int4 tensor-core
         instruction, so both operands are unpacked in registers to int8 and multiplied on the int8 tensor cores:
         int4 here saves memory and bandwidth, not arithmetic. The codes c (0..15) enter as they are and the zero
         point is corrected in the epilogue, as for int8.
 The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
-the activation dtype. Weights must be per output channel (one group); other layouts use kernels/wq_gemm.py or the
-twin (QLinear decides, see format_of).
+the activation dtype. Weights must be per output channel (one group); quantizers/core.py decides which layers come
+here.
+
+How the work is laid out: one program computes one (BLOCK_M tokens x BLOCK_N outputs) tile of y, walking K in steps
+of BLOCK_K; each step loads a tile of x codes and a tile of weight codes and adds their product on the tensor cores
+into an accumulator held in registers. Programs are numbered so that GROUP_M neighbouring row tiles run one after
+another down a column of tiles: they read the same weight tile while it sits in L2. The INT8 kernel computes the
+transposed product W x^T: the left operand is the one Hopper's tensor cores read from registers, so the flipped
+weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings).
 
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time against bf16 torch.matmul
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from kernels import act_quant
-from kernels.wq_gemm import _to
-from quantizers.core import unpack
+from kernels.shims import INTERPRET, mma, to_dtype
+from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 FMT = act_quant.FMT  # fp8 0, int8 1, int4 2
 
 
-def format_of(layer):
-    """Which of these GEMMs runs a QLinear: "fp8", "int8", "int4", or None (another kernel or the twin)."""
-    if layer.act_bits == 16 or not layer.act_sym or layer.scales.shape[1] != 1:
-        return None
-    if getattr(layer, "fp8", False):
-        return "fp8" if layer.act_bits == 8 else None
-    return {8: "int8", 4: "int4"}.get(layer.bits) if layer.bits == layer.act_bits else None
-
-
-def weight_operand(layer, fmt):
-    """The QLinear's packed weight as the kernel reads it (a view, no copy)."""
+def weight_operand(qweight, fmt):
+    """A QLinear's packed weight as the kernel reads it (a view, no copy)."""
     if fmt == "int4":
-        return layer.qweight
-    return layer.qweight.view(torch.float8_e4m3fn if fmt == "fp8" else torch.uint8)
+        return qweight
+    return qweight.view(torch.float8_e4m3fn if fmt == "fp8" else torch.uint8)
 
 
 def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
@@ -79,15 +71,6 @@ def _nibbles(ptr, rows, rows_ok, k0, stride, n_words, BLOCK_R: tl.constexpr, BLO
 
 
 @triton.jit
-def _mma(a, b, acc, EMULATE: tl.constexpr):
-    """acc + a @ b on the tensor cores; the CPU interpreter has no fp8 or int8 product, and fp32 holds these
-    products and sums exactly."""
-    if EMULATE:
-        return acc + tl.dot(a.to(tl.float32), b.to(tl.float32)).to(acc.dtype)
-    return tl.dot(a, b, acc, out_dtype=acc.dtype)
-
-
-@triton.jit
 def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, N, K, stride_am, stride_bn, stride_cm,
              a_words, b_words, M_BUCKET, FMT: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
              HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -111,15 +94,15 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
         if FMT == 2:
             a = tl.where(k_ok[None, :], _nibbles(a_ptr, rm, m_ok, k0, stride_am, a_words, BLOCK_M, BLOCK_K) - 8, 0)
             b = tl.trans(_nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8))
-            acc = _mma(a.to(tl.int8), b, acc, EMULATE)
+            acc = mma(a.to(tl.int8), b, acc, EMULATE)
         elif FMT == 1:  # code c as c - 128: flip the top bit, read the byte as int8
             w = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
             xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
-            acc = _mma((w ^ 0x80).to(tl.int8, bitcast=True), xt, acc, EMULATE)
+            acc = mma((w ^ 0x80).to(tl.int8, bitcast=True), xt, acc, EMULATE)
         else:
             a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-            acc = _mma(a, b, acc, EMULATE)
+            acc = mma(a, b, acc, EMULATE)
     if FMT == 1:
         acc = tl.trans(acc)
     if HAS_ZERO:  # sum_k x_k (c_k - z) = sum_k x_k (c_k - offset) - (z - offset) sum_k x_k
@@ -130,7 +113,7 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
     y = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], _to(y, c_ptr.dtype.element_ty, EMULATE),
+    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], to_dtype(y, c_ptr.dtype.element_ty, EMULATE),
              mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -151,7 +134,7 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     y = torch.empty(M, N, device=xq.device, dtype=dtype)
     args = (xq, w, sx, sx if sums is None else sums, sw, zw, bias if bias is not None else sw, y, M, N, K,
             xq.stride(0), w.stride(0), y.stride(0), xq.shape[1], w.shape[1], triton.next_power_of_2(M))
-    flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",  # noqa: C408
+    flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",
                  HAS_BIAS=bias is not None, EMULATE=INTERPRET)
     config = CONFIGS[0] if config is None and INTERPRET else config
     if config is None:
@@ -162,17 +145,13 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     return y
 
 
-def linear(x, layer, fmt, config=None):
-    """A QLinear's forward through the kernels: online rotation and per-token quantization in one act_quant pass,
-    then the GEMM with the scales (and bias) in its epilogue. x (..., K) bf16/fp16 -> (..., N)."""
-    if torch.compiler.is_compiling() and config is None:  # traced by torch.compile: kernels/ops.py
-        from kernels import ops
-        return ops.linear(x, layer, fmt)
-    K = layer.in_features
-    xq, sx, sums = act_quant.quantize(x, fmt, layer.act_clip, layer.rotation)
-    y = matmul(xq, sx, sums, weight_operand(layer, fmt), layer.scales, layer.zeros, fmt, K, layer.bias, x.dtype,
-               config)
-    return y.view(*x.shape[:-1], layer.out_features)
+def linear(x, qweight, scales, zeros, bias, fmt, clip=1.0, form=None, config=None):
+    """A W8A8 / W4A4 layer: x (..., K) bf16/fp16 quantized per token (rotated first by a Form, in the same pass)
+    by act_quant, then the GEMM with the scales (and bias) in its epilogue -> (..., N) in x's dtype."""
+    K, N = x.shape[-1], qweight.shape[0]
+    xq, sx, sums = act_quant.quantize(x, fmt, clip, form)
+    y = matmul(xq, sx, sums, weight_operand(qweight, fmt), scales, zeros, fmt, K, bias, x.dtype, config)
+    return y.view(*x.shape[:-1], N)
 
 
 # ------------------------------------------------------------------------------------------ check and benchmark
@@ -183,12 +162,11 @@ TOKENS = (16, 256, 512, 1024, 2048, 4096)
 
 
 def _layer(N, K, fmt):
-    from quantizers.core import QLinear, fit_grid, fp8_grid, quantize
+    """bf16 weight W (N, K) and its per-channel codes as a QLinear stores them: (qweight, scales, zeros) in bf16."""
     W = torch.randn(N, K, device="cuda") * 0.02
     bits = 4 if fmt == "int4" else 8
     q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1))
-    return W.bfloat16(), QLinear.from_codes(q, s, z, bits=bits, group_size=-1, act_bits=bits, fp8=fmt == "fp8",
-                                            dtype=torch.bfloat16)
+    return W.bfloat16(), (pack(q, bits), s.bfloat16(), z.bfloat16())
 
 
 def bench():
@@ -196,8 +174,6 @@ def bench():
     GEMM alone, each in a CUDA graph; then the online Hadamard's cost on the down projections. Checks every result
     against the twin first. Prints markdown tables."""
     from triton.testing import do_bench_cudagraph
-
-    from quantizers.quarot import online_hadamard
     time = lambda f: do_bench_cudagraph(f) * 1e3  # noqa: E731
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; weights per "
           "channel, activations per token (quantized inside the timed layer), times in µs in a CUDA graph\n")
@@ -211,16 +187,16 @@ def bench():
             W = layers["fp8"][0]
             t_ref = time(lambda: torch.nn.functional.linear(x, W))  # noqa: B023
             cells = []
-            for fmt, (_, lin) in layers.items():
+            for fmt, (_, (qw, s, z)) in layers.items():
                 xq, sx, sums = act_quant.quantize(x, fmt)
-                w = weight_operand(lin, fmt)
-                y = linear(x, lin, fmt)
-                ref = reference(xq, sx, w, lin.scales, lin.zeros, fmt, K, None, torch.float32)
+                w = weight_operand(qw, fmt)
+                y = linear(x, qw, s, z, None, fmt)
+                ref = reference(xq, sx, w, s, z, fmt, K, None, torch.float32)
                 err = ((y.float() - ref).abs().max() / ref.abs().max()).item()
                 if err > 2e-2:  # fp8 sums on the H100 carry fewer bits than fp32
                     raise SystemExit(f"{name} M={M} {fmt}: differs from the twin by {err:.2e}")
-                t_layer = time(lambda: linear(x, lin, fmt))  # noqa: B023
-                t_gemm = time(lambda: matmul(xq, sx, sums, w, lin.scales, lin.zeros, fmt, K))  # noqa: B023
+                t_layer = time(lambda: linear(x, qw, s, z, None, fmt))  # noqa: B023
+                t_gemm = time(lambda: matmul(xq, sx, sums, w, s, z, fmt, K))  # noqa: B023
                 cells.append((t_layer, t_gemm))
                 ratios[fmt].append((M, t_ref / t_layer))
             print(f"| {name} ({N} x {K}) | {M} | {t_ref:.1f} | " + " | ".join(f"{a:.1f} | {b:.1f}" for a, b in cells)
@@ -234,16 +210,16 @@ def bench():
           "bf16 GEMM µs | overhead / bf16 GEMM |\n" + "|---" * 9 + "|")
     for name in ("LLaDA down", "Dream down"):
         N, K = SHAPES[name]
-        W, lin = _layer(N, K, "fp8")
-        rot = online_hadamard(K, torch.bfloat16).cuda()
+        W, (qw, s, z) = _layer(N, K, "fp8")
+        form = act_quant.hadamard_form(K).to("cuda")
         for M in TOKENS[2:]:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             xq, sx, _ = act_quant.quantize(x, "fp8")
-            t_q, t_h = (time(lambda r=r: act_quant.quantize(x, "fp8", 1.0, r)) for r in (None, rot))  # noqa: B023
-            w = weight_operand(lin, "fp8")
-            t_g = time(lambda: matmul(xq, sx, None, w, lin.scales, lin.zeros, "fp8", K))  # noqa: B023
+            t_q, t_h = (time(lambda f=f: act_quant.quantize(x, "fp8", 1.0, f)) for f in (None, form))  # noqa: B023
+            w = weight_operand(qw, "fp8")
+            t_g = time(lambda: matmul(xq, sx, None, w, s, z, "fp8", K))  # noqa: B023
             t_b = time(lambda: torch.nn.functional.linear(x, W))  # noqa: B023
-            print(f"| {name} H{rot.m} x H{rot.b} | {M} | {t_q:.1f} | {t_h:.1f} | {t_h - t_q:.1f} | {t_g:.1f} | "
+            print(f"| {name} | {M} | {t_q:.1f} | {t_h:.1f} | {t_h - t_q:.1f} | {t_g:.1f} | "
                   f"{(t_h - t_q) / t_g:.0%} | {t_b:.1f} | {(t_h - t_q) / t_b:.0%} |", flush=True)
 
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.wq_gemm import INTERPRET, grid
+from kernels.shims import INTERPRET, dot, grid
 
 
 def chunk_of(bits, K, G, dtype):
@@ -56,7 +56,7 @@ def _factored(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, GROUP, stride_xm, str
                 q = (((words >> (4 * j)) & 0xF) | MAGIC).to(tl.uint16).to(x_ptr.dtype.element_ty, bitcast=True)
                 xj = tl.load(x_ptr + rm[None, :] * stride_xm + (k0 + 8 * rw + j)[:, None], mask=m_ok[None, :],
                              other=0.0)
-                part = tl.dot(q.to(tl.float32), xj.to(tl.float32), part) if DOT_F32 else tl.dot(q, xj, part)
+                part = dot(q, xj, part, DOT_F32)
                 xsum += tl.sum(xj.to(tl.float32), axis=0)
         else:
             shifts = (tl.arange(0, 8) * 4).to(tl.uint32)
@@ -64,7 +64,7 @@ def _factored(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, GROUP, stride_xm, str
             q = q.to(tl.uint16).to(x_ptr.dtype.element_ty, bitcast=True)
             xc = tl.load(x_ptr + rm[None, :] * stride_xm + (k0 + tl.arange(0, CHUNK))[:, None], mask=m_ok[None, :],
                          other=0.0)
-            part = tl.dot(q.to(tl.float32), xc.to(tl.float32), part) if DOT_F32 else tl.dot(q, xc, part)
+            part = dot(q, xc, part, DOT_F32)
             xsum = tl.sum(xc.to(tl.float32), axis=0)
         g = k0 // GROUP
         s = tl.load(s_ptr + rn * stride_sn + g, mask=n_ok, other=0.0).to(tl.float32)
@@ -100,7 +100,7 @@ def matmul(x2, qweight, scales, zeros, bits, K, config=None, out=None):
     bf16 = x2.dtype == torch.bfloat16
     args = (x2, qweight, scales, zeros, y, M, N, K, K // G, x2.stride(0), qweight.stride(0), G, y.stride(0),
             triton.next_power_of_2(M))
-    flags = dict(CHUNK=chunk, MAGIC=0x4300 if bf16 else 0x6400, OFFSET=128.0 if bf16 else 1024.0,  # noqa: C408
+    flags = dict(CHUNK=chunk, MAGIC=0x4300 if bf16 else 0x6400, OFFSET=128.0 if bf16 else 1024.0,
                  DOT_F32=INTERPRET)
     if config is None:
         _tuned[chunk][lambda meta: grid(M, N, meta)](*args, **flags)

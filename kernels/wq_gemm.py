@@ -2,36 +2,36 @@
 Weight-only quantized GEMM: y = x @ dequant(W)^T for QLinear's packed format, with x in bf16 or fp16 and W stored
 as 2-, 3-, 4- or 8-bit codes.
 
-Format (quantizers/core.py defines it; `reference` below is its pure-torch twin): W (N, K) is stored as
+Format (quantizers/format.py defines it; `reference` below is its pure-torch twin): W (N, K) is stored as
   qweight (N, ceil(K / 32) * bits) int32: input channels in chunks of 32, a chunk's 32 codes read as one 32*bits-bit
           little-endian string of `bits` words; code j of a chunk sits at bits bits*j .. bits*j + bits - 1 of it
           (3-bit codes 10 and 21 straddle two words);
   scales, zeros (N, G) in the activation dtype, G groups of K / G consecutive input channels (G = 1: per channel),
 and W[n, k] = (q[n, k] - zeros[n, k // g]) * scales[n, k // g], rounded once to the activation dtype, as the twin.
 
-Three paths, and per shape the fastest (timed once on first use, cached per (M bucket, N, K, groups, bits)):
-  fused     one kernel, y^T = W x^T, the weight tile dequantized in registers and used as the left operand of the
-            tensor-core product, so the token dimension can be as small as 16. For M <= 64, K is split over up to 8
-            programs that add fp32 partial sums atomically (a 4096-wide layer at M = 1 is otherwise 32 programs for
-            132 SMs). Autotune lists hold 4 configurations per regime.
+Three paths compute it; `matmul` times them once per shape on first use and keeps the fastest (a choice among
+kernels of one family, like an autotuner's among configurations; which layers come here at all is decided by
+quantizers/core.py):
+  fused     one kernel: a program owns a (BLOCK_N weight rows x BLOCK_M tokens) tile of y^T = W x^T and walks K in
+            steps of BLOCK_K, unpacking and dequantizing its weight tile in registers and using it as the left
+            operand of the tensor-core product, so the token dimension can be as small as 16. For M <= 64, K is
+            split over up to 8 programs that add fp32 partial sums atomically (a 4096-wide layer at M = 1 is
+            otherwise 32 programs for 132 SMs).
   factored  for M <= 64 at 4 bits with groups a multiple of 32: kernels/wq_factored.py, which turns codes into
             floats by a bit trick and applies scales and zeros once per chunk of inputs, not once per weight.
   unfused   a Triton kernel dequantizes W into a temporary in the activation dtype, then cuBLAS multiplies. It costs
-            one layer's float weight in memory while it runs.
-On one H100 (`python -m kernels.wq_gemm`, the README's Speed section) the factored path wins at M <= 16 on most
-layers and the unfused one from M = 256 up: at M = 1024 the fused kernels (this one and a factored variant tried
-for many tokens) reach only 147-221 TFLOP/s on the large layers against cuBLAS's 650-700. fp32 activations go to
-the twin (the tensor cores would round them to tf32).
+            one layer's float weight in memory while it runs, and wins from a few hundred tokens up, where a fused
+            kernel here reaches a third of cuBLAS's rate (results/kernels-h100).
 
     python -m kernels.wq_gemm          # on a GPU: check against the twin, then time against bf16 torch.matmul
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from quantizers.core import dequantize, fit_grid, pack, quantize, unpack
+from kernels import wq_factored
+from kernels.shims import INTERPRET, dot, grid, to_dtype
+from quantizers.format import dequantize, fit_grid, pack, quantize, unpack
 
 
 def reference(x, qweight, scales, zeros, bits, K):
@@ -47,16 +47,6 @@ def _configs(small):
         shapes = [(128, 128, 64, 1, 8, 3), (128, 256, 64, 1, 8, 3), (256, 128, 64, 1, 8, 3), (128, 64, 64, 1, 4, 4)]
     return [triton.Config({"BLOCK_N": n, "BLOCK_M": m, "BLOCK_K": k, "SPLIT_K": s}, num_warps=w, num_stages=st)
             for n, m, k, s, w, st in shapes]
-
-
-@triton.jit
-def _to(v, dtype: tl.constexpr, EMULATE: tl.constexpr):
-    """v (fp32) in dtype. The CPU interpreter (triton 3.9) truncates fp32 -> bf16 where the GPU rounds to nearest
-    even, so there (EMULATE) bf16 rounding is done on the bits first, which makes the cast exact."""
-    if EMULATE and dtype == tl.bfloat16:
-        b = v.to(tl.uint32, bitcast=True)
-        v = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
-    return v.to(dtype)
 
 
 @triton.jit
@@ -110,7 +100,7 @@ def _dequant(qw_ptr, s_ptr, z_ptr, w_ptr, N, K, G, GROUP, stride_qn, stride_sn, 
     n_ok = rn < N
     q = _codes(qw_ptr, rn, n_ok, t, stride_qn, n_words, BITS, BLOCK_N, BLOCK_K).to(tl.float32)
     s, z = _grid(s_ptr, z_ptr, rn, n_ok, t, rk, G, GROUP, stride_sn, BLOCK_K, ALIGNED)
-    tl.store(w_ptr + rn[:, None] * K + rk[None, :], _to((q - z) * s, w_ptr.dtype.element_ty, EMULATE),
+    tl.store(w_ptr + rn[:, None] * K + rk[None, :], to_dtype((q - z) * s, w_ptr.dtype.element_ty, EMULATE),
              mask=n_ok[:, None] & (rk < K)[None, :])
 
 
@@ -132,20 +122,16 @@ def _wq_gemm(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, G, GROUP, stride_xm, s
         k_ok = rk < K
         q = _codes(qw_ptr, rn, n_ok, t, stride_qn, n_words, BITS, BLOCK_N, BLOCK_K).to(tl.float32)
         s, z = _grid(s_ptr, z_ptr, rn, n_ok, t, rk, G, GROUP, stride_sn, BLOCK_K, ALIGNED)
-        w = _to((q - z) * s, x_ptr.dtype.element_ty, DOT_F32)  # (BLOCK_N, BLOCK_K), rounded once, as the twin
+        w = to_dtype((q - z) * s, x_ptr.dtype.element_ty, DOT_F32)  # (BLOCK_N, BLOCK_K), rounded once, as the twin
         xt = tl.load(x_ptr + rm[None, :] * stride_xm + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0.0)
-        if DOT_F32:  # the CPU interpreter's bf16 dot is wrong (triton 3.9); fp32 holds the same values exactly
-            acc = tl.dot(w.to(tl.float32), xt.to(tl.float32), acc)
-        else:
-            acc = tl.dot(w, xt, acc)
+        acc = dot(w, xt, acc, DOT_F32)
     out = y_ptr + rm[None, :] * stride_ym + rn[:, None]
     if ATOMIC:
         tl.atomic_add(out, acc, mask=n_ok[:, None] & m_ok[None, :])
     else:
-        tl.store(out, _to(acc, y_ptr.dtype.element_ty, DOT_F32), mask=n_ok[:, None] & m_ok[None, :])
+        tl.store(out, to_dtype(acc, y_ptr.dtype.element_ty, DOT_F32), mask=n_ok[:, None] & m_ok[None, :])
 
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CONFIGS = {True: _configs(True), False: _configs(False)}  # few tokens (split K, atomic fp32 sums) / many tokens
 KEY = ["M_BUCKET", "N", "K", "GROUP", "BITS"]
 _small = triton.autotune(CONFIGS[True], key=KEY, reset_to_zero=["y_ptr"])(_wq_gemm)
@@ -173,7 +159,7 @@ def fused(x2, qweight, scales, zeros, bits, K, config=None, out=None):
         y = out if out is not None else torch.empty(M, N, device=x2.device, dtype=x2.dtype)
     args = (x2, qweight, scales, zeros, y, M, N, K, G, K // G, x2.stride(0), qweight.stride(0), G, y.stride(0),
             qweight.shape[1], triton.next_power_of_2(M))
-    flags = dict(BITS=bits, ATOMIC=few, DOT_F32=INTERPRET)  # noqa: C408
+    flags = dict(BITS=bits, ATOMIC=few, DOT_F32=INTERPRET)
     if config is None:
         (_small if few else _large)[lambda meta: grid(M, N, meta)](*args, **flags)
     else:
@@ -195,7 +181,6 @@ PATHS = {}  # (M bucket, N, K, G, bits, dtype) -> "fused", "factored" or "unfuse
 
 def paths(M, bits, K, G, dtype):
     """The paths that take a layer: {name: function}."""
-    from kernels import wq_factored  # imported here: it takes INTERPRET and grid from this file
     few = M <= 64 and wq_factored.chunk_of(bits, K, G, dtype) is not None
     return {"fused": fused, "unfused": unfused, **({"factored": wq_factored.matmul} if few else {})}
 
@@ -211,18 +196,14 @@ def choose(x2, qweight, scales, zeros, bits, K):
 
 
 def matmul(x, qweight, scales, zeros, bits, K, path=None, config=None, out=None):
-    """x (..., K) bf16/fp16 @ dequant(W)^T -> (..., N) in x's dtype by Triton kernels (fp32 x: the twin). path:
-    "fused", "factored" or "unfused" instead of the fastest, timed once per shape; config: a triton.Config of
-    CONFIGS[True] (few tokens) or CONFIGS[False] (or of wq_factored.CONFIGS for "factored") instead of the autotuned
-    one (the tests run each; the interpreter cannot time). out: (M, N) in x's dtype to write into."""
-    if x.dtype == torch.float32:
-        return reference(x, qweight, scales, zeros, bits, K)
-    if torch.compiler.is_compiling() and path is None and config is None and out is None:  # kernels/ops.py
-        from kernels import ops
-        return ops.wq_matmul(x, qweight, scales, zeros, bits, K)
-    if x.shape[-1] != K or scales.dtype != x.dtype or qweight.shape[1] != -(-K // 32) * bits:
+    """x (..., K) bf16/fp16 @ dequant(W)^T -> (..., N) in x's dtype by Triton kernels. path: "fused", "factored" or
+    "unfused" instead of the fastest, timed once per shape; config: a triton.Config of CONFIGS[True] (few tokens) or
+    CONFIGS[False] (or of wq_factored.CONFIGS for "factored") instead of the autotuned one (the tests run each; the
+    interpreter cannot time). out: (M, N) in x's dtype to write into."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or x.shape[-1] != K or scales.dtype != x.dtype or \
+            qweight.shape[1] != -(-K // 32) * bits:
         raise ValueError(f"wq_gemm: x (..., {x.shape[-1]}) {x.dtype}, qweight {tuple(qweight.shape)}, scales "
-                         f"{scales.dtype} do not fit a {bits}-bit layer of {K} inputs")
+                         f"{scales.dtype} do not fit a {bits}-bit layer of {K} inputs in bf16 or fp16")
     x2 = x.reshape(-1, K)
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
     scales, zeros = scales.contiguous(), zeros.contiguous()
@@ -230,15 +211,10 @@ def matmul(x, qweight, scales, zeros, bits, K, path=None, config=None, out=None)
     if path == "fused":
         y = fused(x2, qweight, scales, zeros, bits, K, config, out)
     elif path == "factored":
-        from kernels import wq_factored
         y = wq_factored.matmul(x2, qweight, scales, zeros, bits, K, config, out)
     else:
         y = unfused(x2, qweight, scales, zeros, bits, K, out)
     return y.view(*x.shape[:-1], qweight.shape[0])
-
-
-def grid(M, N, meta):
-    return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]), meta["SPLIT_K"]
 
 
 # ------------------------------------------------------------------------------------------ check and benchmark

@@ -11,14 +11,29 @@ mit-han-lab/llm-awq (auto_scale.py, auto_clip.py).
     python calibrate.py --method awq --wbits 4 --group_size 128       # scale, clip, then round by RTN
     python calibrate.py --method awq,gptq --wbits 4                    # scale and clip, then round by GPTQ
 
-Scale groups (both families): attn_norm -> q, k, v (judged on the attention output); v -> o (only when v's output
-width equals o's input width, i.e. not with grouped-query attention); mlp_norm -> gate, up (judged on the MLP
-output); up -> down.
+A transform: its scaling leaves the float function unchanged (tests/test_methods.py checks it in float64 with
+--awq_clip false); its clip search then shrinks weight ranges for the grid that follows, which changes it. Scale
+groups (both families): attn_norm -> q, k, v (judged on the attention output); v -> o (only when v's output width
+equals o's input width, i.e. not with grouped-query attention); mlp_norm -> gate, up (judged on the MLP output);
+up -> down.
 """
+from dataclasses import dataclass
+
 import torch
 
-from quantizers.core import LINEARS, fake_quant, group_width, input_stats, walk_blocks
-from quantizers.rtn import round_block
+from cli import opt
+from quantizers.core import LINEARS, apply_scale
+from quantizers.format import fake_quant, group_width
+from quantizers.walk import inputs_of, walk_blocks
+
+KIND = "transform"  # rescales (and clips) the float weights; a rounder follows
+ACTIVATIONS = False  # --bits N means W{N}A16
+
+
+@dataclass
+class Flags:
+    awq_clip: bool = opt(True, "after scaling, search each weight group's clipping range (llm-awq's auto_clip)")
+
 
 # (the operation scaled down, the Linears scaled up, the module whose output judges the scales)
 SCALE_GROUPS = [("attn_norm", ("attn.q_proj", "attn.k_proj", "attn.v_proj"), "attn"),
@@ -53,22 +68,6 @@ def search_scale(linears, X, judge, bits, group_size, sym):
     return best[1]
 
 
-def apply_scale(block, prev, names, s):
-    """prev's output (norm weight, or Linear rows and bias) / s; the Linears' input columns * s. Exact in float:
-    computed in at least fp32, and in fp64 for an fp64 model (the invariance test)."""
-    def rescale(t, power):  # t * s^power, with s widened before it is inverted
-        wide = torch.promote_types(t.dtype, torch.float32)
-        factor = s.to(wide) ** power
-        return (t.data.to(wide) * (factor[:, None] if t.dim() == 2 and power < 0 else factor)).to(t.dtype)
-    p = block.get_submodule(prev)
-    p.weight.data = rescale(p.weight, -1)  # a norm's weight (K,) or a Linear's output rows (K, in)
-    if getattr(p, "bias", None) is not None:
-        p.bias.data = rescale(p.bias, -1)
-    for name in names:
-        lin = block.get_submodule(name)
-        lin.weight.data = rescale(lin.weight, 1)  # input columns
-
-
 @torch.no_grad()
 def search_clip(W, X, bits, group_size, sym):
     """Per (row, group) clip of the range to max|W| * (1 - i/20), i < 10, minimising the error of X W^T.
@@ -101,14 +100,13 @@ def judge_fn(block, name, inputs):
 
 def capture(block, inputs, name):
     """The input (N, T, K) of the named Linear over all calibration sequences."""
-    def keep(acc, X, w):
-        return X if acc is None else torch.cat([acc, X])
-    X = input_stats(block, inputs, [name], keep)[name]
+    X = inputs_of(block, inputs, name)
     return X.view(len(inputs.x), -1, X.shape[-1])
 
 
-def quantize(model, calib, args):
-    round_after = args.method.split(",")[-1] == "awq"  # followed by another rounder (awq,gptq), AWQ only transforms
+def quantize(model, calib, args, round_block=None):
+    """Scale (and clip) block by block; round_block(block, inputs, args), when given, rounds each block right after
+    (calibrate.py passes RTN's when AWQ ends the chain)."""
     for _, block, inputs in walk_blocks(model, calib, args.device):
         for prev, names, judge in SCALE_GROUPS:
             linears = [block.get_submodule(n) for n in names]
@@ -117,12 +115,12 @@ def quantize(model, calib, args):
             X = capture(block, inputs, names[0])
             s = search_scale(linears, X, judge_fn(block, judge, inputs), args.wbits, args.group_size, args.sym)
             apply_scale(block, prev, names, s)
-        for name in LINEARS:
+        for name in LINEARS if args.awq_clip else ():
             if name not in ("attn.q_proj", "attn.k_proj"):
                 X = capture(block, inputs, name).reshape(-1, block.get_submodule(name).weight.shape[1])
                 pick = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))[:CLIP_TOKENS]
                 lin = block.get_submodule(name)
                 lin.weight.data = search_clip(lin.weight.data, X[pick.to(X.device)], args.wbits, args.group_size,
                                               args.sym)
-        if round_after:
-            round_block(block, args)
+        if round_block is not None:
+            round_block(block, inputs, args)

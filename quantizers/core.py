@@ -1,132 +1,31 @@
 """
-The quantization core every method imports: the uniform integer grid, bit packing, QLinear, and the block walker.
+The quantized layers, and the one function that decides which code computes them. Every method builds these; model.load
+rebuilds them from a checkpoint's metadata.
 
-Grid (the convention of GPTQ and AWQ). A group of `group_size` consecutive input channels of one output row is
-stored as b-bit codes q = clamp(round(W / s) + z, 0, 2^b - 1) and read back as (q - z) * s:
-  asymmetric  s = (hi - lo) / (2^b - 1), z = round(-lo / s), where [lo, hi] is the group's range widened to
-              include 0 and shrunk by the clip ratio;
-  symmetric   s = max|W| * clip / (2^(b-1) - 1), z = 2^(b-1), so 0 is exact and the grid is centred.
-group_size -1 means one group per row (per channel). A width that group_size does not divide (tiny-dream's MLP width
-592 at 128) gets groups of its largest divisor below group_size (74), so no layer needs a larger budget than
-asked. Activations use the same grid per token.
+  Rotation      an orthogonal transform of a Linear's input applied online (QuaRot's H_m (x) H_b, DuQuant's R1 P R2)
+  RotLinear     a float Linear whose input is rotated online: what a rotation method leaves for the rounder
+  QLinear       packed b-bit (or FP8) codes, per-group scales and zeros, optional per-token activation quantization
+                and online rotation: the layer of every method but Quant-dLLM
+  BinaryLinear  Quant-dLLM's binary-residual form: sign planes times row and column scales
 
-Packing. Codes are laid out along the input dimension in chunks of 32 (the last chunk zero-padded). A chunk of 32
-b-bit codes is read as one 32*b-bit little-endian bit string and stored as b int32 words: code j of a chunk occupies
-bits b*j .. b*j+b-1 of that string. So 4-bit codes sit 8 to a word in order, 8-bit codes 4 and 2-bit codes 16, and
-3-bit codes straddle word boundaries (codes 10 and 21 of each chunk).
+code_path() is the dispatch: the Triton kernels (kernels/) on a GPU, as custom operators when torch.compile traces
+the model, or the pure-torch twin, which defines what the kernels must compute and runs everywhere else. Then the
+small edits every method makes to a block: swap a module, fold a per-channel scale.
 """
 import math
-import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import act_quant, ops, wa_gemm, wq_gemm
+from quantizers.format import dequantize, fp8_tokens, n_groups, pack, quantize_channels, quantize_tokens, unpack
+
 LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
            "mlp.down_proj")
 
 
-# ------------------------------------------------------------------------------------------------------ grid
-def group_width(K, group_size):
-    """group_size, or the largest divisor of K below it (-1: the whole row)."""
-    return K if group_size <= 0 else max(d for d in range(1, min(group_size, K) + 1) if K % d == 0)
-
-
-def n_groups(K, group_size):
-    return K // group_width(K, group_size)
-
-
-def fit_grid(W, bits, group_size=128, sym=False, clip=1.0):
-    """Scales s and zero points z, each (N, G) float32, of the groups of W (N, K)."""
-    Wg = W.float().reshape(W.shape[0], n_groups(W.shape[1], group_size), -1)
-    if sym:
-        s = Wg.abs().amax(-1) * clip / (2 ** (bits - 1) - 1)
-        z = torch.full_like(s, 2 ** (bits - 1))
-    else:
-        lo, hi = Wg.amin(-1).clamp(max=0) * clip, Wg.amax(-1).clamp(min=0) * clip
-        s = (hi - lo) / (2 ** bits - 1)
-        z = torch.round(-lo / torch.where(s > 0, s, 1.0))
-    return torch.where(s > 0, s, 1.0), z  # an all-zero group gets scale 1 (its codes are all z)
-
-
-def quantize(W, s, z, bits):
-    """W (N, K), s and z (N, G) -> codes (N, K) uint8."""
-    Wg = W.float().reshape(s.shape[0], s.shape[1], -1)
-    q = torch.clamp(torch.round(Wg / s[..., None]) + z[..., None], 0, 2 ** bits - 1)
-    return q.reshape(W.shape).to(torch.uint8)
-
-
-def dequantize(q, s, z):
-    """codes (N, K), s and z (N, G) -> (q - z) * s, (N, K) in s's dtype."""
-    qg = q.reshape(s.shape[0], s.shape[1], -1).to(s.dtype)
-    return ((qg - z[..., None]) * s[..., None]).reshape(q.shape)
-
-
-def fake_quant(W, bits, group_size=128, sym=False, clip=1.0):
-    """Round W to its grid and back (float in, float out): what a method sees when it measures quantization error."""
-    s, z = fit_grid(W, bits, group_size, sym, clip)
-    return dequantize(quantize(W, s, z, bits), s, z).to(W.dtype)
-
-
-def quantize_tokens(x, bits, sym=True, clip=1.0):
-    """Per-token dynamic fake quantization of activations x (..., K): one grid per token, from its own range."""
-    return fake_quant(x.reshape(-1, x.shape[-1]), bits, -1, sym, clip).view_as(x)
-
-
-def fp8_grid(W):
-    """FP8 (e4m3) weights, per output channel: codes (N, K) uint8 holding the e4m3 bytes of W / s, s = max|W| / 448
-    (N, 1) float32, zeros (N, 1) unused. The format of W8A8-FP8 (kernels/wa_gemm.py): not an integer grid."""
-    s = W.float().abs().amax(1, keepdim=True) / 448
-    s = torch.where(s > 0, s, 1.0)
-    return (W.float() / s).to(torch.float8_e4m3fn).view(torch.uint8), s, torch.zeros_like(s)
-
-
-def fp8_tokens(x, clip=1.0):
-    """Per-token dynamic fake quantization of x to e4m3: one scale max|x| * clip / 448 per token."""
-    s = x.float().abs().amax(-1, keepdim=True) * clip / 448
-    s = torch.where(s > 0, s, 1.0)
-    return ((x.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn).float() * s).to(x.dtype)
-
-
-def quantize_channels(y, bits, clip=1.0):
-    """Per-channel symmetric fake quantization of y (B, T, C) over the T tokens of each sequence: the grid an
-    integer softmax(P) V needs for V, whose scales must be constant along the tokens that the matmul sums over."""
-    B, T, C = y.shape
-    return fake_quant(y.transpose(1, 2).reshape(B * C, T), bits, -1, True, clip).view(B, C, T).transpose(1, 2)
-
-
-# --------------------------------------------------------------------------------------------------- packing
-def _slots(bits):
-    """For each code j of a 32-code chunk: its word, its bit offset in that word, and whether it spills over."""
-    return [(bits * j // 32, bits * j % 32, bits * j % 32 + bits > 32) for j in range(32)]
-
-
-def pack(q, bits):
-    """codes (N, K) in [0, 2^bits) -> int32 words (N, ceil(K / 32) * bits)."""
-    N, K = q.shape
-    q = F.pad(q.long(), (0, -K % 32)).view(N, -1, 32)
-    words = torch.zeros(N, q.shape[1], bits, dtype=torch.long, device=q.device)
-    for j, (w, off, spill) in enumerate(_slots(bits)):
-        words[..., w] |= (q[..., j] << off) & 0xFFFFFFFF
-        if spill:
-            words[..., w + 1] |= q[..., j] >> (32 - off)
-    return (words - (words >> 31 << 32)).to(torch.int32).view(N, -1)  # reinterpret the unsigned bits as int32
-
-
-def unpack(words, bits, K):
-    """int32 words (N, ceil(K / 32) * bits) -> codes (N, K) uint8."""
-    N = words.shape[0]
-    w = words.view(N, -1, bits).long() & 0xFFFFFFFF
-    q = torch.empty(N, w.shape[1], 32, dtype=torch.long, device=words.device)
-    for j, (i, off, spill) in enumerate(_slots(bits)):
-        q[..., j] = w[..., i] >> off
-        if spill:
-            q[..., j] |= w[..., i + 1] << (32 - off)
-    return (q & (2 ** bits - 1)).view(N, -1)[:, :K].to(torch.uint8)
-
-
-# --------------------------------------------------------------------------------------------------- QLinear
+# ------------------------------------------------------------------------------------------------------- layers
 class Rotation(nn.Module):
     """An orthogonal input transform x -> x T, applied online, in the compact form the rotation methods need.
     The K = m * b channels are m blocks of b: T = blockdiag(R1) [P blockdiag(R2)] [M (x) I_b], i.e. per-block
@@ -160,6 +59,16 @@ class Rotation(nn.Module):
             y = self.mix.T.to(y.dtype) @ y  # y_n = sum_m mix[m, n] y_m: one batched GEMM, no permuted copy
         return y.reshape(x.shape)
 
+    def kernel_form(self, device):
+        """act_quant's Form of this rotation on `device` when its fused kernel takes it (QuaRot's H_m (x) H_b), else
+        None (torch rotates first). Worked out once, as it reads the matrices back to the host, and kept."""
+        if "_form" not in self.__dict__:
+            fusable = self.shared and self.perm is None and self.r2 is None
+            self._form = act_quant.fused_form(self.r1[0], self.m, self.mix) if fusable else None
+        if self._form is not None and self._form.H.device != device:
+            self._form = self._form.to(device)  # moved once, not on every call
+        return self._form
+
 
 class RotLinear(nn.Linear):
     """A float Linear whose input is rotated online (its weight already holds W T): the state a rotation method
@@ -176,12 +85,11 @@ class RotLinear(nn.Linear):
 
 
 class QLinear(nn.Module):
-    """A Linear whose weight is stored as packed b-bit codes with per-group scales and zero points.
+    """A Linear whose weight is stored as packed b-bit codes with per-group scales and zero points (format.py).
 
-    forward: x -> (optional online rotation x T) -> (optional per-token activation fake quantization) ->
-    x @ dequant(W)^T + bias. On CUDA in bf16 / fp16 Triton kernels do it: kernels/wa_gemm.py for W8A8 (FP8, INT8)
-    and W4A4 with per-channel weights (rotation and activation quantization fused in kernels/act_quant.py),
-    kernels/wq_gemm.py for weight-only layers; elsewhere, and for other layouts, the pure-torch twin.
+    forward: x -> (optional online rotation x T) -> (optional per-token activation quantization) ->
+    x @ dequant(W)^T + bias -> (optional per-channel quantization of the output: out_bits, the V of softmax(P) V
+    that DLLMQuant's IA-AQ and --v_bits quantize, on v_proj). code_path() below picks the code that does it.
     fp8: the 8-bit codes are e4m3 bytes (fp8_grid) and activations are quantized to e4m3, not to integers."""
 
     def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
@@ -235,30 +143,19 @@ class QLinear(nn.Module):
             return (q.view(torch.float8_e4m3fn).float() * self.scales.float()).to(self.scales.dtype)
         return dequantize(q, self.scales, self.zeros)
 
-    def forward(self, x):
-        fmt = None
-        if x.is_cuda and x.dtype != torch.float32 and self.act_bits < 16:
-            from kernels.wa_gemm import format_of, linear
-            fmt = format_of(self)
-        if fmt is not None:  # rotation, activation quantization and the GEMM in Triton kernels (W8A8, W4A4)
-            y = linear(x, self, fmt)
-        else:
-            y = self.dequantized_forward(x)
+    def forward(self, x, path=None):
+        """path: one of PATHS instead of code_path()'s choice (the tests compare them)."""
+        y = PATHS[path or code_path(self, x.device, x.dtype)](self, x)
         return quantize_channels(y, self.out_bits, self.out_clip) if self.out_bits < 16 else y
 
-    def dequantized_forward(self, x):
-        """The fake-quantized path: activations rounded and multiplied with the dequantized weight in x's dtype."""
+    def rounded_input(self, x):
+        """x as the dequantized weight meets it in torch: rotated, then fake-quantized per token."""
         if self.rotation is not None:
             x = self.rotation(x)
         if self.act_bits < 16:
             x = fp8_tokens(x, self.act_clip) if self.fp8 else quantize_tokens(x, self.act_bits, self.act_sym,
                                                                                 self.act_clip)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        if x.is_cuda and x.dtype != torch.float32 and not self.fp8 and self.dense is None:  # the packed codes, read
-            from kernels.wq_gemm import matmul
-            y = matmul(x, self.qweight, self.scales.to(x.dtype), self.zeros.to(x.dtype), self.bits, self.in_features)
-            return y if bias is None else y + bias
-        return F.linear(x, self.weight().to(x.dtype), bias)
+        return x
 
 
 class BinaryLinear(nn.Module):
@@ -308,16 +205,72 @@ class BinaryLinear(nn.Module):
         return F.linear(x, self.weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
+# -------------------------------------------------------------------------------- which code computes a layer
+def wa_format(layer):
+    """The format in which the W8A8 / W4A4 kernels take a QLinear: "fp8", "int8", "int4", or None (weight-only,
+    weights in groups, mixed widths such as W4A8, asymmetric activations)."""
+    if layer.act_bits == 16 or not layer.act_sym or layer.scales.shape[1] != 1:
+        return None
+    if layer.fp8:
+        return "fp8" if layer.act_bits == 8 else None
+    return {8: "int8", 4: "int4"}.get(layer.bits) if layer.bits == layer.act_bits else None
+
+
+def code_path(layer, device, dtype):
+    """The one place that decides which code computes a QLinear on inputs of this device and dtype (a key of PATHS):
+      wa     rotation, per-token quantization and GEMM in Triton: act_quant + wa_gemm (W8A8 FP8 / INT8, W4A4);
+      wa_op  the same traced by torch.compile: the GEMM a custom operator (kernels/ops.py), the quantizer the twin's
+             torch code, which Inductor fuses into the op that made x; wa_break: a layer with an online rotation,
+             traced, runs "wa" in a graph break instead, to keep act_quant's fused rotation;
+      wq     rotation and activation rounding in torch, then wq_gemm on the packed codes (weight-only layers, and
+             layouts the wa kernels do not take); wq_op: the same as a custom operator, when traced;
+      torch  the pure-torch twin: x @ dequant(W)^T in x's dtype, from the weight cache_weights kept if any.
+    The Triton paths need CUDA and bf16 / fp16 inputs (the tensor cores would round fp32 to tf32)."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return "torch"
+    traced = torch.compiler.is_compiling()
+    if wa_format(layer) is not None:
+        return ("wa_op" if layer.rotation is None else "wa_break") if traced else "wa"
+    if layer.fp8 or layer.dense is not None:
+        return "torch"
+    return "wq_op" if traced else "wq"
+
+
+def _wa(layer, x):
+    form = layer.rotation.kernel_form(x.device) if layer.rotation is not None else None
+    if layer.rotation is not None and form is None:  # not QuaRot's Hadamard: torch rotates, in x's dtype
+        x = layer.rotation(x)
+    return wa_gemm.linear(x, layer.qweight, layer.scales, layer.zeros, layer.bias, wa_format(layer), layer.act_clip,
+                          form)
+
+
+def _wa_op(layer, x):
+    return ops.wa_linear(x, layer.qweight, layer.scales, layer.zeros, layer.bias, wa_format(layer), layer.act_clip)
+
+
+def _wq(layer, x, matmul=wq_gemm.matmul):
+    x = layer.rounded_input(x)
+    y = matmul(x, layer.qweight, layer.scales.to(x.dtype), layer.zeros.to(x.dtype), layer.bits, layer.in_features)
+    return y if layer.bias is None else y + layer.bias.to(x.dtype)
+
+
+def _torch(layer, x):
+    x = layer.rounded_input(x)
+    return F.linear(x, layer.weight().to(x.dtype), None if layer.bias is None else layer.bias.to(x.dtype))
+
+
+PATHS = {"wa": _wa, "wa_op": _wa_op, "wa_break": torch.compiler.disable(_wa), "wq": _wq,
+         "wq_op": lambda layer, x: _wq(layer, x, ops.wq_matmul), "torch": _torch}
+
+
 def cache_weights(model):
     """For fast scoring: each quantized layer dequantizes its weight once and keeps it, so a weight-only or binary
     layer runs one float GEMM instead of unpacking its codes every call (the same numbers up to rounding order).
-    Layers the W8A8 / W4A4 kernels take stay on them: the pure-torch activation rounding, ~20 full-size elementwise
-    passes, made a W4A4 mini-Dream forward 1.7x slower than the kernels on an H100."""
+    Layers the W8A8 / W4A4 kernels take stay on them and keep no copy: the pure-torch activation rounding, ~20
+    full-size elementwise passes, made a W4A4 mini-Dream forward 1.7x slower than the kernels (H100)."""
     for m in model.modules():
-        if isinstance(m, QLinear) and m.act_bits < 16 and m.qweight.is_cuda and m.scales.dtype != torch.float32:
-            from kernels.wa_gemm import format_of
-            if format_of(m) is not None:
-                continue  # the kernels take this layer and never read a dense weight: no copy
+        if isinstance(m, QLinear) and code_path(m, m.qweight.device, m.scales.dtype) == "wa":
+            continue
         if isinstance(m, (QLinear, BinaryLinear)):
             m.dense = None
             m.dense = m.weight()
@@ -329,92 +282,37 @@ def build_layer(cfg):
     return BinaryLinear(**cfg) if cfg.get("format") == "binary" else QLinear(**cfg)
 
 
+# ---------------------------------------------------------------------------------------------- block edits
 def swap(block, name, module):
     """Replace the submodule `name` (e.g. "mlp.down_proj") of block."""
     parent, _, leaf = name.rpartition(".")
     setattr(block.get_submodule(parent) if parent else block, leaf, module)
 
 
+def qlinear(linear, q, s, z, args):
+    """The QLinear that replaces `linear` (carrying over its bias and online rotation), with the weight and
+    activation settings of calibrate.py's args."""
+    return QLinear.from_codes(q, s, z, linear.bias, getattr(linear, "rotation", None), bits=args.wbits,
+                              group_size=args.group_size, sym=args.sym, act_bits=args.abits, act_sym=args.a_sym,
+                              act_clip=args.a_clip, fp8=getattr(args, "fp8", False), dtype=linear.weight.dtype)
+
+
+def apply_scale(block, prev, names, s):
+    """Fold a per-channel scale s into a block, exactly in float: prev's output (a norm's weight, or a Linear's rows
+    and bias) / s, the named Linears' input columns * s. Computed in at least fp32, and in fp64 for an fp64 model."""
+    def rescale(t, power):  # t * s^power, with s widened before it is inverted
+        wide = torch.promote_types(t.dtype, torch.float32)
+        factor = s.to(wide) ** power
+        return (t.data.to(wide) * (factor[:, None] if t.dim() == 2 and power < 0 else factor)).to(t.dtype)
+    p = block.get_submodule(prev)
+    p.weight.data = rescale(p.weight, -1)  # a norm's weight (K,) or a Linear's output rows (K, in)
+    if getattr(p, "bias", None) is not None:
+        p.bias.data = rescale(p.bias, -1)
+    for name in names:
+        lin = block.get_submodule(name)
+        lin.weight.data = rescale(lin.weight, 1)  # input columns
+
+
 def model_bytes(model):
     """Bytes of all parameters and buffers: the size of the weights in memory and on disk."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-
-
-# ------------------------------------------------------------------------------------------ the block walker
-@dataclass
-class Calib:
-    """Calibration batch: tokens (N, T) the model reads (masks included), which of them are [MASK], and for
-    sampler trajectories the model's confidence in each token; quantizers that weight tokens use the last two."""
-    tokens: torch.Tensor
-    masked: torch.Tensor
-    confidence: torch.Tensor | None = None
-
-
-@dataclass
-class BlockInputs:
-    """The inputs x (N, T, C) of one block plus what a block forward needs; run() evaluates a block on them."""
-    x: torch.Tensor
-    rope: tuple
-    chunk: int = 8  # sequences per forward: bounds the MLP activations of a big model
-
-    @torch.no_grad()
-    def run(self, block):
-        return torch.cat([block(self.x[i:i + self.chunk], self.rope) for i in range(0, len(self.x), self.chunk)])
-
-
-def rel_error(y, ref):
-    return ((y.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
-@torch.no_grad()
-def walk_blocks(model, calib, device, log=print):
-    """Yield (i, block, inputs) for each block, on `device`, with inputs computed through the already-modified
-    blocks 0..i-1. The caller changes the block in place (swaps in QLinear, rescales); then the walker runs the
-    changed block to get the next inputs, logs its relative output error against the unchanged block on the same
-    inputs, and moves the block back to where it was, so only one block's weights and inputs sit on the device."""
-    home = next(model.parameters()).device
-    x, rope, _ = model.block_inputs(calib.tokens.to(home))
-    inputs = BlockInputs(x.to(device), tuple(t.to(device) for t in rope))
-    t0, n = time.time(), len(model.blocks)
-    for i, block in enumerate(model.blocks):
-        block.to(device)
-        reference = inputs.run(block)
-        yield i, block, inputs
-        inputs.x = inputs.run(block)
-        err = rel_error(inputs.x, reference)
-        block.to(home)
-        elapsed = time.time() - t0
-        log(f"block {i + 1:3d}/{n} | output error {err:.4f} | {elapsed:6.1f} s | "
-            f"ETA {elapsed / (i + 1) * (n - i - 1):6.1f} s")
-
-
-@torch.no_grad()
-def input_stats(block, inputs, names, fn, weights=None):
-    """Run block on inputs and fold every named Linear's input through fn: acc[name] = fn(acc, X, w), where X
-    (tokens, K) are the inputs of one chunk and w (tokens,) the matching token weights (or None)."""
-    acc, hooks, rows = dict.fromkeys(names), [], {}
-
-    def hook(name):
-        def record(module, args, output):  # a rotated Linear's input is what its weight meets: x T
-            x = module.rotation(args[0]) if getattr(module, "rotation", None) is not None else args[0]
-            X = x.reshape(-1, x.shape[-1])
-            w = None if weights is None else weights[rows["lo"]:rows["hi"]].reshape(-1).to(X.device)
-            acc[name] = fn(acc[name], X, w)
-        return record
-    for name in names:
-        hooks.append(block.get_submodule(name).register_forward_hook(hook(name)))
-    try:
-        for i in range(0, len(inputs.x), inputs.chunk):
-            rows.update(lo=i, hi=i + inputs.chunk)
-            block(inputs.x[i:i + inputs.chunk], inputs.rope)
-    finally:
-        for h in hooks:
-            h.remove()
-    return acc
-
-
-def gram(acc, X, w=None):
-    """Running Hessian proxy H = sum_j w_j x_j x_j^T (float32; w = 1 without token weights)."""
-    X = X.float()
-    H = (X * w[:, None].float() if w is not None else X).T @ X
-    return H if acc is None else acc + H

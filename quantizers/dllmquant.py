@@ -1,7 +1,7 @@
 """
 DLLMQuant (Xu, Chen and Yang 2025, arXiv:2508.14090): post-training quantization built for the way a dLLM decodes.
-No code was released; what is known comes from the abstract and its reviews (../shared/reference/anchors.md 1B), so
-each open detail below is our reading, said as such, and a flag.
+No code was released; what is known comes from the abstract and its public reviews (OpenReview), so each open
+detail below is our reading, said as such, and a flag.
   TMAS  calibration canvases drawn from the model's own denoising trajectories in mask-ratio buckets
         0.3 / 0.2 / 0.2 / 0.3: calibrate.py --calib_mode trajectory.
   CGQ   certainty-guided quantization: GPTQ (quantizers/gptq.py) on a token-weighted Hessian
@@ -21,10 +21,30 @@ each open detail below is our reading, said as such, and a flag.
 
 The method rounds, so it goes last; before it, AWQ or QuaRot transform the float model as the paper does.
 """
+from dataclasses import dataclass
+
 import torch
 
-from quantizers.core import quantize_channels, walk_blocks
-from quantizers.gptq import gptq_block
+from cli import opt
+from quantizers.format import quantize_channels
+from quantizers.gptq import gptq_block  # CGQ is GPTQ on a token-weighted Hessian
+from quantizers.walk import walk_blocks
+
+KIND = "rounder"  # replaces each float Linear by a QLinear (GPTQ's), and quantizes V
+ACTIVATIONS = True  # --bits N means W{N}A{N}, weights per output channel; V at N bits too (--v_bits)
+
+
+@dataclass
+class Flags:
+    cgq_visible: float = opt(0.7, "CGQ: Hessian weight of a visible token (masked ones weigh about 1)")
+    cgq_beta: float = opt(0.5, "CGQ: a masked token weighs (1 - beta) + 2 beta x the model's confidence")
+    iaaq_grid: int = opt(11, "IA-AQ: clipping factors of V tried, evenly spaced in [0.5, 1]")
+
+
+def resolve(args):
+    """--v_bits 0 (auto) means V at the activations' bits: IA-AQ is part of the method."""
+    if args.v_bits == 0:
+        args.v_bits = args.abits
 
 
 def certainty_weights(calib, visible=0.7, beta=0.5):

@@ -20,16 +20,25 @@ swap index from the row of the maximum; the reference also uses one rotation for
 A block size that does not divide a width is lowered to the largest divisor of it (tiny-dream's 592 gets 74).
 """
 import copy
+from dataclasses import dataclass
 
 import torch
 
-from quantizers.core import RotLinear, Rotation, input_stats, swap, walk_blocks
-from quantizers.rtn import round_block
-from quantizers.smoothquant import GROUPS as SMOOTH_GROUPS, smooth_block
+from cli import opt
+from quantizers.core import Rotation, RotLinear, swap
+from quantizers.smoothquant import GROUPS as SMOOTH_GROUPS  # DuQuant's first step is SmoothQuant's
+from quantizers.smoothquant import smooth_block
+from quantizers.walk import INPUT_GROUPS, inputs_of, walk_blocks
 
-INPUTS = [("attn.q_proj", "attn.k_proj", "attn.v_proj"), ("attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"),
-          ("mlp.down_proj",)]  # Linears that read one input share one transform
+KIND = "transform"  # smooths, then rotates the float weights and their inputs online; the float function is unchanged
+ACTIVATIONS = True  # --bits N means W{N}A{N}, weights per output channel
 TOKENS = 2048  # calibration tokens the rotations are fitted on
+
+
+@dataclass
+class Flags:
+    block_size: int = opt(128, "channels per rotation block (lowered to a divisor of the width)")
+    rotation_steps: int = opt(256, "greedy rotation steps per block")
 
 
 def spread(b):
@@ -88,9 +97,7 @@ def dual_transform(X, block_size, steps, gen):
 
 def sample_tokens(block, inputs, name, gen):
     """Up to TOKENS rows of the named Linear's input over the calibration set."""
-    def keep(acc, X, w):
-        return X if acc is None else torch.cat([acc, X])
-    X = input_stats(block, inputs, [name], keep)[name]
+    X = inputs_of(block, inputs, name)
     return X[torch.randperm(len(X), generator=gen)[:TOKENS].to(X.device)]
 
 
@@ -98,7 +105,7 @@ def sample_tokens(block, inputs, name, gen):
 def transform_block(block, inputs, args, gen):
     """Smooth, then rotate-permute-rotate every input group of one block (in float: exact)."""
     smooth_block(block, inputs, SMOOTH_GROUPS + [("mlp.up_proj", ("mlp.down_proj",))], args.alpha)
-    for names in INPUTS:
+    for names in INPUT_GROUPS:
         rot = dual_transform(sample_tokens(block, inputs, names[0], gen), args.block_size, args.rotation_steps, gen)
         for name in names:
             lin = block.get_submodule(name)
@@ -107,10 +114,11 @@ def transform_block(block, inputs, args, gen):
             swap(block, name, RotLinear.wrap(lin, r.to(lin.weight.dtype)))
 
 
-def quantize(model, calib, args):
-    round_after = args.method.split(",")[-1] == "duquant"
+def quantize(model, calib, args, round_block=None):
+    """Transform block by block (smoothing with SmoothQuant's --alpha); round_block(block, inputs, args), when given,
+    rounds each block right after."""
     gen = torch.Generator().manual_seed(args.seed)
     for _, block, inputs in walk_blocks(model, calib, args.device):
         transform_block(block, inputs, args, gen)
-        if round_after:
-            round_block(block, args)
+        if round_block is not None:
+            round_block(block, inputs, args)

@@ -8,35 +8,26 @@ go in data-flow order (q/k/v, o, gate/up, down), each group seeing the outputs o
     python calibrate.py --method gptq --wbits 4 --group_size 128 [--act_order]
 
 Notation: W (N, K) weight; H (K, K); U = upper Cholesky factor of H^-1 (so H^-1 = U^T U); s, z group scales and
-zero points (quantizers/core.py). Dead inputs (H_jj = 0) are pinned to 0. Damping adds damp * mean(diag H) to the
-diagonal (scale-free), multiplied by 10 until the Cholesky factorisation succeeds.
+zero points (quantizers/format.py). Dead inputs (H_jj = 0) are pinned to 0 and damping adds --damp * mean(diag H) to
+the diagonal (scale-free), multiplied by 10 until the Cholesky factorisation succeeds (walk.pin_dead,
+walk.inverse_hessian_factor, shared with Quant-dLLM).
 """
+from dataclasses import dataclass
+
 import torch
 
-from quantizers.core import fit_grid, gram, group_width, input_stats, swap, walk_blocks
-from quantizers.rtn import qlinear
+from cli import opt
+from quantizers.core import qlinear, swap
+from quantizers.format import fit_grid, group_width
+from quantizers.walk import INPUT_GROUPS, gram, input_stats, inverse_hessian_factor, pin_dead, walk_blocks
 
-GROUPS = [("attn.q_proj", "attn.k_proj", "attn.v_proj"), ("attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"),
-          ("mlp.down_proj",)]  # Linears of a group read the same input, so they share one H
-
-
-def inverse_hessian_factor(H, damp):
-    """U with H^-1 = U^T U for H + damp * mean(diag H) * I, escalating damp x10 on failure -> (U, damp used)."""
-    mean = H.diagonal().mean()
-    while damp <= 10:
-        L, info = torch.linalg.cholesky_ex(H + damp * mean * torch.eye(len(H), device=H.device))
-        if info == 0:
-            return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True), damp
-        damp *= 10
-    raise ValueError("GPTQ: the Hessian stays singular with damping 10 x mean(diag H)")
+KIND = "rounder"  # replaces each float Linear by a QLinear
+ACTIVATIONS = False  # --bits N means W{N}A16
 
 
-def pin_dead(W, H):
-    """float32 copies of W and H with the dead inputs (H_jj = 0) pinned: H_jj = 1, W[:, j] = 0."""
-    W, H = W.float().clone(), H.float().clone()
-    dead = H.diagonal() == 0
-    H[dead, dead], W[:, dead] = 1.0, 0.0
-    return W, H
+@dataclass
+class Flags:
+    act_order: bool = opt(False, "quantize columns in order of decreasing H_jj (static groups)")
 
 
 @torch.no_grad()
@@ -75,7 +66,7 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
 def gptq_block(block, inputs, args, token_weights=None):
     """Round every Linear of one block by GPTQ, group after group; token_weights (N, T) turn H into
     sum_j w_j x_j x_j^T (CGQ, quantizers/dllmquant.py)."""
-    for names in GROUPS:
+    for names in INPUT_GROUPS:
         H = input_stats(block, inputs, names[:1], gram, token_weights)[names[0]]
         for name in names:
             lin = block.get_submodule(name)

@@ -1,6 +1,6 @@
 """
 Quant-dLLM (Zhang et al. 2025, arXiv:2510.03274): 2-bit weight-only quantization of dLLMs. The paper's code is not
-released; this follows its equations and the public reproduction's reading (../shared/reference/anchors.md 1C).
+released; this follows its equations and a public reproduction's reading of them.
   MCS   masked calibration simulation: calibrate.py --calib_mode masked; H = S + eps I is the second moment of the
         masked canvases' inputs, eps = damp * mean(diag S).
   Z     importance Z_ij = (W_ij / [H^-1]_jj)^2 (the paper's (W D^-1) * (W D^-1), D = diag(H^-1)).
@@ -26,10 +26,31 @@ released; this follows its equations and the public reproduction's reading (../s
 The group size is --group_size (128 by default), lowered to the largest divisor of a width that it does not divide
 (tiny-dream's 592 gets 74). Stored as core.BinaryLinear: 1 bit per sign plane plus a_r, a_c in the model dtype.
 """
+from dataclasses import dataclass
+
 import torch
 
-from quantizers.core import BinaryLinear, gram, group_width, input_stats, swap, walk_blocks
-from quantizers.gptq import GROUPS, inverse_hessian_factor, pin_dead
+from cli import InputError, opt
+from quantizers.core import BinaryLinear, swap
+from quantizers.format import group_width
+from quantizers.walk import INPUT_GROUPS, gram, input_stats, inverse_hessian_factor, pin_dead, walk_blocks
+
+KIND = "rounder"  # replaces each float Linear by a BinaryLinear
+ACTIVATIONS = False  # --bits N means W{N}A16
+
+
+@dataclass
+class Flags:
+    abmp_k: float = opt(-1.0, "ABMP: share of column groups one bit above, and one below, --wbits (-1: 0.05 for LLaDA, "
+                              "0.10 for Dream)")
+    daq_iters: int = opt(10, "DAQ: rounds of scale refits and joint re-binarisation")
+    daq_lambda: float = opt(2.0, "DAQ: loss weight of the 3-sigma outliers of the importance Z")
+    daq_compensate: str = opt("column", "GPTQ-style error compensation per column, or per group only")
+
+
+def resolve(args):
+    if args.daq_compensate not in ("column", "group"):
+        raise InputError(f"--daq_compensate {args.daq_compensate!r} is unknown (expected column or group)")
 
 
 def importance(W, U):
@@ -140,7 +161,7 @@ def quantize(model, calib, args):
     k = args.abmp_k if args.abmp_k >= 0 else (0.05 if model.args.family == "llada" else 0.10)
     print(f"quantdllm: W{args.wbits} average, ABMP k = {k:.0%} of the groups one bit above and below", flush=True)
     for _, block, inputs in walk_blocks(model, calib, args.device):
-        for names in GROUPS:
+        for names in INPUT_GROUPS:
             H = input_stats(block, inputs, names[:1], gram)[names[0]]
             for name in names:
                 lin = block.get_submodule(name)

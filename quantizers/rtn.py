@@ -1,11 +1,18 @@
 """
-RTN: round every weight to the nearest point of its group's grid (quantizers/core.py). The baseline every other
+RTN: round every weight to the nearest point of its group's grid (quantizers/format.py). The baseline every other
 method is measured against; it needs no calibration data (the block walk only reports each block's output error).
+It is also the rounder calibrate.py appends after a chain that ends in a transform (--method quarot = quarot,rtn).
 
     python calibrate.py --method rtn --wbits 4 --group_size 128
-    python calibrate.py --method quarot --bits 8 --fp8              # W8A8 in FP8 e4m3 (core.fp8_grid), rotated
+    python calibrate.py --method quarot --bits 8 --fp8              # W8A8 in FP8 e4m3 (format.fp8_grid), rotated
 """
-from quantizers.core import LINEARS, QLinear, fit_grid, fp8_grid, quantize as to_grid, swap, walk_blocks
+from quantizers.core import LINEARS, qlinear, swap
+from quantizers.format import fit_grid, fp8_grid
+from quantizers.format import quantize as to_grid
+from quantizers.walk import walk_blocks
+
+KIND = "rounder"  # replaces each float Linear by a QLinear
+ACTIVATIONS = False  # --bits N means W{N}A16 (activations are quantized only with --abits)
 
 
 def rtn(W, bits, group_size=128, sym=False, clip=1.0):
@@ -14,15 +21,9 @@ def rtn(W, bits, group_size=128, sym=False, clip=1.0):
     return to_grid(W, s, z, bits), s, z
 
 
-def qlinear(linear, q, s, z, args):
-    """The QLinear that replaces `linear`, with the weight and activation settings of args."""
-    return QLinear.from_codes(q, s, z, linear.bias, getattr(linear, "rotation", None), bits=args.wbits,
-                              group_size=args.group_size, sym=args.sym, act_bits=args.abits, act_sym=args.a_sym,
-                              act_clip=args.a_clip, fp8=getattr(args, "fp8", False), dtype=linear.weight.dtype)
-
-
-def round_block(block, args, names=LINEARS):
-    """Round the named float Linears of a block to QLinear by RTN (to FP8 e4m3 with args.fp8)."""
+def round_block(block, inputs, args, names=LINEARS):
+    """Round the named float Linears of a block to QLinear by RTN (to FP8 e4m3 with args.fp8). RTN reads no
+    calibration data: `inputs` is there so that a transform can call it on each block it has just transformed."""
     for name in names:
         lin = block.get_submodule(name)
         grid = fp8_grid(lin.weight) if getattr(args, "fp8", False) else rtn(lin.weight, args.wbits, args.group_size,
@@ -31,5 +32,5 @@ def round_block(block, args, names=LINEARS):
 
 
 def quantize(model, calib, args):
-    for _, block, _ in walk_blocks(model, calib, args.device):
-        round_block(block, args)
+    for _, block, inputs in walk_blocks(model, calib, args.device):
+        round_block(block, inputs, args)

@@ -4,19 +4,30 @@ For each input channel j of a group of Linears sharing one input X, with every W
     s_j = max|X_j|^alpha / max|W_j|^(1 - alpha),
 the input is divided by s (folded into the RMSNorm weight, or into v_proj's output rows for o_proj) and the weights'
 columns multiplied by s, which in float leaves every output unchanged. alpha = 0.5 balances the two ranges
-(mit-han-lab/smoothquant; the study's scripts use 0.5). The weights are then rounded by RTN, or by a later rounder
-(`--method smoothquant,gptq`), and the activations quantized per token.
+(mit-han-lab/smoothquant; the study's scripts use 0.5). The weights are then rounded by RTN, each block right after
+it is smoothed, or by a later rounder (`--method smoothquant,gptq`), and the activations quantized per token.
 
     python calibrate.py --method smoothquant --bits 8 --alpha 0.5     # W8A8
 
 Groups: attn_norm -> q, k, v; mlp_norm -> gate, up; v -> o where v's output width equals o's input width (not under
 grouped-query attention). down_proj is not smoothed, as in SmoothQuant.
 """
+from dataclasses import dataclass
+
 import torch
 
-from quantizers.awq import apply_scale
-from quantizers.core import input_stats, walk_blocks
-from quantizers.rtn import round_block
+from cli import opt
+from quantizers.core import apply_scale
+from quantizers.walk import input_stats, walk_blocks
+
+KIND = "transform"  # moves scales between the norms / v_proj and the Linears; the float function is unchanged
+ACTIVATIONS = True  # --bits N means W{N}A{N}, weights per output channel
+
+
+@dataclass
+class Flags:
+    alpha: float = opt(0.5, "migration strength: s = max|X|^alpha / max|W|^(1-alpha) (DuQuant's smoothing too)")
+
 
 GROUPS = [("attn_norm", ("attn.q_proj", "attn.k_proj", "attn.v_proj")), ("attn.v_proj", ("attn.o_proj",)),
           ("mlp_norm", ("mlp.gate_proj", "mlp.up_proj"))]
@@ -47,9 +58,9 @@ def smooth_block(block, inputs, groups, alpha):
     return done
 
 
-def quantize(model, calib, args):
-    round_after = args.method.split(",")[-1] == "smoothquant"
+def quantize(model, calib, args, round_block=None):
+    """Smooth block by block; round_block(block, inputs, args), when given, rounds each block right after."""
     for _, block, inputs in walk_blocks(model, calib, args.device):
         smooth_block(block, inputs, GROUPS, args.alpha)
-        if round_after:
-            round_block(block, args)
+        if round_block is not None:
+            round_block(block, inputs, args)

@@ -70,6 +70,7 @@ def linear_bits(ckpt):
     """Bits per weight of the quantized Linears: their own stored tensors (codes or sign planes, scales, zeros; not
     bias or an online rotation) over their weight count."""
     import torch
+
     import model as M
     from quantizers.core import BinaryLinear, QLinear
     floats = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}

@@ -14,7 +14,7 @@ from quantizers.core import QLinear
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {f: os.path.join(ROOT, "assets", f"tiny-{f}") for f in ("llada", "dream")}
-FAST = dict(nsamples=8, seqlen=64, nll_windows=0, device="cpu")  # noqa: C408  small enough for CI
+FAST = dict(nsamples=8, seqlen=64, nll_windows=0, device="cpu")  # small enough for CI
 
 
 def quantize(tmp_path, **kw):
@@ -43,7 +43,8 @@ def test_saved_checkpoint_loads_back_with_identical_logits(tmp_path, family, met
 def test_w8_g128_barely_moves_held_out_nll(tmp_path):
     """W8 round-to-nearest on the trained tiny model: held-out NLL within 1% (same masks before and after)."""
     m, args = quantize(tmp_path, model=TINY["llada"], method="rtn", wbits=8)
-    from eval import Args as EvalArgs, wiki_nll
+    from eval import Args as EvalArgs
+    from eval import wiki_nll
     tok, e = M.load_tokenizer(TINY["llada"]), EvalArgs(limit=24, mc=2)
     before, after = (wiki_nll(x, tok, e, "cpu")["nll"]["value"] for x in (M.load(TINY["llada"]), m))
     assert abs(after / before - 1) < 0.01 and before < 4.5

@@ -6,10 +6,12 @@ import torch
 
 import calibrate as C
 import model as M
-from quantizers import core, dllmquant, quantdllm
-from quantizers.core import BinaryLinear, Calib, QLinear, dequantize, quantize_channels
+from quantizers import core, dllmquant, format, quantdllm
+from quantizers.core import BinaryLinear, QLinear
+from quantizers.format import dequantize, quantize_channels
 from quantizers.gptq import gptq
 from quantizers.rtn import rtn
+from quantizers.walk import BlockInputs, Calib
 from test_quantizers import calibration_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +66,6 @@ def test_iaaq_picks_the_grid_point_with_the_lowest_weighted_error(tmp_path):
     assert all(b.attn.v_proj.out_bits == 4 for b in m.blocks) and all(0.5 <= c <= 1 for c in clips)
     block = M.load(TINY).blocks[0]
     block.attn.v_proj = QLinear.from_codes(*rtn(block.attn.v_proj.weight, 4, -1), bits=4, group_size=-1)
-    from quantizers.core import BlockInputs
     x = torch.randn(4, 32, block.attn_norm.weight.shape[0], generator=torch.Generator().manual_seed(0))
     rope = M.rope_cos_sin(torch.arange(32)[None], M.load(TINY).args.head_dim, 10000.0)
     inputs = BlockInputs(x, rope)
@@ -110,7 +111,7 @@ def test_binary_residual_format_round_trips_and_costs_what_it_claims():
     expect = torch.cat([planes[s:s + k].sum(0) for s, k in zip(starts, orders, strict=True)], 1)
     assert torch.equal(m.weight(), expect)
     assert m.qweight.numel() * 32 == P * N * g  # one bit per sign
-    again = BinaryLinear(**{k: v for k, v in m.config().items()})
+    again = BinaryLinear(**dict(m.config().items()))
     again.load_state_dict(m.state_dict())
     assert torch.equal(again.weight(), m.weight())
 
@@ -162,8 +163,8 @@ def test_cached_weights_are_the_dequantized_ones_and_keep_the_logits(tmp_path, k
 
 
 def test_every_method_lowers_the_group_to_a_divisor_of_the_width():
-    assert core.group_width(592, 128) == 74 and core.group_width(768, 128) == 128
-    assert core.group_width(256, -1) == 256 and core.group_width(100, 128) == 100
+    assert format.group_width(592, 128) == 74 and format.group_width(768, 128) == 128
+    assert format.group_width(256, -1) == 256 and format.group_width(100, 128) == 100
     W = torch.randn(3, 592)
-    assert torch.equal(core.fake_quant(W, 2, 128), core.fake_quant(W, 2, 74))
+    assert torch.equal(format.fake_quant(W, 2, 128), format.fake_quant(W, 2, 74))
     assert gptq(W, torch.eye(592), 2, 128)[1].shape == (3, 8)

@@ -108,7 +108,7 @@ def test_any_config_matches_naive_float64(family, dim, n_heads, n_kv_heads, T):
     ids = torch.randint(0, m.args.vocab_size, (2, T))
     with torch.no_grad():
         got = m(ids)
-    expect = naive_logits({k: v for k, v in m.state_dict().items()}, m.args, ids)
+    expect = naive_logits(dict(m.state_dict().items()), m.args, ids)
     assert got.shape == (2, T, m.args.vocab_size)
     assert (got - expect).abs().max() <= 1e-10
 
@@ -186,8 +186,7 @@ def test_llada_config_defaults_follow_olmo():
 
 def write_tokenizer(path, tokens, special, tok_cfg):
     """A tiny word-level tokenizer.json whose special tokens sit at the given ids, plus tokenizer_config.json."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
     vocab = {w: i for i, w in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=tokens[0]))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

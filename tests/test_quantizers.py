@@ -6,8 +6,9 @@ import torch
 
 import model as M
 from quantizers import awq, gptq, rtn
-from quantizers.core import (BlockInputs, QLinear, Rotation, dequantize, fake_quant, fit_grid, input_stats, pack,
-                             quantize, quantize_tokens, unpack)
+from quantizers.core import QLinear, Rotation, apply_scale
+from quantizers.format import dequantize, fake_quant, fit_grid, pack, quantize, quantize_tokens, unpack
+from quantizers.walk import BlockInputs, input_stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -110,6 +111,6 @@ def test_awq_scaling_leaves_the_float64_block_unchanged(family):
             continue
         s = awq.search_scale(linears, awq.capture(block, inputs, names[0]), awq.judge_fn(block, judge, inputs), 4,
                              16, False)
-        awq.apply_scale(block, prev, names, s)
+        apply_scale(block, prev, names, s)
         scaled += not torch.allclose(s, torch.ones_like(s))
     assert scaled >= 2 and (inputs.run(block) - before).abs().max() <= 1e-10 * before.abs().max()

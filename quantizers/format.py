@@ -1,0 +1,123 @@
+"""
+The stored formats, at the bottom of the project: the uniform integer grid, the FP8 grid and bit packing. Kernels and
+quantizers both import this file; it imports nothing of the project.
+
+Integer grid (the convention of GPTQ and AWQ). A group of `group_size` consecutive input channels of one output row
+is stored as b-bit codes q = clamp(round(W / s) + z, 0, 2^b - 1) and read back as (q - z) * s:
+  asymmetric  s = (hi - lo) / (2^b - 1), z = round(-lo / s), where [lo, hi] is the group's range widened to
+              include 0 and shrunk by the clip ratio;
+  symmetric   s = max|W| * clip / (2^(b-1) - 1), z = 2^(b-1), so 0 is exact and the grid is centred.
+group_size -1 means one group per row (per channel). A width that group_size does not divide (tiny-dream's MLP width
+592 at 128) gets groups of its largest divisor below group_size (74), so no layer needs a larger budget than
+asked. Activations use the same grid per token (symmetric by default), V per channel (quantize_channels).
+
+FP8 grid (W8A8-FP8). Weights are e4m3 bytes of W / s with one s = max|W| / 448 per output channel; activations
+e4m3 per token. Not an integer grid: its codes are the bytes of torch.float8_e4m3fn.
+
+Packing. Codes are laid out along the input dimension in chunks of 32 (the last chunk zero-padded). A chunk of 32
+b-bit codes is read as one 32*b-bit little-endian bit string and stored as b int32 words: code j of a chunk occupies
+bits b*j .. b*j+b-1 of that string. So 4-bit codes sit 8 to a word in order, 8-bit codes 4 and 2-bit codes 16, and
+3-bit codes straddle word boundaries (codes 10 and 21 of each chunk). Sign planes (Quant-dLLM) are 1-bit codes.
+"""
+import torch
+import torch.nn.functional as F
+
+
+# ------------------------------------------------------------------------------------------------- integer grid
+def group_width(K, group_size):
+    """group_size, or the largest divisor of K below it (-1: the whole row)."""
+    return K if group_size <= 0 else max(d for d in range(1, min(group_size, K) + 1) if K % d == 0)
+
+
+def n_groups(K, group_size):
+    return K // group_width(K, group_size)
+
+
+def fit_grid(W, bits, group_size=128, sym=False, clip=1.0):
+    """Scales s and zero points z, each (N, G) float32, of the groups of W (N, K)."""
+    Wg = W.float().reshape(W.shape[0], n_groups(W.shape[1], group_size), -1)
+    if sym:
+        s = Wg.abs().amax(-1) * clip / (2 ** (bits - 1) - 1)
+        z = torch.full_like(s, 2 ** (bits - 1))
+    else:
+        lo, hi = Wg.amin(-1).clamp(max=0) * clip, Wg.amax(-1).clamp(min=0) * clip
+        s = (hi - lo) / (2 ** bits - 1)
+        z = torch.round(-lo / torch.where(s > 0, s, 1.0))
+    return torch.where(s > 0, s, 1.0), z  # an all-zero group gets scale 1 (its codes are all z)
+
+
+def quantize(W, s, z, bits):
+    """W (N, K), s and z (N, G) -> codes (N, K) uint8."""
+    Wg = W.float().reshape(s.shape[0], s.shape[1], -1)
+    q = torch.clamp(torch.round(Wg / s[..., None]) + z[..., None], 0, 2 ** bits - 1)
+    return q.reshape(W.shape).to(torch.uint8)
+
+
+def dequantize(q, s, z):
+    """codes (N, K), s and z (N, G) -> (q - z) * s, (N, K) in s's dtype."""
+    qg = q.reshape(s.shape[0], s.shape[1], -1).to(s.dtype)
+    return ((qg - z[..., None]) * s[..., None]).reshape(q.shape)
+
+
+def fake_quant(W, bits, group_size=128, sym=False, clip=1.0):
+    """Round W to its grid and back (float in, float out): what a method sees when it measures quantization error."""
+    s, z = fit_grid(W, bits, group_size, sym, clip)
+    return dequantize(quantize(W, s, z, bits), s, z).to(W.dtype)
+
+
+def quantize_tokens(x, bits, sym=True, clip=1.0):
+    """Per-token dynamic fake quantization of activations x (..., K): one grid per token, from its own range."""
+    return fake_quant(x.reshape(-1, x.shape[-1]), bits, -1, sym, clip).view_as(x)
+
+
+def quantize_channels(y, bits, clip=1.0):
+    """Per-channel symmetric fake quantization of y (B, T, C) over the T tokens of each sequence: the grid an
+    integer softmax(P) V needs for V, whose scales must be constant along the tokens that the matmul sums over."""
+    B, T, C = y.shape
+    return fake_quant(y.transpose(1, 2).reshape(B * C, T), bits, -1, True, clip).view(B, C, T).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------- fp8 grid
+def fp8_grid(W):
+    """FP8 (e4m3) weights, per output channel: codes (N, K) uint8 holding the e4m3 bytes of W / s, s = max|W| / 448
+    (N, 1) float32, zeros (N, 1) unused."""
+    s = W.float().abs().amax(1, keepdim=True) / 448
+    s = torch.where(s > 0, s, 1.0)
+    return (W.float() / s).to(torch.float8_e4m3fn).view(torch.uint8), s, torch.zeros_like(s)
+
+
+def fp8_tokens(x, clip=1.0):
+    """Per-token dynamic fake quantization of x to e4m3: one scale max|x| * clip / 448 per token."""
+    s = x.float().abs().amax(-1, keepdim=True) * clip / 448
+    s = torch.where(s > 0, s, 1.0)
+    return ((x.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn).float() * s).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------- packing
+def _slots(bits):
+    """For each code j of a 32-code chunk: its word, its bit offset in that word, and whether it spills over."""
+    return [(bits * j // 32, bits * j % 32, bits * j % 32 + bits > 32) for j in range(32)]
+
+
+def pack(q, bits):
+    """codes (N, K) in [0, 2^bits) -> int32 words (N, ceil(K / 32) * bits)."""
+    N, K = q.shape
+    q = F.pad(q.long(), (0, -K % 32)).view(N, -1, 32)
+    words = torch.zeros(N, q.shape[1], bits, dtype=torch.long, device=q.device)
+    for j, (w, off, spill) in enumerate(_slots(bits)):
+        words[..., w] |= (q[..., j] << off) & 0xFFFFFFFF
+        if spill:
+            words[..., w + 1] |= q[..., j] >> (32 - off)
+    return (words - (words >> 31 << 32)).to(torch.int32).view(N, -1)  # reinterpret the unsigned bits as int32
+
+
+def unpack(words, bits, K):
+    """int32 words (N, ceil(K / 32) * bits) -> codes (N, K) uint8."""
+    N = words.shape[0]
+    w = words.view(N, -1, bits).long() & 0xFFFFFFFF
+    q = torch.empty(N, w.shape[1], 32, dtype=torch.long, device=words.device)
+    for j, (i, off, spill) in enumerate(_slots(bits)):
+        q[..., j] = w[..., i] >> off
+        if spill:
+            q[..., j] |= w[..., i + 1] << (32 - off)
+    return (q & (2 ** bits - 1)).view(N, -1)[:, :K].to(torch.uint8)
