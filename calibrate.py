@@ -274,8 +274,7 @@ def calibration(args, model, tok):
 
 def heldout_nll(model, tok, args):
     """Masked-diffusion NLL on held-out Wikipedia (eval.py's scorer, fixed masks), on args.device."""
-    from eval import Args as EvalArgs
-    from eval import wiki_nll
+    from eval import Args as EvalArgs, wiki_nll
     home = next(model.parameters()).device
     model.to(args.device)
     result = wiki_nll(model, tok, EvalArgs(limit=args.nll_windows, seq_len=min(256, model.args.max_seq_len), mc=2,

@@ -19,7 +19,8 @@ humaneval 0-shot 512/512/32, mbpp 3-shot 512/512/32; --gen_length/--steps/--bloc
 Task files live in --data_dir (data/tasks holds small samples; see its README for the full sets).
 
     python eval.py --tasks arithmetic,wiki_nll
-    python eval.py --model assets/tiny-llada,out/quantized --tasks arc_easy,gsm8k --data_dir ../shared/data --limit 50
+    python eval.py --model assets/tiny-llada,out/quantized --tasks arc_easy,gsm8k --data_dir TASKS --limit 50
+(TASKS: a folder with the full sets in the layout of data/tasks, whose README says where each comes from.)
 """
 import functools
 import gzip

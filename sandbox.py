@@ -3,8 +3,8 @@ Run untrusted Python (a model's completion and the task's tests) without letting
 eval.py's code scorers, only behind --allow_code_exec.
 
 Layers, outermost first:
-  - a separate interpreter (`python -I`: no user site, no PYTHON* variables) in its own session, so the whole
-    process group is killed at the timeout;
+  - a separate interpreter (`python -I`: no user site, no PYTHON* variables) that leads its own process group
+    (setsid), so the whole group is killed at the timeout;
   - a throw-away working directory and an empty environment (nothing to read in os.environ);
   - resource limits: address space (memory), CPU seconds, size of any file written, open files, no core dumps;
   - stdout/stderr go to files in that directory (capped by the file-size limit), never into this process's memory;

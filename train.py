@@ -12,7 +12,7 @@ it has no logit of its own.
 
     python data/prepare.py                                    # token files and tokenizers in data/tokens
     python train.py --family llada --out assets/tiny-llada    # see assets/*/README.md for the exact commands
-    python train.py --init_from out/qwen-ar --data data/tokens-qwen ...   # mini-Dream-0.5B: see the README
+    python train.py --init_from out/qwen-ar --data data/tokens-qwen ...   # mini-Dream-0.5B: results/mini-dream
 """
 import itertools
 import json

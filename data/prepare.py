@@ -1,8 +1,12 @@
 """
-Rebuild the training data of the bundled tiny models (assets/tiny-llada, assets/tiny-dream) from the shared corpus:
+Rebuild the training data of the bundled tiny models (assets/tiny-llada, assets/tiny-dream) from their text corpus:
 a byte-level BPE tokenizer, token files, and the synthetic arithmetic task.
 
-    python data/prepare.py --corpus ../shared/data/corpus --out data/tokens
+    python data/prepare.py --corpus CORPUS --out data/tokens
+
+CORPUS is a folder of gzipped UTF-8 text, documents separated by a blank line: wiki_train.txt.gz, austen.txt.gz,
+bible_web.txt.gz, python_docs.txt.gz (what each holds and the public packages it was extracted from: data/README.md;
+the corpus itself is not in the repository).
 
 Sources: Wikipedia leads (CC BY-SA), Jane Austen and the World English Bible (public domain), the Python 3.11
 docs (PSF licence). The Linux kernel docs in the same corpus are GPL-2.0 and are left out, because the models
@@ -117,14 +121,15 @@ def write_tokens(tok, docs, eos, path):
 def read_docs(corpus, name):
     path = os.path.join(corpus, f"{name}.txt.gz")
     if not os.path.isfile(path):
-        sys.exit(f"error: {path}: not found (see ../shared/data/corpus/README.md)")
+        sys.exit(f"error: --corpus: {path} not found (the corpus is not in the repository; data/README.md says what "
+                 "it holds and where it comes from)")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return f.read().strip().split("\n\n")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", default="../shared/data/corpus", help="folder with the corpus *.txt.gz files")
+    p.add_argument("--corpus", required=True, help="folder with the corpus's *.txt.gz files (data/README.md)")
     p.add_argument("--out", default="data/tokens", help="where the token files and tokenizers are written")
     p.add_argument("--arith_problems", type=int, default=200_000, help="distinct training arithmetic problems")
     p.add_argument("--seed", type=int, default=0, help="seed of the document shuffle and the arithmetic draw")

@@ -1,6 +1,6 @@
 """
 The adaptation corpus of mini-Dream-0.5B (tools/gguf_to_dream.py, then train.py --init_from): Python source code
-from a CPython standard library plus the prose of the shared corpus, tokenized with the Qwen2.5 / Dream tokenizer
+from a CPython standard library plus the prose of the tiny models' corpus, tokenized with the Qwen2.5 / Dream tokenizer
 in data/qwen2.5/.
 
     python data/prepare_code.py --out data/tokens-qwen            # this interpreter's standard library
@@ -63,7 +63,7 @@ def read_prose(corpus):
     for name in PROSE:
         path = os.path.join(corpus, f"{name}.txt.gz")
         if not os.path.isfile(path):
-            sys.exit(f"{path}: not found (give --corpus, the folder of the shared corpus)")
+            sys.exit(f"error: --corpus: {path} not found (the corpus is not in the repository: data/README.md)")
         with gzip.open(path, "rt", encoding="utf-8") as f:
             docs += [d for d in f.read().split("\n\n") if d.strip()]
     return docs
@@ -97,8 +97,8 @@ def write(path, arr):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"], help="standard library folder to read")
-    p.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "data", "corpus"),
-                   help="folder with the prose sources (*.txt.gz); '' = code only")
+    p.add_argument("--corpus", required=True,
+                   help="folder with the prose sources (*.txt.gz, data/README.md); '' = code only")
     p.add_argument("--tokenizer", default=TOKENIZER, help="folder with tokenizer.json(.gz)")
     p.add_argument("--out", default=os.path.join(ROOT, "data", "tokens-qwen"), help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")

@@ -203,7 +203,7 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, sum_ptr, K, stride_xm, stride_qm, clip, QMA
 def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.constexpr, EMULATE: tl.constexpr):
     """Store v = x / s (any tile shape; k its channels, row-major) as codes of the format at q_row; return the sum of
     the integer values (0 for fp8). int4: codes v + 8, eight to a word (code j of a word at bits 4j .. 4j + 3), the
-    tile's words from word0 on; past K code 0, as core.pack pads (v there is 0: x was read as 0)."""
+    tile's words from word0 on; past K code 0, as format.pack pads (v there is 0: x was read as 0)."""
     if FMT == 0:  # correctly rounded division above, as torch; the GPU's default fp32 division is approximate
         v = round_fp8(tl.minimum(tl.maximum(v, -448.0), 448.0), EMULATE)
         tl.store(q_row + k, v.to(tl.float8e4nv), mask=ok)

@@ -26,8 +26,10 @@ import torch
 
 from cli import opt
 from quantizers.core import Rotation, RotLinear, swap
-from quantizers.smoothquant import GROUPS as SMOOTH_GROUPS  # DuQuant's first step is SmoothQuant's
-from quantizers.smoothquant import smooth_block
+from quantizers.smoothquant import (
+    GROUPS as SMOOTH_GROUPS,  # DuQuant's first step is SmoothQuant's
+    smooth_block,
+)
 from quantizers.walk import INPUT_GROUPS, inputs_of, walk_blocks
 
 KIND = "transform"  # smooths, then rotates the float weights and their inputs online; the float function is unchanged

@@ -7,8 +7,7 @@ It is also the rounder calibrate.py appends after a chain that ends in a transfo
     python calibrate.py --method quarot --bits 8 --fp8              # W8A8 in FP8 e4m3 (format.fp8_grid), rotated
 """
 from quantizers.core import LINEARS, qlinear, swap
-from quantizers.format import fit_grid, fp8_grid
-from quantizers.format import quantize as to_grid
+from quantizers.format import fit_grid, fp8_grid, quantize as to_grid
 from quantizers.walk import walk_blocks
 
 KIND = "rounder"  # replaces each float Linear by a QLinear

@@ -1,20 +1,23 @@
 """
-The README's results tables, cell by cell: each cell quantizes a model with calibrate.py, scores it with eval.py
-and writes results/<model>/<cell>.json with the numbers, the commands, the bits per weight of the Linear layers
-counted from the checkpoint's bytes and the checkpoint's size. The bundled tiny models are scored on arithmetic
-(500) + wiki_nll (299 windows x 8 masks); mini-Dream-0.5B (not bundled: README, "mini-Dream-0.5B") on HumanEval
-(164, gen/steps/block 256/256/32, entropy) + wiki_nll (211 windows x 8 masks). One HumanEval run keeps an H100 busy
-for ~90 s, so parallel mini-Dream cells only share the GPU: --jobs 2 overlaps calibration with scoring, and
---nll_only measures the whole grid's NLL first (~1 min a cell); a later run without it redoes those cells with
-HumanEval (calibration included). --run names an adaptation's folder (results/mini-dream/<run>); --cache_weights
-scores weight-only layers through their dequantized weight (eval.py --cache_weights).
+The results tables, cell by cell: each cell quantizes a model with calibrate.py, scores it with eval.py and writes
+results/tiny/<model>/<cell>.json (or results/mini-dream/<run>/<cell>.json) with the numbers, the commands, the bits
+per weight of the Linear layers counted from the checkpoint's bytes and the checkpoint's size. The bundled tiny
+models are scored on arithmetic (500) + wiki_nll (299 windows x 8 masks); mini-Dream-0.5B (not bundled:
+results/mini-dream/README.md) on HumanEval (164, gen/steps/block 256/256/32, entropy) + wiki_nll (211 windows x 8
+masks). One HumanEval run keeps an H100 busy for ~90 s, so parallel mini-Dream cells only share the GPU: --jobs 2
+overlaps calibration with scoring, and --nll_only measures the whole grid's NLL first (~1 min a cell); a later run
+without it redoes those cells with HumanEval (calibration included). --run names an adaptation's folder
+(results/mini-dream/<run>: a, b, c hold runs A, B, C); --cache_weights scores weight-only layers through their
+dequantized weight (eval.py --cache_weights).
 
-    python results/run.py --device cuda --jobs 12          # every missing cell, 12 at a time (one H100: ~8 min)
+    python results/run.py --device cuda --jobs 12          # every missing tiny-model cell (one H100: ~8 min)
     python results/run.py --only w4a4 --redo               # the cells whose name contains w4a4, again
-    python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --nll_only --jobs 3
+    python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --run d --nll_only --jobs 3
     python results/run.py --models mini-dream --mini_dream /tmp/mini-dream --tasks_dir /tmp/tasks --jobs 2 \
         --run c --cache_weights
-    python results/run.py --table                          # print the tables from the JSON files
+    python results/run.py --table tiny                     # the tables of results/tiny/README.md, from the JSON
+    python results/run.py --table mini-dream               # ... of results/mini-dream/README.md
+    python results/run.py --table headline                 # ... of the README's results
 """
 import argparse
 import json
@@ -102,8 +105,13 @@ def checkpoint_mib(path):
                  / 2 ** 20, 1)
 
 
+def folder_of(model, run=""):
+    """Where a model's cells live, under results/."""
+    return os.path.join("mini-dream", run) if model == "mini-dream" else os.path.join("tiny", model)
+
+
 def run_cell(model, name, flags, args):
-    folder = os.path.join(model, args.run) if model == "mini-dream" else model
+    folder = folder_of(model, args.run)
     out, task = os.path.join(HERE, folder, f"{name}.json"), "humaneval" if model == "mini-dream" else "arithmetic"
     if os.path.isfile(out) and not args.redo and (args.nll_only or load(folder, name)[task] is not None):
         return f"{model}/{name}: kept"
@@ -142,7 +150,7 @@ def load(model, name):
 
 
 def cell(model, name, bits=False):
-    r = load(model, name)
+    r = load(folder_of(model), name)
     if r is None:
         return "n/m"
     text = f"{r['arithmetic']:.1%} / {r['wiki_nll']:.3f}"
@@ -150,7 +158,7 @@ def cell(model, name, bits=False):
 
 
 def tables():
-    """The README's tables, from the JSON files (n/m: not measured)."""
+    """The tables of results/tiny/README.md, from the JSON files (n/m: not measured)."""
     rows = ["| model | method | W4 | W3 |", "|---|---|---|---|"]
     for model in MODELS:
         rows.append(f"| {model} | float | {cell(model, 'float')} | {cell(model, 'float')} |")
@@ -187,11 +195,11 @@ def tables():
     return "\n".join(rows)
 
 
-RUNS = (("A", "mini-dream"), ("B", os.path.join("mini-dream", "b")), ("C", os.path.join("mini-dream", "c")))
+RUNS = tuple((r.upper(), folder_of("mini-dream", r)) for r in ("a", "b", "c"))
 
 
 def mini_table(runs=RUNS[:2]):
-    """mini-Dream-0.5B, adaptations by one recipe (A: results/mini-dream, B: .../b, C: .../c): HumanEval pass@1
+    """mini-Dream-0.5B, adaptations by one recipe (A, B, C: results/mini-dream/a, b, c): HumanEval pass@1
     (164) and wiki NLL of each, bits per Linear weight, checkpoint MiB. A HumanEval scored in a separate run of the
     cell sits in <cell>.humaneval.json; a dagger marks an NLL scored under other masks (the JSON says why). Where the
     run's float NLL shares the cells' masks, each NLL also gets its change against it."""
@@ -221,6 +229,38 @@ def mini_table(runs=RUNS[:2]):
     return "\n".join(rows)
 
 
+HEADLINE_TINY = [("float", "", "float"), ("W3 g128", "RTN", "w3-rtn"), ("", "GPTQ", "w3-gptq"), ("", "AWQ", "w3-awq"),
+                 ("W4A4", "RTN", "w4a4-rtn"), ("", "SmoothQuant", "w4a4-smoothquant-clean"),
+                 ("", "QuaRot", "w4a4-quarot-clean"), ("", "DuQuant", "w4a4-duquant-clean"),
+                 ("", "QuaRot + GPTQ", "w4a4-quarot-gptq-clean"),
+                 ("", "QuaRot + DLLMQuant, trajectory calibration", "w4a4-quarot-dllmquant-trajectory"),
+                 ("W2 g128", "RTN", "w2-rtn"), ("", "GPTQ", "w2-gptq-clean"),
+                 ("", "Quant-dLLM, masked calibration", "w2-quantdllm-masked")]
+HEADLINE_MINI = [("BF16", "float", "float"), ("W4 g128", "RTN", "w4-rtn"), ("", "GPTQ", "w4-gptq"),
+                 ("W3 g128", "GPTQ", "w3-gptq"), ("W8A8", "RTN", "w8a8-rtn"), ("W4A4", "RTN", "w4a4-rtn"),
+                 ("", "SmoothQuant", "w4a4-smoothquant-clean"), ("", "QuaRot", "w4a4-quarot-clean"),
+                 ("", "DuQuant", "w4a4-duquant-clean"), ("", "QuaRot + GPTQ", "w4a4-quarot-gptq-clean"),
+                 ("", "QuaRot + DLLMQuant, trajectory calibration", "w4a4-quarot-dllmquant-trajectory"),
+                 ("W2 g128", "GPTQ", "w2-gptq-clean"), ("", "Quant-dLLM, masked calibration", "w2-quantdllm-masked")]
+
+
+def headline():
+    """The README's two results tables: a row per method at the settings where methods differ."""
+    rows = ["| setting | method | tiny-llada: arithmetic / NLL | tiny-dream: arithmetic / NLL |", "|---|---|---|---|"]
+    rows += [f"| {s} | {m} | {cell('tiny-llada', c)} | {cell('tiny-dream', c)} |" for s, m, c in HEADLINE_TINY]
+    c_dir, f = RUNS[2][1], load(RUNS[2][1], "float")
+    rows += ["", "| setting | method | HumanEval pass@1 | wiki NLL (change) |", "|---|---|---|---|"]
+    for s, m, name in HEADLINE_MINI:
+        r = load(c_dir, name)
+        change = "" if name == "float" else f" ({r['wiki_nll'] / f['wiki_nll'] - 1:+.1%})"
+        rows.append(f"| {s} | {m} | {r['humaneval']:.1%} | {r['wiki_nll']:.3f}{change} |")
+    return "\n".join(rows)
+
+
+TABLES = {"tiny": tables, "mini-dream": lambda: mini_table(RUNS[2:]) + "\n\n" + mini_table(RUNS[:2]),
+          "headline": headline}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", help="where calibrate.py and eval.py run (cuda or cpu)")
@@ -234,13 +274,13 @@ def main():
     p.add_argument("--cache_weights", action="store_true",
                    help="mini-dream: eval.py --cache_weights (weight-only layers dequantized once, not every call)")
     p.add_argument("--run", default="", help="mini-dream: the adaptation's results folder under results/mini-dream "
-                   "('' = run A, b = run B, ...)")
+                   "(a, b, c hold runs A, B, C; a new adaptation gets a new name)")
     p.add_argument("--redo", action="store_true", help="run cells whose JSON already exists again")
     p.add_argument("--scratch", default="/tmp/dllmq-cells", help="where the quantized checkpoints go")
-    p.add_argument("--table", action="store_true", help="print the tables from the JSON files and stop")
+    p.add_argument("--table", choices=TABLES, help="print these tables from the JSON files and stop")
     args = p.parse_args()
     if args.table:
-        print(tables() + "\n\n" + mini_table(RUNS[2:]) + "\n\n" + mini_table(RUNS[:2]))
+        print(TABLES[args.table]())
         return
     models = args.models.split(",")
     for m in models:
@@ -248,6 +288,8 @@ def main():
             sys.exit(f"--models: unknown model {m!r} (expected {', '.join(MODELS)} or mini-dream)")
     if "mini-dream" in models and not os.path.isfile(os.path.join(args.mini_dream, "config.json")):
         sys.exit(f"--mini_dream {args.mini_dream}: no checkpoint there (config.json missing)")
+    if "mini-dream" in models and not args.run:
+        sys.exit("--run: name the adaptation's results folder under results/mini-dream (a, b, c are taken)")
     import torch
     args.device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)"
     work = [(m, n, f) for n, f in cells().items() for m in models

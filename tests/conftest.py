@@ -1,4 +1,5 @@
-"""Without a GPU, Triton kernels run in Triton's CPU interpreter; it must be chosen before triton is imported."""
+"""Without a GPU, Triton kernels run in Triton's CPU interpreter (chosen before triton is imported) and the tests marked
+gpu are skipped."""
 import os
 import zlib
 
@@ -13,3 +14,12 @@ if not torch.cuda.is_available():
 def _seed(request):
     """Each test draws from its own seed (its name's CRC), so a failure in CI reproduces here in any test order."""
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,6 +1,7 @@
 """analyze.py: outlier statistics find planted outliers exactly; the step error of a model against itself is 0."""
 import os
 
+import pytest
 import torch
 
 import analyze as A
@@ -31,6 +32,7 @@ def test_gaussian_activations_have_kurtosis_three_and_no_massive_tokens():
     assert abs(s["kurtosis"] - 3.0) < 0.1 and s["massive_masked"] == s["massive_visible"] == 0
 
 
+@pytest.mark.slow
 def test_step_error_of_a_model_against_itself_is_zero():
     m = M.load(TINY)
     prompts = torch.randint(0, 4000, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -39,6 +41,7 @@ def test_step_error_of_a_model_against_itself_is_zero():
     assert "identical canvases at every step" in text and "2 of 2 final outputs are identical" in text
 
 
+@pytest.mark.slow
 def test_report_on_the_tiny_model_shows_the_outliers_at_down_proj_and_quarot_removing_them(tmp_path):
     args = A.Args(nsamples=4, seqlen=64, method="quarot", out=str(tmp_path / "report.md"))
     tables, _ = A.analyze(args)

@@ -22,6 +22,7 @@ def quantize(tmp_path, **kw):
     return C.calibrate(args), args
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,method,group_size", [("llada", "gptq", 128), ("dream", "awq", 128),
                                                       ("llada", "awq,gptq", 64), ("dream", "gptq", 16)])
 def test_saved_checkpoint_loads_back_with_identical_logits(tmp_path, family, method, group_size):
@@ -40,11 +41,11 @@ def test_saved_checkpoint_loads_back_with_identical_logits(tmp_path, family, met
     assert os.path.isfile(os.path.join(args.out, "tokenizer.json")) and not os.path.exists(args.out + ".tmp")
 
 
+@pytest.mark.slow
 def test_w8_g128_barely_moves_held_out_nll(tmp_path):
     """W8 round-to-nearest on the trained tiny model: held-out NLL within 1% (same masks before and after)."""
     m, args = quantize(tmp_path, model=TINY["llada"], method="rtn", wbits=8)
-    from eval import Args as EvalArgs
-    from eval import wiki_nll
+    from eval import Args as EvalArgs, wiki_nll
     tok, e = M.load_tokenizer(TINY["llada"]), EvalArgs(limit=24, mc=2)
     before, after = (wiki_nll(x, tok, e, "cpu")["nll"]["value"] for x in (M.load(TINY["llada"]), m))
     assert abs(after / before - 1) < 0.01 and before < 4.5
@@ -79,6 +80,7 @@ def test_masked_simulation_keeps_a_prefix_and_follows_the_visibility_grid():
     assert ((rest - expected).abs() <= 4 * sigma + 1e-6).all()
 
 
+@pytest.mark.slow
 def test_trajectory_samples_fill_the_mask_ratio_buckets():
     calib, mask_id = calibration("trajectory", seqlen=128)
     P = 128 - 64
@@ -108,6 +110,7 @@ def test_empty_calibration_file(tmp_path):
         quantize(tmp_path, calib_data=str(tmp_path / "empty.txt"))
 
 
+@pytest.mark.slow
 def test_cli_quantizes_the_bundled_model_and_sample_reads_it(tmp_path):
     out = str(tmp_path / "w4")
     r = subprocess.run([sys.executable, "calibrate.py", "--method", "rtn", "--nsamples", "4", "--seqlen", "32",

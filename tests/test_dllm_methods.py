@@ -33,6 +33,7 @@ def test_certainty_weights_follow_mask_status_and_confidence():
     assert torch.equal(dllmquant.certainty_weights(clean), torch.ones(1, 4))  # equal weights: GPTQ's Hessian
 
 
+@pytest.mark.slow
 def test_cgq_with_equal_weights_is_gptq_exactly(tmp_path):
     a = run(tmp_path, method="dllmquant", wbits=4, abits=16, group_size=-1)
     b = run(tmp_path, method="gptq", wbits=4, group_size=-1)
@@ -60,6 +61,7 @@ def test_value_error_is_the_importance_weighted_attention_output_error():
     assert abs(dllmquant.value_error(P, dV, 2) - expect) < 1e-9 * expect
 
 
+@pytest.mark.slow
 def test_iaaq_picks_the_grid_point_with_the_lowest_weighted_error(tmp_path):
     m = run(tmp_path, method="quarot,dllmquant", bits=4, calib_mode="masked", iaaq_grid=6)
     clips = [b.attn.v_proj.out_clip for b in m.blocks]
@@ -116,6 +118,7 @@ def test_binary_residual_format_round_trips_and_costs_what_it_claims():
     assert torch.equal(again.weight(), m.weight())
 
 
+@pytest.mark.slow
 def test_quantdllm_beats_rtn_and_gptq_at_two_bits_on_real_layer_inputs():
     """Output error ||(W^ - W) X^T||^2 relative to RTN's, on block 0's real inputs: Quant-dLLM (ABMP + DAQ + column
     compensation) against GPTQ, both W2 g128. Measured: q .17 / .32, o .21 / .18, gate .10 / .10, down .17 / .44."""
@@ -132,6 +135,7 @@ def test_quantdllm_beats_rtn_and_gptq_at_two_bits_on_real_layer_inputs():
     assert sum(ours) < 0.8 * sum(theirs), (ours, theirs)
 
 
+@pytest.mark.slow
 def test_quantdllm_checkpoint_loads_back_exactly(tmp_path):
     m = run(tmp_path, method="quantdllm", wbits=2, calib_mode="masked", daq_iters=2)
     again = M.load(str(tmp_path / "q"))
@@ -145,6 +149,7 @@ def test_quantdllm_checkpoint_loads_back_exactly(tmp_path):
     assert not any(t.requires_grad for t in quantdllm.quantdllm(W, torch.eye(256), 2, 128, 0.1, iters=1)[:3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [{"method": "quantdllm", "wbits": 2, "daq_iters": 1},
                                 {"method": "quarot", "bits": 4}, {"method": "gptq", "wbits": 3}])
 def test_cached_weights_are_the_dequantized_ones_and_keep_the_logits(tmp_path, kw):

@@ -82,6 +82,7 @@ def test_mask_draws_follow_each_reference():
     assert abs(masked[:, :-1].float().mean().item() - p.mean().item()) < 0.01
 
 
+@pytest.mark.slow
 def test_models_side_by_side_json_and_determinism(tmp_path, capsys):
     out = tmp_path / "r.json"
     args = E.Args(model=f"{TINY['llada']},{TINY['dream']}", tasks="arithmetic,wiki_nll,arc_easy", limit=4, mc_num=4,
@@ -108,6 +109,7 @@ def test_bad_input_gives_one_clear_line(kw, message):
         E.evaluate(E.Args(**{"limit": 2, "device": "cpu", **kw}))
 
 
+@pytest.mark.slow
 def test_wiki_nll_scores_the_same_masks_at_every_batch_size():
     """The masks once followed --batch_size (one generator drawn batch by batch), so a score at batch 41 and one at
     the default 32 saw different masks. Now every batch size must give the value the default batch size gave

@@ -40,6 +40,7 @@ def test_a_chain_is_transforms_then_one_rounder():
         C.chain_of("quarot,yours")
 
 
+@pytest.mark.slow
 def test_a_method_owns_its_flags():
     """Each method's Flags become calibrate.py's flags, listed under the method in --help."""
     r = subprocess.run([sys.executable, "calibrate.py", "--help"], cwd=ROOT, capture_output=True, text=True,
@@ -61,7 +62,7 @@ def resolved(method, model, **kw):
 
 
 @pytest.mark.parametrize("name", TRANSFORMS)
-@pytest.mark.parametrize("which", ["llada", "dream", "random-gqa"])
+@pytest.mark.parametrize("which", ["random-gqa", *(pytest.param(f, marks=pytest.mark.slow) for f in TINY)])
 def test_a_transform_keeps_the_float64_logits(name, which):
     """The transform alone (no rounder after it) on a float64 model: the logits move by rounding only."""
     m = random_model("dream", 64, 4, 2, hidden=48) if which == "random-gqa" else M.load(TINY[which]).double()
@@ -151,6 +152,6 @@ def test_a_new_method_is_one_file_and_one_line(tmp_path):
     assert "--- mine, then rtn block by block" in run(tree, "calibrate.py", "--method", "mine", *fast).stdout
     r = run(tree, "calibrate.py", "--method", "yours,gptq", *fast, check=False)
     assert r.returncode == 2 and r.stderr.startswith("error: --method yours,gptq: yours is a rounder")
-    r = run(tree, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_methods.py", "-m", "",
+    r = run(tree, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_methods.py",
             "-k", "yours or mine or declares")  # its kind's test (3 models for a transform), and the roll call
     assert "5 passed" in r.stdout and "failed" not in r.stdout, r.stdout

@@ -104,6 +104,7 @@ def test_code_corpus_holds_out_files_by_path_and_skips_site_packages(tmp_path):
     assert tok.decode(ids[:list(ids).index(151643)].tolist()) == heldout[0]
 
 
+@pytest.mark.slow
 def test_convert_writes_a_loadable_checkpoint_with_the_dequantized_weights(tmp_path):
     gguf = pytest.importorskip("gguf")  # a tool dependency (requirements-tools.txt), installed by .ci/run
     from gguf.quants import quantize

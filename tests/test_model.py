@@ -278,6 +278,7 @@ def test_unexpected_tensor_in_single_file(tmp_path):
         M.load(str(d))
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_on_stderr(tmp_path):
     r = subprocess.run([sys.executable, "sample.py", "--model", str(tmp_path / "nope"), "--prompt_ids", "1"],
                        cwd=ROOT, capture_output=True, text=True)

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("results_run", os.path.join(ROOT, "results", "run.py"))
 R = importlib.util.module_from_spec(spec)
@@ -37,12 +39,14 @@ def test_mini_dream_commands_run_in_bfloat16_and_nll_only_skips_humaneval():
 
 def test_mini_table_shows_unmeasured_humaneval_as_n_m(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "HERE", str(tmp_path))
+    (tmp_path / "mini-dream" / "a").mkdir(parents=True)
     (tmp_path / "mini-dream" / "b").mkdir(parents=True)
     cell = {"humaneval": None, "wiki_nll": 4.7001, "bits_per_weight": 4.25, "checkpoint_mib": 700.0}
-    (tmp_path / "mini-dream" / "w4-gptq.json").write_text(json.dumps(cell))
+    (tmp_path / "mini-dream" / "a" / "w4-gptq.json").write_text(json.dumps(cell))
     (tmp_path / "mini-dream" / "b" / "w4-gptq.json").write_text(json.dumps({**cell, "wiki_nll": 4.6}))
     (tmp_path / "mini-dream" / "b" / "w4-gptq.humaneval.json").write_text(json.dumps({**cell, "humaneval": 0.061}))
-    (tmp_path / "mini-dream" / "float.json").write_text(json.dumps({**cell, "humaneval": 0.1, "wiki_nll_masks": "x"}))
+    (tmp_path / "mini-dream" / "a" / "float.json").write_text(json.dumps({**cell, "humaneval": 0.1,
+                                                                         "wiki_nll_masks": "x"}))
     rows = R.mini_table().splitlines()
     assert "| W4 | gptq |  | 4.25 | 700 | n/m | 4.700 | 6.1% | 4.600 |" in rows
     assert "| BF16 | float |  | 16 | 700 | 10.0% | 4.700 † | n/m | n/m |" in rows
@@ -70,3 +74,12 @@ def test_bits_per_weight_counts_the_scales_in_the_dtype_they_are_stored_in(tmp_p
         bits[dtype] = R.linear_bits(str(tmp_path / dtype))
     codes = 2 * bits["bfloat16"] - bits["float32"]  # what is left once the halved scales are taken away
     assert bits["float32"] > 5 and 4 <= codes < 4.05  # the codes: 4 bits, plus a little int32 word padding
+
+
+@pytest.mark.parametrize("report,table", [("README.md", "headline"), ("results/tiny/README.md", "tiny"),
+                                          ("results/mini-dream/README.md", "mini-dream")])
+def test_the_reports_show_the_tables_the_json_files_give(report, table):
+    """Each results table is printed by `results/run.py --table`, so a report cannot drift from its JSON files."""
+    text = open(os.path.join(ROOT, report)).read()
+    for block in R.TABLES[table]().split("\n\n"):
+        assert block in text, f"{report}: the table starting {block.splitlines()[0]!r} differs from --table {table}"

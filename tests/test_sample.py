@@ -233,6 +233,7 @@ def test_cuda_graph_replays_a_quantized_model_exactly(tmp_path, which, kw):
         assert torch.equal(x, gx) and torch.equal(conf, gconf)
 
 
+@pytest.mark.slow
 def test_cuda_graph_needs_a_gpu():
     r = subprocess.run([sys.executable, "sample.py", "--model", f"{FIX}/llada-tiny", "--prompt_ids", "1,2,3",
                         "--device", "cpu", "--cuda_graph"], cwd=ROOT, capture_output=True, text=True)
@@ -240,6 +241,7 @@ def test_cuda_graph_needs_a_gpu():
                                                                             "not --device cpu")
 
 
+@pytest.mark.slow
 def test_cli_prints_the_canvas_at_every_step():
     r = subprocess.run([sys.executable, "sample.py", "--model", f"{FIX}/llada-tiny", "--prompt_ids", "1,2,3",
                         "--gen_length", "8", "--steps", "4", "--block_length", "8", "--show_steps"],

@@ -15,6 +15,7 @@ import sandbox  # noqa: E402
 ARGS = E.Args(data_dir=os.path.join(ROOT, "data", "tasks"))
 
 
+@pytest.mark.slow
 def test_humaneval_canonical_solutions_pass_and_stubs_fail():
     """The oracle of the code scorer (the full 164 are checked by `python tests/test_sandbox.py`)."""
     tasks = E.read_jsonl(os.path.join(ARGS.data_dir, "humaneval", "HumanEval.jsonl.gz"))
@@ -81,6 +82,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_program_is_contained(name, host):
     tmp, port = host

@@ -35,6 +35,7 @@ def test_bundled_model_solves_held_out_arithmetic(family):
     assert result["exact_match"]["n"] == 32 and result["exact_match"]["value"] >= 0.8
 
 
+@pytest.mark.slow
 def test_sample_cli_defaults_to_the_bundled_model():
     """Run from another directory: the default --model is found relative to sample.py."""
     r = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), "--prompt", "Q: 12+5= A: ",

@@ -63,6 +63,7 @@ def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
     assert torch.equal(act_quant.dequantize(q, s, "fp8", 200), fp8_tokens(x, 0.9))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
 @pytest.mark.parametrize("n,fused", [(768, True), (3072, True), (2048, True), (2368, True), (592, False), (96, False)])
 def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused):
@@ -193,6 +194,7 @@ def test_one_function_picks_each_layers_code():
     assert traced() == ["wa_op", "wa_break", "wq_op"] and code_path(rotated, cuda, bf16) == "wa"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which,kw", [("llada", {"method": "quarot", "bits": 4}),
                                       ("dream", {"method": "quarot", "bits": 8}),
                                       ("llada", {"method": "rtn", "wbits": 8, "abits": 8, "fp8": True})])

@@ -8,8 +8,7 @@ import torch
 
 import calibrate as C
 import model as M
-from eval import Args as EvalArgs
-from eval import wiki_nll
+from eval import Args as EvalArgs, wiki_nll
 from quantizers import duquant, quarot
 from quantizers.core import Rotation, RotLinear
 from quantizers.hadamard import hadamard_factors, orthogonal
@@ -56,21 +55,24 @@ def float_nll():
                     "cpu")["nll"]["value"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["smoothquant", "quarot", "duquant"])
 def test_w8a8_costs_under_one_percent(tmp_path, float_nll, method):
     nll, _ = held_out_nll(tmp_path, method=method, bits=8)
     assert abs(nll / float_nll - 1) < 0.01
 
 
+@pytest.mark.slow
 def test_w4a4_rotations_beat_rtn_and_smoothing(tmp_path, float_nll):
     """The study's finding on the trained tiny model: at W4A4 rotation (QuaRot, DuQuant) costs far less than round
-    to nearest or smoothing (the README gives the numbers with the default calibration)."""
+    to nearest or smoothing (results/tiny/README.md gives the numbers with the default calibration)."""
     cost = {m: held_out_nll(tmp_path, method=m, **kw)[0] - float_nll for m, kw in [
         ("rtn", {"wbits": 4, "abits": 4, "group_size": -1}), ("smoothquant", {"bits": 4}), ("quarot", {"bits": 4}),
         ("duquant", {"bits": 4})]}
     assert max(cost["quarot"], cost["duquant"]) < 0.6 * min(cost["rtn"], cost["smoothquant"]), cost
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["quarot", "duquant"])
 def test_rotated_checkpoint_loads_back_exactly(tmp_path, method):
     _, m = held_out_nll(tmp_path, method=method, bits=4, nsamples=4, seqlen=32)
