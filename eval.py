@@ -247,14 +247,16 @@ def gsm8k(model, tok, args, device):
 
 # ---------------------------------------------------------------------------------------------------- code
 def humaneval_programs(args):
-    """(prompt, program(completion)) per HumanEval task: prompt + completion + the task's check()."""
+    """(prompt, programs(completion)) per HumanEval task: the program the sandbox's jail loads (prompt + completion)
+    and the tests its judge runs against it (the task's check())."""
     tasks = first(read_jsonl(os.path.join(args.data_dir, "humaneval", "HumanEval.jsonl.gz")), args)
-    return [(t["prompt"], lambda c, t=t: f"{t['prompt']}{c}\n\n{t['test']}\n\ncheck({t['entry_point']})\n")
+    return [(t["prompt"], lambda c, t=t: (f"{t['prompt']}{c}\n", f"{t['test']}\n\ncheck({t['entry_point']})\n"))
             for t in tasks]
 
 
 def mbpp_programs(args):
-    """(prompt, program(completion)) per MBPP test task (ids 11-510), with lm-eval's prompt and 3 shots (ids 1-3)."""
+    """(prompt, programs(completion)) per MBPP test task (ids 11-510), with lm-eval's prompt and 3 shots (ids 1-3):
+    the program is the completion, the tests the task's setup code and asserts."""
     rows = {r["task_id"]: r for r in read_jsonl(os.path.join(args.data_dir, "mbpp", "mbpp.jsonl"))}
     k = GEN["mbpp"][0] if args.fewshot < 0 else args.fewshot
 
@@ -264,7 +266,7 @@ def mbpp_programs(args):
                f"these tests:\n\n{tests}\n[BEGIN]\n"
     shots = "".join(ask(rows[i]) + rows[i]["code"] + "\n[DONE]\n\n" for i in range(1, k + 1))
     tasks = first([rows[i] for i in range(11, 511) if i in rows], args)
-    return [(shots + ask(r), lambda c, r=r: f"{c}\n{r['test_setup_code']}\n" + "\n".join(r["test_list"]) + "\n")
+    return [(shots + ask(r), lambda c, r=r: (f"{c}\n", f"{r['test_setup_code']}\n" + "\n".join(r["test_list"]) + "\n"))
             for r in tasks]
 
 
@@ -273,10 +275,12 @@ def code_task(task):
         if not args.allow_code_exec:
             raise InputError(f"--tasks {task} runs model-written code: add --allow_code_exec (sandboxed, sandbox.py)")
         import sandbox
+        if sandbox.unavailable():  # before any completion is generated
+            raise InputError(sandbox.unavailable())
         items = humaneval_programs(args) if task == "humaneval" else mbpp_programs(args)
         texts = completions(model, tok, [p for p, _ in items], task, args, device)
         with ThreadPoolExecutor(args.workers) as pool:
-            results = list(pool.map(lambda pc: sandbox.run(pc[0][1](pc[1]), args.code_timeout),
+            results = list(pool.map(lambda pc: sandbox.run(*pc[0][1](pc[1]), args.code_timeout),
                                     zip(items, texts, strict=True)))
         return {"pass@1": rate([r.passed for r in results])}
     return score
