@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import calibrate as C
-from cli import InputError, opt, parse, run_cli
+from cli import InputError, check_output_file, opt, parse, run_cli, write_text
 from model import load, load_tokenizer
 from quantizers.walk import BlockInputs, input_stats
 from sample import DEFAULT_MODEL, generate
@@ -193,6 +193,11 @@ def figures(tables, records, path):
 
 
 def analyze(args):
+    for flag in ("nsamples", "seqlen", "top", "prompts", "prompt_length", "gen_length"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag} {getattr(args, flag)} is out of range (expected >= 1)")
+    if args.out:
+        check_output_file(args.out, "--out")
     if args.method and args.method not in OUTLIER_TRANSFORMS:
         raise InputError(f"--method {args.method!r}: expected {', '.join(OUTLIER_TRANSFORMS)}")
     model, tok = load(args.model), load_tokenizer(args.model)
@@ -217,9 +222,7 @@ def analyze(args):
     report = "\n".join(parts)
     print(report)
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write(report + "\n")
-        os.replace(args.out + ".tmp", args.out)
+        write_text(args.out, report + "\n")
         for png in figures(tables, records, args.out):
             print(f"wrote {png}", file=sys.stderr)
     return tables, records

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields, make_dataclass
 
 import torch
 
-from cli import InputError, opt, parse, run_cli
+from cli import InputError, opt, parse, publish, resolve_device, run_cli
 from model import load, load_tokenizer, save
 from quantizers.core import LINEARS, BinaryLinear, QLinear, model_bytes
 from quantizers.format import group_width
@@ -63,7 +63,9 @@ TRANSFORMS, ROUNDERS = ([n for n, m in METHODS.items() if m.KIND == k] for k in 
 class Shared:
     """The flags every method reads. Args below adds each method's own flags (its Flags dataclass)."""
     model: str = opt(DEFAULT_MODEL, "checkpoint folder to quantize")
-    out: str = opt("out/quantized", "output checkpoint folder (written complete, then renamed into place)")
+    out: str = opt("out/quantized", "output checkpoint folder: written complete beside it (OUT.partial), then swapped "
+                                    "in at once")
+    overwrite: bool = opt(False, "replace the checkpoint already in --out (refused without it)")
     method: str = opt("rtn", f"comma-separated, applied in order: transforms ({', '.join(TRANSFORMS)}), then at most "
                              f"one rounder ({', '.join(ROUNDERS)}); a chain that ends in a transform is rounded by rtn")
     bits: int = opt(0, "shorthand: W{bits}A{bits} when a method of the chain quantizes activations (smoothquant, "
@@ -125,8 +127,17 @@ def chain_of(method):
     return names if METHODS[names[-1]].KIND == "rounder" else names + ["rtn"]
 
 
+RANGES = [("bits", lambda v: v >= 0, ">= 0; 0 = use --wbits / --abits"), ("damp", lambda v: v > 0, "> 0"),
+          ("a_clip", lambda v: 0 < v <= 1, "in (0, 1]"), ("w_clip", lambda v: 0 < v <= 1, "in (0, 1]"),
+          ("nll_windows", lambda v: v >= 0, ">= 0; 0 = skip"), ("mcs_gamma", lambda v: 0 <= v < 1, "in [0, 1)"),
+          ("mcs_steps", lambda v: v >= 1, ">= 1")]  # shared flags; each method checks its own in its resolve()
+
+
 def resolve(args):
     """Resolve --bits and the auto values; refuse bad flags with one line naming the flag."""
+    for flag, ok, expected in RANGES:
+        if not ok(getattr(args, flag)):
+            raise InputError(f"--{flag} {getattr(args, flag)} is out of range (expected {expected})")
     chain = chain_of(args.method)
     activations = any(getattr(METHODS[m], "ACTIVATIONS", False) for m in chain)
     if args.bits:
@@ -151,7 +162,7 @@ def resolve(args):
                          f"not W{args.wbits}A{args.abits} g{args.group_size} {args.method}")
     if args.calib_mode not in ("clean", "masked", "trajectory"):
         raise InputError(f"--calib_mode {args.calib_mode!r} is unknown (expected clean, masked or trajectory)")
-    args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = resolve_device(args.device)
     args.dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     if args.dtype not in ("float32", "bfloat16"):
         raise InputError(f"--dtype {args.dtype!r} is unknown (expected float32 or bfloat16)")
@@ -186,15 +197,27 @@ def check(args, model):
                          f"{model.args.max_seq_len} (the model's context)")
 
 
+def jsonl_text(line, path, number):
+    """The 'text' field of one .jsonl line."""
+    try:
+        text = json.loads(line)["text"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(f"--calib_data {path}: line {number} is not a JSON object with a 'text' field") from None
+    if not isinstance(text, str):
+        raise InputError(f"--calib_data {path}: line {number}: 'text' is not a string")
+    return text
+
+
 def read_texts(path):
     if not os.path.isfile(path):
         raise InputError(f"--calib_data {path}: not found")
-    with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
-        raw = f.read()
-    if ".jsonl" in path:
-        texts = [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
-    else:
-        texts = raw.strip().split("\n\n")
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
+            raw = f.read()
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise InputError(f"--calib_data {path}: not readable UTF-8 text ({e})") from None
+    texts = [jsonl_text(line, path, i) for i, line in enumerate(raw.splitlines(), 1) if line.strip()] \
+        if ".jsonl" in path else raw.strip().split("\n\n")
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InputError(f"--calib_data {path}: no text in it")
@@ -283,27 +306,62 @@ def heldout_nll(model, tok, args):
     return result["nll"]["value"]
 
 
+CHECKPOINT_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+
+
+def check_out(args):
+    """Refuse, before any work, an --out that would lose data: one line naming it and why."""
+    out = args.out.rstrip("/")
+    if not out:
+        raise InputError("--out: the path is empty")
+    real, model = os.path.realpath(out), os.path.realpath(args.model)
+    if os.path.commonpath([real, model]) in (real, model):
+        raise InputError(f"--out {args.out}: overlaps --model {args.model} (the float checkpoint would be lost)")
+    if os.path.lexists(out):
+        if os.path.islink(out) or not os.path.isdir(out):
+            raise InputError(f"--out {out}: exists and is not a folder")
+        stray = sorted(set(os.listdir(out)) - CHECKPOINT_FILES)
+        if stray:
+            raise InputError(f"--out {out}: holds {stray[0]}, which calibrate.py did not write; choose another folder")
+        if not args.overwrite:
+            raise InputError(f"--out {out}: a checkpoint is already there; add --overwrite to replace it")
+    if os.path.lexists(out + ".partial") and not os.path.isdir(out + ".partial"):
+        raise InputError(f"--out {out}: {out}.partial exists and is not a folder (the checkpoint is written there "
+                         "first)")
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: cannot write in {parent}")
+
+
+def recorded(args):
+    """The settings a checkpoint records: every flag but where it was written, with folder and file names only (no
+    absolute path), so the same calibration writes the same bytes wherever it runs."""
+    settings = {k: v for k, v in asdict(args).items() if k not in ("out", "overwrite")}
+    return {**settings, "model": os.path.basename(os.path.normpath(args.model)),
+            "calib_data": os.path.basename(args.calib_data)}
+
+
 def write(model, tok_dir, args):
-    """Save into a temporary folder, then swap it in, so a failed run never leaves a half-written checkpoint."""
+    """Write the checkpoint complete in OUT.partial, then swap it in (cli.publish): --out is a whole checkpoint at
+    every instant, the old one until the new one is complete."""
+    out = args.out.rstrip("/")
+    partial = out + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)  # what a run killed while writing left
     layers = {n: m.config() for n, m in model.named_modules() if isinstance(m, (QLinear, BinaryLinear))}
-    tmp = args.out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save(model, tmp, metadata={"quant": json.dumps({"args": asdict(args), "layers": layers})})
+    save(model, partial, metadata={"quant": json.dumps({"args": recorded(args), "layers": layers}, sort_keys=True)})
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(tok_dir, name)):
-            shutil.copyfile(os.path.join(tok_dir, name), os.path.join(tmp, name))
-    old = args.out.rstrip("/") + ".old"
-    if os.path.isdir(args.out):  # the previous checkpoint stays whole until the new one is in place
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(args.out, old)
-    os.replace(tmp, args.out)
-    shutil.rmtree(old, ignore_errors=True)
+            shutil.copyfile(os.path.join(tok_dir, name), os.path.join(partial, name))
+    publish(partial, out)
 
 
 def calibrate(args):
     """Quantize args.model with args.method and save to args.out; returns the quantized model."""
     t0 = time.time()
     resolve(args)
+    check_out(args)
     # no autograd: a scale computed from a weight that requires grad would carry its graph into the saved buffer
     model = load(args.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]).requires_grad_(False)
     tok = load_tokenizer(args.model)

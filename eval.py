@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from cli import InputError, opt, parse, run_cli
+from cli import InputError, check_output_file, opt, parse, resolve_device, run_cli, write_text
 from data.prepare import ANSWER_WIDTH, arithmetic
-from model import load, load_tokenizer
+from model import load, load_tokenizer, read_args
 from quantizers.core import cache_weights
 from sample import DEFAULT_MODEL, generate, pad_left
 from train import diffusion_loss
@@ -351,8 +351,28 @@ def table(records, models):
     return "\n".join(lines)
 
 
+RANGES = [("limit", lambda v: v >= 0, ">= 0; 0 = all"), ("batch_size", lambda v: v >= 1, ">= 1"),
+          ("mc_num", lambda v: v >= 1, ">= 1"), ("fewshot", lambda v: v >= -1, ">= 0, or -1"),
+          ("gen_length", lambda v: v >= 0, ">= 0"), ("steps", lambda v: v >= 0, ">= 0"),
+          ("block_length", lambda v: v >= 0, ">= 0"), ("seq_len", lambda v: v >= 2, ">= 2"),
+          ("mc", lambda v: v >= 1, ">= 1"), ("workers", lambda v: v >= 1, ">= 1"),
+          ("code_timeout", lambda v: v > 0, "> 0")]
+
+
+def check(args):
+    """Every flag, output path and checkpoint checked before any scoring: one line naming what is wrong."""
+    for flag, ok, expected in RANGES:
+        if not ok(getattr(args, flag)):
+            raise InputError(f"--{flag} {getattr(args, flag)} is out of range (expected {expected})")
+    if args.out:
+        check_output_file(args.out, "--out")
+    for path in args.model.split(","):
+        read_args(path)
+
+
 def evaluate(args):
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    check(args)
+    device = resolve_device(args.device)
     dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
@@ -361,8 +381,6 @@ def evaluate(args):
     for name in names:
         if name not in TASKS:
             raise InputError(f"--tasks: unknown task '{name}' (expected {', '.join(TASKS)})")
-    if args.out:  # a missing folder fails now, not after the scoring
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     models, records = args.model.split(","), []
     for path in models:
         model, tok = load(path, dtype, device), load_tokenizer(path)
@@ -374,15 +392,15 @@ def evaluate(args):
         for name in names:
             t0 = time.time()
             for metric, r in TASKS[name](model, tok, args, device).items():
+                if not (math.isfinite(r["value"]) and math.isfinite(r["stderr"])):
+                    raise InputError(f"{path}: {name} {metric} came out {r['value']} ± {r['stderr']}, not a score")
                 records.append({"model": path, "model_hash": digest, "task": name, "metric": metric, **r,
                                 "settings": {k: v for k, v in asdict(args).items() if k not in ("model", "out")}})
                 print(f"{os.path.basename(path.rstrip('/'))} {name} {metric}: {r['value']:.4f} ± {r['stderr']:.4f} "
                       f"(n={r['n']}, {time.time() - t0:.1f} s)", flush=True)
     print(table(records, models))
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(records, f, indent=2)
-        os.replace(args.out + ".tmp", args.out)
+        write_text(args.out, json.dumps(records, indent=2))
     return records
 
 

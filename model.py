@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from cli import InputError
@@ -120,9 +119,20 @@ class ModelArgs:
         missing = [k for k in [*CONFIG_KEYS[family].values(), "mask_token_id"] if cfg.get(k) is None]
         if missing:
             raise InputError(f"{where}: missing key '{missing[0]}' (a {family} config needs it)")
+        for f, k in [*CONFIG_KEYS[family].items(), *SPECIAL_KEYS.items()]:
+            value, floats = cfg.get(k), f in ("norm_eps", "rope_theta")
+            if value is None and f in SPECIAL_KEYS:
+                continue
+            number = isinstance(value, (int, float)) if floats else isinstance(value, int)
+            if isinstance(value, bool) or not number or value < (0 if f in SPECIAL_KEYS else 1e-30 if floats else 1):
+                kind = "token id" if f in SPECIAL_KEYS else "positive number" if floats else "positive integer"
+                raise InputError(f"{where}: {k}={value!r} must be a {kind}")
         args = cls(family, **{f: cfg[k] for f, k in CONFIG_KEYS[family].items()},
                    qkv_bias=family == "dream" or bool(cfg.get("include_qkv_bias")),
                    **{f: cfg.get(k) for f, k in SPECIAL_KEYS.items()})
+        for f, k in SPECIAL_KEYS.items():
+            if getattr(args, f) is not None and getattr(args, f) >= args.vocab_size:
+                raise InputError(f"{where}: {k} {getattr(args, f)} is outside the vocabulary of {args.vocab_size}")
         if args.dim % args.n_heads or args.n_heads % args.n_kv_heads or args.head_dim % 2:
             raise InputError(f"{where}: heads do not divide the width (dim {args.dim}, heads {args.n_heads}, "
                              f"kv heads {args.n_kv_heads}; head_dim must be even)")
@@ -292,13 +302,17 @@ def _open(file, device="cpu"):
 
 
 def _read_json(path, what):
+    """A JSON object from a file; anything else is one line naming the file."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: not found ({what})")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, found a {type(data).__name__} ({what})")
+    return data
 
 
 def special_ids(path, args):
@@ -356,15 +370,18 @@ def load(path, dtype=torch.float32, device="cpu"):
     device and the tensors are read one by one straight to `device` and assigned, so peak host memory stays about
     one copy of the weights. Floating tensors are cast to dtype; packed integer codes are kept as they are."""
     args, files = read_args(path), tensor_files(path)
-    with _open(next(iter(files.values()))) as f:  # a quantized checkpoint lists its QLinear layers in the metadata
-        layers = json.loads((f.metadata() or {}).get("quant", "{}")).get("layers", {})
+    first = next(iter(files.values()))
+    layers = quantized_layers(first)
     with torch.device("meta"):
         model = Model(args)
         if layers:
             from quantizers.core import build_layer, swap  # the one project import of model.py
             for name, cfg in layers.items():
-                swap(model, name, build_layer(cfg))
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+                try:
+                    swap(model, name, build_layer(cfg))
+                except (ValueError, TypeError, AttributeError) as e:
+                    raise InputError(f"{first}: quantization metadata of layer '{name}': {e}") from None
+    expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
     names = name_map(args)
     canonical = {v: k for k, v in names.items()}
     by_file, sd = {}, {}
@@ -381,10 +398,15 @@ def load(path, dtype=torch.float32, device="cpu"):
             for key, name in keys:
                 if key not in present:
                     raise InputError(f"{file}: has no tensor '{key}' (model.safetensors.index.json says it does)")
-                t = f.get_tensor(key)
-                if t.shape != expected[name]:
+                t, (shape, kind) = f.get_tensor(key), expected[name]
+                if t.shape != shape:
                     raise InputError(f"{file}: tensor '{key}' has shape {list(t.shape)}, "
-                                     f"expected {list(expected[name])} from config.json")
+                                     f"expected {list(shape)} from config.json")
+                if t.is_floating_point() != kind.is_floating_point or not (t.is_floating_point() or t.dtype == kind):
+                    raise InputError(f"{file}: tensor '{key}' is {str(t.dtype)[6:]}, expected "
+                                     f"{'a floating type' if kind.is_floating_point else str(kind)[6:]}")
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise InputError(f"{file}: tensor '{key}' holds NaN or infinite values")
                 sd[name] = t.to(dtype) if t.is_floating_point() else t
     missing = [rename(names, k) for k in expected if k not in sd]
     if missing:
@@ -393,13 +415,31 @@ def load(path, dtype=torch.float32, device="cpu"):
     return model.eval()
 
 
+def quantized_layers(file):
+    """{layer name: its settings} from a quantized checkpoint's metadata ({} for a float one)."""
+    with _open(file) as f:
+        text = (f.metadata() or {}).get("quant")
+    if text is None:
+        return {}
+    try:
+        layers = json.loads(text)["layers"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{file}: its quantization metadata is not the JSON calibrate.py writes ({e})") from None
+    if not isinstance(layers, dict) or not all(isinstance(c, dict) for c in layers.values()):
+        raise InputError(f"{file}: its quantization metadata's 'layers' is not a map of layer settings")
+    return layers
+
+
 def load_tokenizer(path):
     """The `tokenizers` Tokenizer of a checkpoint folder, or None when it has no tokenizer.json."""
     file = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(file):
         return None
     from tokenizers import Tokenizer
-    return Tokenizer.from_file(file)
+    try:
+        return Tokenizer.from_file(file)
+    except Exception as e:  # the tokenizers library raises plain Exceptions for files it cannot read
+        raise InputError(f"{file}: not a tokenizers file ({e})") from None
 
 
 def save(model, path, metadata=None):
@@ -407,10 +447,37 @@ def save(model, path, metadata=None):
     temporary name and renamed when complete (atomic on one file system), so nothing is ever half-written."""
     os.makedirs(path, exist_ok=True)
     names = name_map(model.args)
-    sd = {rename(names, k): v.contiguous() for k, v in model.state_dict().items()}
+    sd = {rename(names, k): v for k, v in model.state_dict().items()}
     out = os.path.join(path, "model.safetensors")
-    save_file(sd, out + ".tmp", metadata={"format": "pt", **(metadata or {})})
+    write_safetensors(sd, out + ".tmp", {"format": "pt", **(metadata or {})})
     with open(os.path.join(path, "config.json.tmp"), "w") as f:
         json.dump(model.args.to_config(), f, indent=2)
     os.replace(out + ".tmp", out)
     os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))
+
+
+DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.float8_e5m2: "F8_E5M2",
+          torch.float8_e4m3fn: "F8_E4M3", torch.int16: "I16", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.int32: "I32", torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}  # the library's order
+
+
+def write_safetensors(tensors, file, metadata):
+    """The safetensors format with everything in a fixed order, so the same tensors make the same bytes (the
+    library writes its metadata in a random order): an 8-byte little-endian header size, the JSON header (metadata,
+    then each tensor's dtype, shape and byte range) padded with spaces to 8 bytes, the data. Tensors go in the
+    library's order, widest dtype first, then by name, so every one starts aligned to its element size. They are
+    written one at a time, so a big model needs no second copy in memory."""
+    order = list(DTYPES)
+    names = sorted(tensors, key=lambda n: (-order.index(tensors[n].dtype), n))
+    header, offset = {"__metadata__": dict(sorted(metadata.items()))}, 0
+    for name in names:
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(file, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for name in names:
+            f.write(tensors[name].detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())

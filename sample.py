@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cli import InputError, opt, parse, run_cli
+from cli import InputError, opt, parse, resolve_device, run_cli
 from model import load, load_tokenizer
 
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny-llada")  # bundled
@@ -67,8 +67,18 @@ class Args:
     dtype: str = opt("auto", "float32, bfloat16 or float16 (auto: bfloat16 on cuda, float32 on cpu)")
 
 
-def check(model, prompt_len, gen_length, steps, block_length, alg, dream_only=()):
+SAMPLING_RANGES = [  # flag, valid, what is expected
+    ("temperature", lambda v: v >= 0, ">= 0; 0 = greedy"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("top_k", lambda v: v >= 1, ">= 1, or none"), ("alg_temp", lambda v: v >= 0, ">= 0"),
+    ("eps", lambda v: 0 < v < 1, "in (0, 1)"), ("cfg_scale", lambda v: v >= 0, ">= 0")]
+
+
+def check(model, prompt_len, gen_length, steps, block_length, alg, dream_only=(), sampling=None):
     """One clear error per bad setting, naming the flag."""
+    for flag, ok, expected in SAMPLING_RANGES:
+        value = (sampling or {}).get(flag)
+        if value is not None and not ok(value):
+            raise InputError(f"--{flag} {value} is out of range (expected {expected})")
     if alg not in LLADA_ALGS + DREAM_ALGS:
         raise InputError(f"--alg {alg!r} is unknown (expected one of {', '.join(LLADA_ALGS + DREAM_ALGS)})")
     for flag in dream_only if alg in LLADA_ALGS else ():
@@ -210,9 +220,14 @@ def generate(model, prompt, attn_mask=None, gen_length=128, steps=128, block_len
     a, (B, P) = model.args, prompt.shape
     block_length = block_length or gen_length
     dream_only = [k for k, v in (("top_p", top_p), ("top_k", top_k), ("alg_temp", alg_temp)) if v]
-    check(model, P, gen_length, steps, block_length, alg, dream_only)
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "alg_temp": alg_temp, "eps": eps,
+                "cfg_scale": cfg_scale}
+    check(model, P, gen_length, steps, block_length, alg, dream_only, sampling)
     if (prompt == a.mask_id).any():
         raise InputError(f"the prompt contains the mask token id {a.mask_id}")
+    if ((prompt < 0) | (prompt >= a.vocab_size)).any():
+        raise InputError(f"the prompt has token ids outside the vocabulary of {a.vocab_size}: "
+                         f"{prompt[(prompt < 0) | (prompt >= a.vocab_size)][0].item()}")
     x = torch.cat([prompt, torch.full((B, gen_length), a.mask_id, dtype=prompt.dtype, device=prompt.device)], 1)
     if attn_mask is not None:
         attn_mask = None if attn_mask.all() else F.pad(attn_mask, (0, gen_length), value=1)
@@ -256,7 +271,13 @@ def encode_prompts(args, family, tok, bos_id):
         raise InputError(f"{args.model}: no tokenizer.json, so give --prompt_ids instead of text")
     if args.prompt_file and not os.path.isfile(args.prompt_file):
         raise InputError(f"--prompt_file {args.prompt_file}: not found")
-    texts = [args.prompt] if args.prompt else [s for s in Path(args.prompt_file).read_text().splitlines() if s.strip()]
+    try:
+        texts = [args.prompt] if args.prompt else [s for s in Path(args.prompt_file).read_text(encoding="utf-8")
+                                                   .splitlines() if s.strip()]
+    except UnicodeDecodeError as e:
+        raise InputError(f"--prompt_file {args.prompt_file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not texts or not texts[0].strip():
+        raise InputError(f"--{'prompt_file ' + args.prompt_file if args.prompt_file else 'prompt'}: no text in it")
     if args.chat:  # the template carries its own special tokens, so the tokenizer must not add any
         bos = tok.id_to_token(bos_id) if bos_id is not None else ""
         return [tok.encode(CHAT[family].format(bos=bos, prompt=t.strip()), add_special_tokens=False).ids
@@ -290,7 +311,7 @@ def render(tok, ids, mask_id, stop_ids=()):
 
 def main():
     args = parse(Args, doc=__doc__)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     if dtype_name not in dtypes:

@@ -278,8 +278,39 @@ def cache_weights(model):
 
 
 def build_layer(cfg):
-    """The quantized layer a checkpoint's metadata describes (model.load builds it on the meta device)."""
-    return BinaryLinear(**cfg) if cfg.get("format") == "binary" else QLinear(**cfg)
+    """The quantized layer a checkpoint's metadata describes (model.load builds it on the meta device); a setting
+    out of range or of the wrong type raises ValueError naming it."""
+    binary = cfg.get("format") == "binary"
+    for key, ok in (LAYER_BINARY if binary else LAYER_CHECKS).items():
+        if key in cfg and not ok(cfg[key]):
+            raise ValueError(f"{key}={cfg[key]!r} is not a valid setting")
+    if binary and cfg.get("in_features") != cfg.get("group_size", 0) * len(cfg.get("orders", ())):
+        raise ValueError("in_features is not group_size times the number of groups")
+    return BinaryLinear(**cfg) if binary else QLinear(**cfg)
+
+
+def _count(v):
+    return type(v) is int and v >= 1
+
+
+def _width(low):
+    return lambda v: type(v) is int and (low <= v <= 8 or v == 16)
+
+
+def _ratio(v):
+    return type(v) in (int, float) and 0 < v <= 1
+
+
+LAYER_CHECKS = {"in_features": _count, "out_features": _count, "bits": lambda v: type(v) is int and 1 <= v <= 8,
+                "group_size": lambda v: type(v) is int and (v >= 1 or v == -1), "act_bits": _width(4),
+                "out_bits": _width(4), "act_clip": _ratio, "out_clip": _ratio,
+                **{k: lambda v: type(v) is bool for k in ("sym", "act_sym", "fp8", "bias")},
+                "rotation": lambda v: v is None or (isinstance(v, dict) and _count(v.get("m")) and _count(v.get("b"))
+                                                    and all(type(v.get(k, False)) is bool
+                                                            for k in ("shared", "perm", "second", "mix")))}
+LAYER_BINARY = {"in_features": _count, "out_features": _count, "group_size": _count,
+                "orders": lambda v: isinstance(v, list) and len(v) > 0 and all(_count(k) and k <= 8 for k in v),
+                "bias": lambda v: type(v) is bool}
 
 
 # ---------------------------------------------------------------------------------------------- block edits

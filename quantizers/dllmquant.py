@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cli import opt
+from cli import InputError, opt
 from quantizers.format import quantize_channels
 from quantizers.gptq import gptq_block  # CGQ is GPTQ on a token-weighted Hessian
 from quantizers.walk import walk_blocks
@@ -45,6 +45,9 @@ def resolve(args):
     """--v_bits 0 (auto) means V at the activations' bits: IA-AQ is part of the method."""
     if args.v_bits == 0:
         args.v_bits = args.abits
+    if args.cgq_visible <= 0 or not 0 <= args.cgq_beta <= 1 or args.iaaq_grid < 2:
+        raise InputError(f"--cgq_visible {args.cgq_visible}, --cgq_beta {args.cgq_beta}, --iaaq_grid {args.iaaq_grid}: "
+                         "expected > 0, in [0, 1] and >= 2")
 
 
 def certainty_weights(calib, visible=0.7, beta=0.5):

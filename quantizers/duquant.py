@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cli import opt
+from cli import InputError, opt
 from quantizers.core import Rotation, RotLinear, swap
 from quantizers.smoothquant import (
     GROUPS as SMOOTH_GROUPS,  # DuQuant's first step is SmoothQuant's
@@ -41,6 +41,14 @@ TOKENS = 2048  # calibration tokens the rotations are fitted on
 class Flags:
     block_size: int = opt(128, "channels per rotation block (lowered to a divisor of the width)")
     rotation_steps: int = opt(256, "greedy rotation steps per block")
+
+
+def resolve(args):
+    if args.block_size < 2 or args.rotation_steps < 0:
+        raise InputError(f"--block_size {args.block_size} / --rotation_steps {args.rotation_steps} are out of range "
+                         "(expected >= 2 and >= 0)")
+    if not 0 <= args.alpha <= 1:  # DuQuant smooths with SmoothQuant's --alpha
+        raise InputError(f"--alpha {args.alpha} is out of range (expected in [0, 1])")
 
 
 def spread(b):

@@ -49,6 +49,9 @@ class Flags:
 
 
 def resolve(args):
+    if not (args.abmp_k == -1 or 0 <= args.abmp_k <= 0.5) or args.daq_iters < 0 or args.daq_lambda < 1:
+        raise InputError(f"--abmp_k {args.abmp_k}, --daq_iters {args.daq_iters}, --daq_lambda {args.daq_lambda}: "
+                         "expected -1 or in [0, 0.5], >= 0 and >= 1")
     if args.daq_compensate not in ("column", "group"):
         raise InputError(f"--daq_compensate {args.daq_compensate!r} is unknown (expected column or group)")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cli import opt
+from cli import InputError, opt
 from quantizers.core import apply_scale
 from quantizers.walk import input_stats, walk_blocks
 
@@ -31,6 +31,11 @@ class Flags:
 
 GROUPS = [("attn_norm", ("attn.q_proj", "attn.k_proj", "attn.v_proj")), ("attn.v_proj", ("attn.o_proj",)),
           ("mlp_norm", ("mlp.gate_proj", "mlp.up_proj"))]
+
+
+def resolve(args):
+    if not 0 <= args.alpha <= 1:
+        raise InputError(f"--alpha {args.alpha} is out of range (expected in [0, 1])")
 
 
 def smooth_scales(x_max, w_max, alpha):

@@ -5,10 +5,13 @@ logs the block's output error; input_stats folds what each Linear reads into a s
 per-channel maximum, the inputs themselves). Masking, the dLLM part, happens before: calibrate.py builds the batch,
 and the mask status and confidences ride along in Calib for the methods that weight tokens.
 """
+import math
 import time
 from dataclasses import dataclass
 
 import torch
+
+from cli import InputError
 
 # Linears that read the same input, in data-flow order: they share one statistic (one Hessian, one transform)
 INPUT_GROUPS = [("attn.q_proj", "attn.k_proj", "attn.v_proj"), ("attn.o_proj",), ("mlp.gate_proj", "mlp.up_proj"),
@@ -56,6 +59,9 @@ def walk_blocks(model, calib, device, log=print):
         yield i, block, inputs
         inputs.x = inputs.run(block)
         err = rel_error(inputs.x, reference)
+        if not math.isfinite(err):  # nothing is saved from a model that computes NaN or infinities
+            raise InputError(f"block {i + 1}: the quantized block's output is not finite (relative error {err}); "
+                             "nothing was saved")
         block.to(home)
         elapsed = time.time() - t0
         log(f"block {i + 1:3d}/{n} | output error {err:.4f} | {elapsed:6.1f} s | "
@@ -112,6 +118,8 @@ def pin_dead(W, H):
 
 def inverse_hessian_factor(H, damp):
     """U with H^-1 = U^T U for H + damp * mean(diag H) * I, escalating damp x10 on failure -> (U, damp used)."""
+    if not damp > 0:
+        raise ValueError(f"damping {damp} must be > 0 (escalating a zero or negative damping never ends)")
     mean = H.diagonal().mean()
     while damp <= 10:
         L, info = torch.linalg.cholesky_ex(H + damp * mean * torch.eye(len(H), device=H.device))

@@ -96,7 +96,8 @@ def commands(model, flags, ckpt, args):
         score += " --cache_weights" if flags is not None and args.cache_weights else ""
     else:
         src, score = f"assets/{model}", common
-    cmds = [] if flags is None else [f"python calibrate.py --model {src} {flags} {common} --nll_windows 0 --out {ckpt}"]
+    cmds = [] if flags is None else [f"python calibrate.py --model {src} {flags} {common} --nll_windows 0 --overwrite "
+                                     f"--out {ckpt}"]
     return cmds + [f"python eval.py --model {src if flags is None else ckpt} {score} --out {ckpt}.eval.json"]
 
 

@@ -1,8 +1,11 @@
 """calibrate.py: calibration data of each mode, quantized checkpoints that load back exactly, bad flags."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
+import types
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from safetensors import safe_open
 
 import calibrate as C
 import model as M
+from calibrate import CHECKPOINT_FILES
 from quantizers.core import QLinear
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,3 +123,93 @@ def test_cli_quantizes_the_bundled_model_and_sample_reads_it(tmp_path):
     r = subprocess.run([sys.executable, "sample.py", "--model", out, "--prompt", "Q: 12+5= A: ", "--gen_length", "6",
                         "--steps", "6", "--block_length", "6"], cwd=ROOT, capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "17"
+
+
+def refusal(tmp_path, setup, out):
+    setup(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(M.InputError) as e:
+        quantize(tmp_path, model=TINY["llada"], out=out.format(tmp=tmp_path, model=TINY["llada"]), method="rtn")
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # refused before anything was written
+    return str(e.value)
+
+
+def a_checkpoint(tmp_path):
+    shutil.copytree(TINY["dream"], tmp_path / "ckpt", ignore=shutil.ignore_patterns("README.md"))
+
+
+OUT_REFUSALS = [  # (what is there, --out, the line)
+    (lambda t: (t / "mine").mkdir() or (t / "mine" / "notes.txt").write_text("x"), "{tmp}/mine",
+     "holds notes.txt, which calibrate.py did not write"),
+    (a_checkpoint, "{tmp}/ckpt", "a checkpoint is already there; add --overwrite"),
+    (lambda t: None, "{model}", "overlaps --model"), (lambda t: None, "{model}/q", "overlaps --model"),
+    (lambda t: None, os.path.dirname(TINY["llada"]), "overlaps --model"),
+    (lambda t: (t / "file").write_text("x"), "{tmp}/file", "exists and is not a folder"),
+    (lambda t: (t / "q.partial").write_text("x"), "{tmp}/q", "q.partial exists and is not a folder"),
+    (lambda t: None, "", "--out: the path is empty")]
+
+
+@pytest.mark.parametrize("setup,out,message", OUT_REFUSALS)
+def test_an_out_that_would_lose_data_is_refused_before_the_work(tmp_path, setup, out, message):
+    assert message in refusal(tmp_path, setup, out)
+
+
+def logits(path):
+    with torch.no_grad():
+        return M.load(path)(torch.arange(40)[None] + 100)
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_step_leaves_out_a_whole_checkpoint(tmp_path, monkeypatch):
+    """Killed while writing, before the swap or after it, --out holds the old or the new checkpoint, whole; the
+    next run clears what was left (a raised exception leaves the files as a kill would)."""
+    import cli
+    old, args = quantize(tmp_path, model=TINY["llada"], method="rtn", wbits=8)
+    new, _ = quantize(tmp_path / "n", model=TINY["llada"], method="rtn", wbits=4)
+    want = {"old": logits(args.out), "new": new(torch.arange(40)[None] + 100).detach()}
+    args.overwrite = True
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    for step, target, name, expect in (("while writing", C, "save", "old"), ("before the swap", C, "publish", "old"),
+                                       ("after the swap", cli, "shutil", "new")):
+        with monkeypatch.context() as m:  # (after the swap: the removal of the old checkpoint is what dies)
+            m.setattr(target, name, types.SimpleNamespace(rmtree=killed) if name == "shutil" else killed)
+            with pytest.raises(KeyboardInterrupt):
+                C.write(new, TINY["llada"], args)
+        assert torch.equal(logits(args.out), want[expect]), step
+        C.write(new, TINY["llada"], args)  # the next run: complete, and nothing left beside it
+        assert torch.equal(logits(args.out), want["new"]) and not os.path.exists(args.out + ".partial")
+        C.write(old, TINY["llada"], args)
+
+
+@pytest.mark.slow
+def test_a_real_kill_while_writing_leaves_the_old_checkpoint(tmp_path):
+    out = str(tmp_path / "q")
+    cmd = [sys.executable, "calibrate.py", "--method", "rtn", "--nsamples", "2", "--seqlen", "32", "--nll_windows",
+           "0", "--out", out]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(cmd[:-1] + [out + "-new", "--wbits", "3"], cwd=ROOT, check=True, capture_output=True)
+    before, new = logits(out), logits(out + "-new")
+    p = subprocess.Popen(cmd + ["--overwrite", "--wbits", "3"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    while p.poll() is None and not os.path.exists(out + ".partial"):
+        time.sleep(0.001)
+    p.kill()
+    assert p.wait() == -9  # killed while its new checkpoint was being written (or just swapped in)
+    assert any(torch.equal(logits(out), w) for w in (before, new))
+
+
+@pytest.mark.slow
+def test_the_same_calibration_writes_the_same_bytes(tmp_path):
+    """Two runs into different folders: identical files (sorted metadata, no paths in it), all mode 0644."""
+    for name in ("a", "b"):
+        quantize(tmp_path, model=TINY["dream"], method="gptq", wbits=3, out=str(tmp_path / name))
+    files = sorted(os.listdir(tmp_path / "a"))
+    assert files == sorted(CHECKPOINT_FILES) and files == sorted(os.listdir(tmp_path / "b"))
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+        assert os.stat(tmp_path / "a" / f).st_mode & 0o777 == 0o644, f
+    meta = json.loads(safe_open(str(tmp_path / "a" / "model.safetensors"), "pt").metadata()["quant"])
+    assert "out" not in meta["args"] and meta["args"]["model"] == "tiny-dream" and str(tmp_path) not in json.dumps(meta)

@@ -20,7 +20,7 @@ TINY = os.path.join(ROOT, "assets", "tiny-llada")
 
 def run(tmp_path, **kw):
     args = C.Args(**{"nsamples": 8, "seqlen": 64, "nll_windows": 0, "device": "cpu", "out": str(tmp_path / "q"),
-                     **kw})
+                     "overwrite": True, **kw})
     return C.calibrate(args)
 
 

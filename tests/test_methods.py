@@ -78,7 +78,8 @@ def test_a_transform_keeps_the_float64_logits(name, which):
 def logit_error(tmp_path, name, **kw):
     """Relative error of tiny-llada's logits on held-out text after calibrate.py --method name."""
     model = C.calibrate(C.Args(**{"model": TINY["llada"], "method": name, "nsamples": 16, "seqlen": 64,
-                                  "nll_windows": 0, "device": "cpu", "out": str(tmp_path / name), **kw}))
+                                  "nll_windows": 0, "device": "cpu", "out": str(tmp_path / name), "overwrite": True,
+                                  **kw}))
     tok = M.load_tokenizer(TINY["llada"])
     text = C.read_texts(os.path.join(ROOT, "data", "wiki_heldout.txt.gz"))[:40]
     ids = torch.tensor([e.ids[:64] for e in tok.encode_batch(text) if len(e.ids) >= 64][:8])

