@@ -21,11 +21,12 @@ basis). Then the quantized model decodes on its own from the same
 prompts; we report the first step where its canvas differs from the float model's.
 
 Prints a markdown report (and writes it to --out). With matplotlib installed (optional, not a requirement), also
-writes PNG figures next to --out: max |x| per block and input, a channel x token heat map of the worst input, and
-the error against the step.
+writes PNG figures next to --out (figures() says what each shows): max |x| per block and input, the per-channel
+profile of the worst input, and the error against the step.
 """
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 import calibrate as C
 from cli import InputError, check_output_file, opt, parse, run_cli, write_text
-from model import load, load_tokenizer
+from model import load, load_tokenizer, read_args
 from quantizers.walk import BlockInputs, input_stats
 from sample import DEFAULT_MODEL, generate
 
@@ -68,25 +69,22 @@ def channel_stats(X, masked, massive=100.0, top=4):
     return {"max": absX.max().item(), "ratio": (col.max() / col.median().clamp(min=1e-12)).item(),
             "kurtosis": z.pow(4).mean().item(), "channels": col.topk(min(top, len(col))).indices.tolist(),
             "massive_masked": int((heavy & masked).sum()), "massive_visible": int((heavy & ~masked).sum()),
-            "tokens_masked": int(masked.sum()), "tokens_visible": int((~masked).sum())}
+            "tokens_masked": int(masked.sum()), "tokens_visible": int((~masked).sum()),
+            "profile": col.float(), "median": absX.median().item()}
 
 
 @torch.no_grad()
 def outlier_table(model, calib, args):
-    """{(block, input name): channel_stats} over every block, the inputs computed through the model; the stats of
-    the input with the largest |x| also keep its |x| on the first window, (tokens, channels), for the heat map."""
+    """{(block, input name): channel_stats} over every block, the inputs computed through the model (each with its
+    per-channel max |x|, the profile the figures draw)."""
     x, rope, _ = model.block_inputs(calib.tokens)
-    inputs, stats, T = BlockInputs(x, rope), {}, calib.tokens.shape[1]
+    inputs, stats = BlockInputs(x, rope), {}
     keep = lambda acc, X, w: (X, w) if acc is None else (torch.cat([acc[0], X]), torch.cat([acc[1], w]))  # noqa: E731
     for i, block in enumerate(model.blocks):
         seen = input_stats(block, inputs, list(INPUTS.values()), keep, calib.masked.float())
         for short, name in INPUTS.items():
             X, m = seen[name]
             stats[i, short] = channel_stats(X, m.bool(), args.massive, args.top)
-            if stats[i, short]["max"] >= max(s["max"] for s in stats.values()):
-                for s in stats.values():
-                    s.pop("heat", None)
-                stats[i, short]["heat"] = X[:T].abs().float()
         inputs.x = inputs.run(block)
     return stats
 
@@ -143,7 +141,13 @@ def error_report(ref, quant, prompts, gen_length):
     differs. Returns (markdown, per-step records)."""
     ours, theirs = trajectory(ref, prompts, gen_length), trajectory(quant, prompts, gen_length)
     start = torch.cat([prompts, torch.full((len(prompts), gen_length), ref.args.mask_id)], 1)
-    records = [step_error(ref, quant, x, ref.args.mask_id) for x in [start, *ours[:-1]]]
+    records, canvases, t0 = [], [start, *ours[:-1]], time.time()
+    for i, x in enumerate(canvases):
+        records.append(step_error(ref, quant, x, ref.args.mask_id))
+        if (i + 1) % 8 == 0 or i + 1 == len(canvases):
+            spent, left = time.time() - t0, len(canvases) - i - 1
+            print(f"  step errors: {i + 1}/{len(canvases)} | {spent:.0f} s, ETA {spent / (i + 1) * left:.0f} s",
+                  file=sys.stderr, flush=True)
     differ = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if not torch.equal(a, b)]
     rows = ["| step | KL at masked positions | top-1 agreement | logits rel. error |", "|---|---|---|---|"]
     every = max(1, len(records) // 16)
@@ -156,39 +160,59 @@ def error_report(ref, quant, prompts, gen_length):
 
 
 # ------------------------------------------------------------------------------------------------- figures
-def figures(tables, records, path):
-    """PNG figures beside path when matplotlib is installed; returns the files written."""
+def figures(tables, records, path, title):
+    """PNG figures beside path (matplotlib, a tool dependency); returns the files written, [] without matplotlib.
+      outliers  max |x| per block: colour = the Linear input, line style = the condition (clean, masked, transform)
+      channels  the input with the largest |x|: max |x| of every channel, per condition, log scale, its top
+                channels named, the median |x| as a line, so the outlier channels stand out
+      steps     the quantized model on the float model's canvases, steps numbered as in the table: KL at the masked
+                positions (left axis) and the logits' relative error (right axis)"""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        print("figures: not drawn, matplotlib is missing (pip install -r requirements-tools.txt)", file=sys.stderr)
         return []
-    stem, written = os.path.splitext(path)[0], []
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for cond, table in tables.items():
+    stem, written, styles = os.path.splitext(path)[0], [], ["-", "--", ":", "-."]
+    colours = dict(zip(INPUTS, ["tab:blue", "tab:orange", "tab:green", "tab:red"], strict=True))
+
+    def save(fig, name):
+        written.append(f"{stem}-{name}.png")
+        fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for style, (cond, table) in zip(styles, tables.items(), strict=False):
         for short in INPUTS:
             ys = [s["max"] for (b, name), s in table.items() if name == short]
-            ax.plot(range(len(ys)), ys, marker="o", label=f"{cond} {short}")
-    ax.set(yscale="log", xlabel="block", ylabel="max |x|", title="largest activation per Linear input")
-    ax.legend(fontsize=6)
-    written.append(f"{stem}-outliers.png")
-    fig.savefig(written[-1], dpi=110, bbox_inches="tight")
-    (b, name), worst = next((k, s) for k, s in tables["clean"].items() if "heat" in s)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    im = ax.imshow(worst["heat"].T.numpy(), aspect="auto", cmap="magma", norm=matplotlib.colors.LogNorm(vmin=1e-3))
-    ax.set(xlabel="token", ylabel="channel", title=f"|x| at block {b} {name}, one clean window")
-    fig.colorbar(im)
-    written.append(f"{stem}-heatmap.png")
-    fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+            ax.plot(range(len(ys)), ys, style, marker="o", ms=3, color=colours[short], label=f"{short}, {cond}")
+    ax.set(yscale="log", xlabel="block (numbered as in the table, from 0)", ylabel="max |x| (calibration tokens)",
+           title=f"{title}: the largest activation at each Linear input")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    save(fig, "outliers")
+    (b, short), worst = max(tables["clean"].items(), key=lambda kv: kv[1]["max"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for style, (cond, table) in zip(styles, tables.items(), strict=False):
+        ax.plot(range(len(table[b, short]["profile"])), table[b, short]["profile"].numpy(), style, lw=0.8, label=cond)
+    ax.axhline(worst["median"], color="grey", lw=0.8, label="median |x| of all its values (clean)")
+    for c in worst["channels"]:
+        ax.annotate(f"channel {c}", (c, worst["profile"][c].item()), fontsize=7, textcoords="offset points",
+                    xytext=(4, 2))
+    ax.set(yscale="log", xlabel="channel", ylabel="max |x| of the channel",
+           title=f"{title}: block {b} {short}, where the largest activation is")
+    ax.legend(fontsize=7)
+    save(fig, "channels")
     if records:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        ax.plot([r["kl"] for r in records], label="KL at masked positions")
-        ax.plot([r["logits"] for r in records], label="logits rel. error")
-        ax.set(xlabel="denoising step", title="quantized vs float on the float model's canvases")
-        ax.legend()
-        written.append(f"{stem}-steps.png")
-        fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+        fig, ax = plt.subplots(figsize=(8, 4))
+        steps = range(1, len(records) + 1)
+        ax.plot(steps, [r["kl"] for r in records], color="tab:blue", marker="o", ms=3)
+        ax.set(xlabel="denoising step", ylabel="KL at the masked positions (nats)",
+               title=f"{title}: on the float model's canvases")
+        ax.yaxis.label.set_color("tab:blue")
+        right = ax.twinx()
+        right.plot(steps, [r["logits"] for r in records], color="tab:red", ls="--", marker="s", ms=3)
+        right.set_ylabel("logits' relative error", color="tab:red")
+        save(fig, "steps")
     return written
 
 
@@ -198,6 +222,8 @@ def analyze(args):
             raise InputError(f"--{flag} {getattr(args, flag)} is out of range (expected >= 1)")
     if args.out:
         check_output_file(args.out, "--out")
+    for path in [args.model] + ([args.quantized] if args.quantized else []):
+        read_args(path)  # a missing or broken checkpoint is refused before the work
     if args.method and args.method not in OUTLIER_TRANSFORMS:
         raise InputError(f"--method {args.method!r}: expected {', '.join(OUTLIER_TRANSFORMS)}")
     model, tok = load(args.model), load_tokenizer(args.model)
@@ -223,7 +249,10 @@ def analyze(args):
     print(report)
     if args.out:
         write_text(args.out, report + "\n")
-        for png in figures(tables, records, args.out):
+        name = os.path.basename(os.path.normpath(args.model))
+        title = name + (f" (and after {args.method})" if args.method else "") + \
+            (f", quantized: {os.path.basename(os.path.normpath(args.quantized))}" if args.quantized else "")
+        for png in figures(tables, records, args.out, title):
             print(f"wrote {png}", file=sys.stderr)
     return tables, records
 

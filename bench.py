@@ -240,14 +240,17 @@ def load_memory(path):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=type(
+        "Help", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}))
     p.add_argument("--forward", action="store_true", help="forward throughput at 8B shapes (needs CUDA)")
-    p.add_argument("--load_memory", action="store_true", help="peak host memory of load() for LLaDA-8B bf16")
+    p.add_argument("--load_memory", action="store_true", help="peak host memory of load() for LLaDA-8B bf16 (writes "
+                   "a 15 GiB random checkpoint in --dir first, if it is not there)")
     p.add_argument("--gptq", action="store_true", help="GPTQ W4 of an LLaDA-8B-shaped model, 128 x 2048 tokens (CUDA)")
     p.add_argument("--quantized", action="store_true", help="bf16 vs quantized formats end to end at 8B shapes (CUDA)")
     p.add_argument("--models", default=",".join(SHAPES), help="--quantized: which of " + ", ".join(SHAPES))
     p.add_argument("--formats", default=",".join(FORMATS), help="--quantized: which of " + ", ".join(FORMATS))
-    p.add_argument("--dir", default="/tmp/llada8b-random", help="where the random LLaDA-8B checkpoint lives")
+    p.add_argument("--dir", default="/tmp/llada8b-random", help="--load_memory: where the random LLaDA-8B checkpoint "
+                   "lives (about 15 GiB; remove it when done)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     opts = p.parse_args()

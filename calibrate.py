@@ -184,6 +184,23 @@ def run_methods(model, calib, args):
         i += 2 if fused else 1
 
 
+def describe(args):
+    """The format in words, as the log header and config.json state it."""
+    if args.wbits == 16:
+        return "weights left in float (--wbits 16)"
+    if args.fp8:
+        acts = ", e4m3 activations per token" if args.abits == 8 else ""
+        return f"W8A{args.abits if args.abits < 16 else 16}-FP8: e4m3 weights per output channel{acts}"
+    groups = "per output channel" if args.group_size == -1 else f"in groups of {args.group_size} inputs"
+    weights = f"{args.wbits}-bit {'symmetric' if args.sym else 'asymmetric'} weights {groups}"
+    if "quantdllm" in args.method.split(","):
+        weights = f"{args.wbits}-bit binary-residual weights (DAQ, ABMP orders), column groups of {args.group_size}"
+    acts = "" if args.abits == 16 else f", {args.abits}-bit {'symmetric' if args.a_sym else 'asymmetric'} " \
+                                       "activations per token"
+    values = "" if args.v_bits == 16 else f", V at {args.v_bits} bits per channel"
+    return f"W{args.wbits}A{args.abits}: {weights}{acts}{values}"
+
+
 def check(args, model):
     """Settings that depend on the model: group size against every Linear's width, sequence length."""
     if args.wbits < 16 and args.group_size < 1 and args.group_size != -1:
@@ -350,7 +367,10 @@ def write(model, tok_dir, args):
     partial = out + ".partial"
     shutil.rmtree(partial, ignore_errors=True)  # what a run killed while writing left
     layers = {n: m.config() for n, m in model.named_modules() if isinstance(m, (QLinear, BinaryLinear))}
-    save(model, partial, metadata={"quant": json.dumps({"args": recorded(args), "layers": layers}, sort_keys=True)})
+    save(model, partial, metadata={"quant": json.dumps({"args": recorded(args), "layers": layers}, sort_keys=True)},
+         config={"dllmq_quantization": {"method": args.method, "format": describe(args), "wbits": args.wbits,
+                                        "abits": args.abits, "group_size": args.group_size, "sym": args.sym,
+                                        "fp8": args.fp8, "v_bits": args.v_bits, "calib_mode": args.calib_mode}})
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(tok_dir, name)):
             shutil.copyfile(os.path.join(tok_dir, name), os.path.join(partial, name))
@@ -367,8 +387,8 @@ def calibrate(args):
     tok = load_tokenizer(args.model)
     check(args, model)
     calib = calibration(args, model, tok)
-    print(f"{os.path.relpath(args.model)}: {args.method} W{args.wbits}A{args.abits} g{args.group_size} on "
-          f"{args.device}; calibration {args.calib_mode}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens, "
+    print(f"{os.path.relpath(args.model)}: {args.method}, {describe(args)}; on {args.device}, calibration "
+          f"{args.calib_mode}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens, "
           f"{calib.masked.float().mean().item():.0%} masked", flush=True)
     before = heldout_nll(model, tok, args) if args.nll_windows and tok else None
     float_bytes = model_bytes(model)
@@ -379,7 +399,8 @@ def calibrate(args):
             block.attn.v_proj.out_bits = args.v_bits
     if before is not None:
         after = heldout_nll(model, tok, args)
-        print(f"held-out masked-diffusion NLL: {before:.4f} -> {after:.4f} nats/token ({after / before - 1:+.2%})")
+        print(f"held-out masked-diffusion NLL ({args.nll_windows} windows x 2 masks): {before:.4f} -> {after:.4f} "
+              f"nats/token ({after / before - 1:+.2%})")
     print(f"weights: {float_bytes / 2**20:.1f} MiB -> {model_bytes(model) / 2**20:.1f} MiB; "
           f"{time.time() - t0:.0f} s in all")
     write(model, args.model, args)

@@ -27,15 +27,15 @@ def opt(default, help, group=None):
 
 
 def parse(cls, argv=None, doc=None):
-    """Each dataclass field becomes --name with the same type and default; `help` comes from field metadata."""
+    """Each dataclass field becomes --name with the same type and default (a bool: --name / --no-name); `help` comes
+    from field metadata."""
     p = argparse.ArgumentParser(description=doc, formatter_class=_HelpFormatter)
     sections = {}
     for f in fields(cls):
         group = f.metadata.get("group")
         where = p if group is None else sections.setdefault(group, p.add_argument_group(group))
-        extra = {"nargs": "?", "const": True} if f.type is bool else {}  # `--flag` alone means true
-        where.add_argument(f"--{f.name}", type=_flag_type(f.type), default=f.default,
-                           help=f.metadata.get("help", ""), **extra)
+        kind = {"action": argparse.BooleanOptionalAction} if f.type is bool else {"type": _flag_type(f.type)}
+        where.add_argument(f"--{f.name}", default=f.default, help=f.metadata.get("help", ""), **kind)
     return cls(**vars(p.parse_args(argv)))
 
 
@@ -44,8 +44,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
 
 def _flag_type(kind):
-    if kind is bool:
-        return lambda s: s.lower() in ("1", "true", "yes")
     if isinstance(kind, types.UnionType):  # `int | None`: the word none gives None
         inner = next(k for k in kind.__args__ if k is not type(None))
         return lambda s: None if s.lower() == "none" else inner(s)

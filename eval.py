@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -84,13 +85,26 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def first(items, args):
+def first(items, args, task=""):
+    """The first --limit items; a --limit beyond the data is said on stderr."""
+    if args.limit > len(items):
+        print(f"  {task}: --limit {args.limit} exceeds the {len(items)} items in {args.data_dir}; scoring {len(items)}",
+              file=sys.stderr, flush=True)
     return items[:args.limit] if args.limit else items
 
 
-def progress(task, done, total, t0):
-    rate = done / max(time.time() - t0, 1e-9)
-    print(f"  {task}: {done}/{total} | {rate:.2f} samples/s | ETA {(total - done) / rate:.0f} s", flush=True)
+def progress(task, done, total, t0, every=2.0):
+    """Progress with an ETA on stderr (the table goes to stdout): at most every `every` seconds, and at the end."""
+    now = time.time()
+    if done < total and now - progress.last.get(task, 0.0) < every:
+        return
+    progress.last[task] = now
+    rate = done / max(now - t0, 1e-9)
+    print(f"  {task}: {done}/{total} | {rate:.2f} /s | {now - t0:.0f} s, ETA {(total - done) / rate:.0f} s",
+          file=sys.stderr, flush=True)
+
+
+progress.last = {}
 
 
 # ----------------------------------------------------------------------------------------- likelihood
@@ -171,16 +185,16 @@ def mc_items(task, args):
 
 def multiple_choice(task):
     def score(model, tok, args, device):
-        items, gen = first(mc_items(task, args), args), torch.Generator().manual_seed(args.seed)
+        items, gen = first(mc_items(task, args), args, task), torch.Generator().manual_seed(args.seed)
         acc, acc_norm, t0 = [], [], time.time()
         for i, (context, choices, gold) in enumerate(items):
             lls = [loglikelihood(model, *encode_pair(model, tok, context, " " + c), args, gen) for c in choices]
             acc.append(max(range(len(lls)), key=lls.__getitem__) == gold)
             norm = [ll / len(" " + c) for ll, c in zip(lls, choices, strict=True)]  # lm-eval: per answer character
             acc_norm.append(max(range(len(norm)), key=norm.__getitem__) == gold)
-            if (i + 1) % 20 == 0:
-                progress(task, i + 1, len(items), t0)
-        return {"acc": rate(acc), "acc_norm": rate(acc_norm)}
+            progress(task, i + 1, len(items), t0)
+        chance = sum(1 / len(c) for _, c, _ in items) / len(items)
+        return {"acc": {**rate(acc), "chance": chance}, "acc_norm": {**rate(acc_norm), "chance": chance}}
     return score
 
 
@@ -235,7 +249,7 @@ def gsm8k_extract(text):
 def gsm8k(model, tok, args, device):
     k = GEN["gsm8k"][0] if args.fewshot < 0 else args.fewshot
     train = read_jsonl(os.path.join(args.data_dir, "gsm8k", "train.jsonl"))[:k]
-    test = first(read_jsonl(os.path.join(args.data_dir, "gsm8k", "test.jsonl")), args)
+    test = first(read_jsonl(os.path.join(args.data_dir, "gsm8k", "test.jsonl")), args, "gsm8k")
     shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in train)
     outputs = completions(model, tok, [f"{shots}Question: {r['question']}\nAnswer:" for r in test], "gsm8k",
                           args, device)
@@ -249,7 +263,7 @@ def gsm8k(model, tok, args, device):
 def humaneval_programs(args):
     """(prompt, programs(completion)) per HumanEval task: the program the sandbox's jail loads (prompt + completion)
     and the tests its judge runs against it (the task's check())."""
-    tasks = first(read_jsonl(os.path.join(args.data_dir, "humaneval", "HumanEval.jsonl.gz")), args)
+    tasks = first(read_jsonl(os.path.join(args.data_dir, "humaneval", "HumanEval.jsonl.gz")), args, "humaneval")
     return [(t["prompt"], lambda c, t=t: (f"{t['prompt']}{c}\n", f"{t['test']}\n\ncheck({t['entry_point']})\n"))
             for t in tasks]
 
@@ -265,7 +279,7 @@ def mbpp_programs(args):
         return f"You are an expert Python programmer, and here is your task: {r['text']} Your code should pass " \
                f"these tests:\n\n{tests}\n[BEGIN]\n"
     shots = "".join(ask(rows[i]) + rows[i]["code"] + "\n[DONE]\n\n" for i in range(1, k + 1))
-    tasks = first([rows[i] for i in range(11, 511) if i in rows], args)
+    tasks = first([rows[i] for i in range(11, 511) if i in rows], args, "mbpp")
     return [(shots + ask(r), lambda c, r=r: (f"{c}\n", f"{r['test_setup_code']}\n" + "\n".join(r["test_list"]) + "\n"))
             for r in tasks]
 
@@ -313,12 +327,13 @@ def wiki_nll(model, tok, args, device):
     windows = wiki_windows(tok, model, args.seq_len)
     windows = windows[:args.limit] if args.limit else windows
     t, u = mask_draws(len(windows), args.seq_len, args.mc, args.seed)
-    per_window = torch.zeros(len(windows))
+    per_window, t0 = torch.zeros(len(windows)), time.time()
     for i in range(0, len(windows), args.batch_size):
         x = windows[i:i + args.batch_size].to(device)
         for j in range(args.mc):
             noise = t[j, i:i + len(x)], u[j, i:i + len(x)]
             per_window[i:i + len(x)] += diffusion_loss(model, x, 1e-3, noise=noise).float().cpu()
+        progress("wiki_nll", i + len(x), len(windows), t0)
     per_window /= args.mc
     return {"nll": {"value": per_window.mean().item(), "stderr": (per_window.std() / math.sqrt(len(windows))).item(),
                     "n": len(windows)}}
@@ -343,8 +358,10 @@ def model_hash(path):
 def table(records, models):
     """Markdown: one row per task and metric, one column per model."""
     rows = {}
-    for r in records:
-        rows.setdefault((r["task"], r["metric"]), {})[r["model"]] = f"{r['value']:.4f} ± {r['stderr']:.4f}"
+    for r in records:  # a multiple-choice score within two standard errors of guessing is marked
+        at_chance = "chance" in r and abs(r["value"] - r["chance"]) <= 2 * r["stderr"]
+        rows.setdefault((r["task"], r["metric"]), {})[r["model"]] = f"{r['value']:.4f} ± {r['stderr']:.4f}" + (
+            f" (chance {r['chance']:.2f})" if at_chance else "")
     head = "| task | metric | " + " | ".join(os.path.basename(m.rstrip("/")) for m in models) + " |"
     lines = [head, "|" + "---|" * (len(models) + 2)]
     lines += [f"| {t} | {m} | " + " | ".join(v.get(x, "") for x in models) + " |" for (t, m), v in rows.items()]
@@ -381,15 +398,15 @@ def evaluate(args):
     for name in names:
         if name not in TASKS:
             raise InputError(f"--tasks: unknown task '{name}' (expected {', '.join(TASKS)})")
-    models, records = args.model.split(","), []
-    for path in models:
+    models, records, t_all = args.model.split(","), [], time.time()
+    for k, path in enumerate(models):
         model, tok = load(path, dtype, device), load_tokenizer(path)
         if tok is None:
             raise InputError(f"{path}: no tokenizer.json (eval needs text)")
         if args.cache_weights:
             cache_weights(model)
         digest = model_hash(path)
-        for name in names:
+        for n, name in enumerate(names):
             t0 = time.time()
             for metric, r in TASKS[name](model, tok, args, device).items():
                 if not (math.isfinite(r["value"]) and math.isfinite(r["stderr"])):
@@ -397,7 +414,11 @@ def evaluate(args):
                 records.append({"model": path, "model_hash": digest, "task": name, "metric": metric, **r,
                                 "settings": {k: v for k, v in asdict(args).items() if k not in ("model", "out")}})
                 print(f"{os.path.basename(path.rstrip('/'))} {name} {metric}: {r['value']:.4f} ± {r['stderr']:.4f} "
-                      f"(n={r['n']}, {time.time() - t0:.1f} s)", flush=True)
+                      f"(n={r['n']}, {time.time() - t0:.1f} s)", file=sys.stderr, flush=True)
+            done, total = k * len(names) + n + 1, len(models) * len(names)
+            spent = time.time() - t_all
+            print(f"[{done}/{total} tasks] {spent:.0f} s, ETA {spent / done * (total - done):.0f} s (from the tasks "
+                  "so far)", file=sys.stderr, flush=True)
     print(table(records, models))
     if args.out:
         write_text(args.out, json.dumps(records, indent=2))

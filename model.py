@@ -442,16 +442,17 @@ def load_tokenizer(path):
         raise InputError(f"{file}: not a tokenizers file ({e})") from None
 
 
-def save(model, path, metadata=None):
-    """Write config.json and model.safetensors in the family's real layout. Each file is written under a
-    temporary name and renamed when complete (atomic on one file system), so nothing is ever half-written."""
+def save(model, path, metadata=None, config=None):
+    """Write config.json (plus the `config` entries given) and model.safetensors in the family's real layout. Each
+    file is written under a temporary name and renamed when complete (atomic on one file system), so nothing is ever
+    half-written."""
     os.makedirs(path, exist_ok=True)
     names = name_map(model.args)
     sd = {rename(names, k): v for k, v in model.state_dict().items()}
     out = os.path.join(path, "model.safetensors")
     write_safetensors(sd, out + ".tmp", {"format": "pt", **(metadata or {})})
     with open(os.path.join(path, "config.json.tmp"), "w") as f:
-        json.dump(model.args.to_config(), f, indent=2)
+        json.dump({**model.args.to_config(), **(config or {})}, f, indent=2)
     os.replace(out + ".tmp", out)
     os.replace(os.path.join(path, "config.json.tmp"), os.path.join(path, "config.json"))
 

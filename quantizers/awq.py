@@ -12,7 +12,7 @@ mit-han-lab/llm-awq (auto_scale.py, auto_clip.py).
     python calibrate.py --method awq,gptq --wbits 4                    # scale and clip, then round by GPTQ
 
 A transform: its scaling leaves the float function unchanged (tests/test_methods.py checks it in float64 with
---awq_clip false); its clip search then shrinks weight ranges for the grid that follows, which changes it. Scale
+--no-awq_clip); its clip search then shrinks weight ranges for the grid that follows, which changes it. Scale
 groups (both families): attn_norm -> q, k, v (judged on the attention output); v -> o (only when v's output width
 equals o's input width, i.e. not with grouped-query attention); mlp_norm -> gate, up (judged on the MLP output);
 up -> down.
