@@ -10,16 +10,16 @@ Calibration data is where dLLMs differ from autoregressive models: at inference 
   masked      Quant-dLLM's masked calibration simulation (arXiv:2510.03274): the first gamma = 25% of each window
               stays visible; every other token is visible with probability t/T for a timestep t on a grid of T = 20
               (t = 0 .. T-1, the fully visible endpoint dropped), otherwise replaced by the model's mask id.
-  trajectory  DLLMQuant's temporal-mask adaptive sampling (arXiv:2508.14090): run the model's own sampler on prompts
-              cut from the windows, record every canvas along the denoising trajectory, and draw the samples from
-              mask-ratio buckets [0, .25) [.25, .5) [.5, .75) [.75, 1] in proportions 0.3 / 0.2 / 0.2 / 0.3.
+              One timestep per window (--mcs_all_steps: every window at every timestep, as its reproduction).
+  trajectory  DLLMQuant's temporal-mask adaptive sampling (arXiv:2508.14090): run the model's own sampler on a
+              prompt cut from each window and keep one canvas of each trajectory, drawn from the mask-ratio bucket
+              the sample is assigned: [0, .25) [.25, .5) [.5, .75) [.75, 1] in proportions 0.3 / 0.2 / 0.2 / 0.3.
 Each sample keeps which tokens are masked, and (trajectory) the model's confidence in each token.
 Blocks are quantized one at a time on --device while the rest of the model waits on the host.
 """
 import gzip
 import importlib
 import json
-import math
 import os
 import shutil
 import time
@@ -36,6 +36,7 @@ from sample import DEFAULT_MODEL, generate
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BUCKETS = [(0.0, 0.25, 0.3), (0.25, 0.5, 0.2), (0.5, 0.75, 0.2), (0.75, 1.01, 0.3)]  # TMAS: mask ratio, share
+TRAJECTORY_BATCH = 32  # prompts decoded at once: bounds the logits of a big vocabulary
 
 
 def find_methods():
@@ -91,6 +92,10 @@ class Shared:
     calib_mode: str = opt("clean", "clean, masked (Quant-dLLM MCS) or trajectory (DLLMQuant TMAS)")
     mcs_gamma: float = opt(0.25, "masked: visible prefix fraction")
     mcs_steps: int = opt(20, "masked: timesteps T of the visibility grid")
+    mcs_all_steps: bool = opt(False, "masked: every window at every timestep (nsamples x mcs_steps canvases, as "
+                                     "Quant-dLLM's reproduction does) instead of one timestep per window")
+    float_stats: bool = opt(True, "awq, smoothquant, duquant: statistics through the float blocks before each block, "
+                                  "as their reference code takes them (--no-float_stats: through the quantized ones)")
     nll_windows: int = opt(32, "held-out windows for the before/after NLL line, same masks both times (0 = skip)")
     seed: int = opt(0, "seed of the calibration windows, masks and trajectories")
     device: str = opt("auto", "where blocks are quantized: cuda or cpu (auto: cuda when available)")
@@ -170,8 +175,9 @@ def resolve(args):
 
 def run_methods(model, calib, args):
     """Apply the chain in order. A transform followed by RTN (written or appended) rounds each block by RTN as soon
-    as it has transformed it, so the next block's statistics come from the quantized blocks before it (as the
-    transforms' RTN rows of the study run); before another rounder, a transform walks every block in float first."""
+    as it has transformed it (one walk); its statistics come from the float blocks before it with --float_stats
+    (the default, as the reference code of AWQ, SmoothQuant and DuQuant), else from the quantized ones. Before
+    another rounder, a transform walks every block in float first."""
     chain, i = chain_of(args.method), 0
     while i < len(chain):
         method = METHODS[chain[i]]
@@ -254,9 +260,13 @@ def text_windows(args, model, tok):
     return torch.tensor([ids[s:s + args.seqlen] for s in starts])
 
 
-def masked_simulation(tokens, mask_id, gamma, T, seed):
+def masked_simulation(tokens, mask_id, gamma, T, seed, all_steps=False):
     """Quant-dLLM MCS: sample i keeps its first floor(gamma L) tokens and shows each later token with probability
-    t_i / T, t_i = i mod T (so the masked share of the rest runs 1, 1 - 1/T, ..., 1/T)."""
+    t_i / T, t_i = i mod T (so the masked share of the rest runs 1, 1 - 1/T, ..., 1/T). One timestep per window has
+    the expectation of Quant-dLLM's reproduction, which masks every window at every timestep; all_steps does that
+    (T times the samples and the activations)."""
+    if all_steps:
+        tokens = tokens.repeat_interleave(T, 0)
     N, L = tokens.shape
     t = (torch.arange(N) % T).float()[:, None] / T
     masked = torch.rand(N, L, generator=torch.Generator().manual_seed(seed)) >= t
@@ -267,46 +277,58 @@ def masked_simulation(tokens, mask_id, gamma, T, seed):
 @torch.no_grad()
 def trajectories(model, windows, args):
     """DLLMQuant TMAS: canvases along the model's own denoising trajectories, drawn from mask-ratio buckets.
-    The confidence of a token is 1 in the prompt, the probability the sampler gave it when it was committed, and
-    for a still-masked position the probability of the sampler's current guess (0 before its block is reached).
+    Every calibration window gives a prompt (its first half) and one trajectory, and one canvas of it: sample i is
+    assigned a bucket (shares 0.3 / 0.2 / 0.2 / 0.3 of the samples) and keeps a canvas drawn uniformly from those of
+    its trajectory whose masked share lies in that bucket. So the samples are as many distinct texts as clean
+    calibration reads, and no canvas is drawn twice. The confidence of a token is 1 in the prompt, the probability
+    the sampler gave it when it was committed, and for a still-masked position the probability of the sampler's
+    current guess; NaN where the sampler has not reached it yet (a later block), which CGQ treats as unknown.
     Probability-valued rankings are used for this: low_confidence for LLaDA, maskgit_plus for Dream."""
     gen_length = max(32, args.seqlen // 2 // 32 * 32)
-    P, steps = args.seqlen - gen_length, gen_length // 2
-    n_prompts = max(1, math.ceil(2 * args.nsamples / steps))  # a pool of about twice nsamples canvases
-    prompts = windows[torch.arange(n_prompts) % len(windows), :P].to(args.device)
-    canvases, confidences = [], []
-    conf = torch.ones(len(prompts), args.seqlen, device=args.device)
-    conf[:, P:] = 0.0
+    P, steps, N, mask = args.seqlen - gen_length, gen_length // 2, len(windows), model.args.mask_id
+    shares = [round(N * w) for *_, w in BUCKETS]
+    shares[-1] += N - sum(shares)
+    edges = torch.tensor([(lo, hi) for lo, hi, _ in BUCKETS]).repeat_interleave(torch.tensor(shares), 0)
+    gen = torch.Generator().manual_seed(args.seed)
+    seen, tokens, conf_kept = torch.zeros(N), torch.empty(N, args.seqlen, dtype=torch.long), torch.empty(N, args.seqlen)
 
-    def record(i, x, c):  # x after step i is the canvas the model reads at step i + 1
-        conf[:] = torch.where(torch.isfinite(c), c, conf)  # c is finite at this step's candidates: committed or not
-        if (x == model.args.mask_id).any():
-            canvases.append(x.clone().cpu())
-            confidences.append(conf.clone().cpu())
+    def offer(rows, x, conf):  # reservoir sampling of one canvas per row among those in its bucket
+        x, conf = x.cpu(), conf.cpu()
+        ratio = (x[:, P:] == mask).float().mean(1)
+        inside = (ratio >= edges[rows, 0]) & (ratio < edges[rows, 1])
+        seen[rows] += inside.float()
+        take = inside & (torch.rand(len(rows), generator=gen) * seen[rows] < 1)
+        tokens[rows[take]], conf_kept[rows[take]] = x[take], conf[take]
+
     alg = "low_confidence" if model.args.family == "llada" else "maskgit_plus"
     model.to(args.device)
-    generate(model, prompts, None, gen_length, steps, min(32, gen_length), alg, on_step=record)
+    t0 = time.time()
+    for lo in range(0, N, TRAJECTORY_BATCH):
+        rows = torch.arange(lo, min(lo + TRAJECTORY_BATCH, N))
+        prompts = windows[rows, :P].to(args.device)
+        conf = torch.cat([torch.ones(len(rows), P), torch.full((len(rows), gen_length), float("nan"))], 1)
+        conf = conf.to(args.device)
+        offer(rows, torch.cat([prompts, torch.full((len(rows), gen_length), mask, device=args.device)], 1), conf)
+
+        def record(i, x, c, rows=rows, conf=conf):  # x after step i: the canvas the model reads at step i + 1
+            conf[:] = torch.where(torch.isfinite(c), c.float(), conf)  # finite at this step's candidates
+            if (x == mask).any():
+                offer(rows, x, conf)
+        generate(model, prompts, None, gen_length, steps, min(32, gen_length), alg, on_step=record)
+        done = rows[-1].item() + 1
+        print(f"trajectories {done}/{N} | {time.time() - t0:6.1f} s | "
+              f"ETA {(time.time() - t0) / done * (N - done):6.1f} s", flush=True)
     model.to("cpu")
-    start = torch.cat([prompts.cpu(), torch.full((len(prompts), gen_length), model.args.mask_id)], 1)
-    pool = torch.cat([start, *canvases])
-    pool_conf = torch.cat([torch.cat([torch.ones(len(prompts), P), torch.zeros(len(prompts), gen_length)], 1),
-                           *confidences])
-    ratio = (pool[:, P:] == model.args.mask_id).float().mean(1)
-    gen = torch.Generator().manual_seed(args.seed)
-    shares = [round(args.nsamples * w) for *_, w in BUCKETS]
-    shares[-1] += args.nsamples - sum(shares)
-    pick = []
-    for (lo, hi, _), n in zip(BUCKETS, shares, strict=True):
-        idx = torch.nonzero((ratio >= lo) & (ratio < hi))[:, 0]
-        pick.append(idx[torch.randint(0, len(idx), (n,), generator=gen)] if len(idx) else idx[:0])
-    pick = torch.cat(pick)
-    return Calib(pool[pick], pool[pick] == model.args.mask_id, pool_conf[pick])
+    if (seen == 0).any():  # only when a decode is too short to pass through every bucket
+        raise InputError(f"--seqlen {args.seqlen}: a {gen_length}-token decode has no canvas in some mask-ratio bucket")
+    return Calib(tokens, tokens == mask, conf_kept)
 
 
 def calibration(args, model, tok):
     windows = text_windows(args, model, tok)
     if args.calib_mode == "masked":
-        return masked_simulation(windows, model.args.mask_id, args.mcs_gamma, args.mcs_steps, args.seed)
+        return masked_simulation(windows, model.args.mask_id, args.mcs_gamma, args.mcs_steps, args.seed,
+                                 args.mcs_all_steps)
     if args.calib_mode == "trajectory":
         return trajectories(model, windows, args)
     return Calib(windows, torch.zeros_like(windows, dtype=torch.bool))

@@ -408,6 +408,11 @@ def load(path, dtype=torch.float32, device="cpu"):
                 if t.is_floating_point() and not torch.isfinite(t).all():
                     raise InputError(f"{file}: tensor '{key}' holds NaN or infinite values")
                 sd[name] = t.to(dtype) if t.is_floating_point() else t
+    for alias, target in tied_tensors(first, files).items():  # stored once, shared again
+        name, source = rename(canonical, alias), rename(canonical, target)
+        if name not in expected or expected[name][0] != sd[source].shape:
+            raise InputError(f"{first}: tied tensor '{alias}' does not fit this model")
+        sd[name] = sd[source]
     missing = [rename(names, k) for k in expected if k not in sd]
     if missing:
         raise InputError(f"{path}: checkpoint is missing tensor '{missing[0]}' ({len(missing)} missing in all)")
@@ -430,6 +435,20 @@ def quantized_layers(file):
     return layers
 
 
+def tied_tensors(file, files):
+    """{checkpoint name: the stored tensor it shares} from the metadata's "tied" ({} when there is none)."""
+    with _open(file) as f:
+        text = (f.metadata() or {}).get("tied")
+    try:
+        tied = {} if text is None else json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{file}: its 'tied' metadata is not JSON ({e})") from None
+    if not isinstance(tied, dict) or not all(isinstance(v, str) and v in files and k not in files
+                                             for k, v in tied.items()):
+        raise InputError(f"{file}: its 'tied' metadata does not map names absent from the file to stored tensors")
+    return tied
+
+
 def load_tokenizer(path):
     """The `tokenizers` Tokenizer of a checkpoint folder, or None when it has no tokenizer.json."""
     file = os.path.join(path, "tokenizer.json")
@@ -443,14 +462,22 @@ def load_tokenizer(path):
 
 
 def save(model, path, metadata=None, config=None):
-    """Write config.json (plus the `config` entries given) and model.safetensors in the family's real layout. Each
-    file is written under a temporary name and renamed when complete (atomic on one file system), so nothing is ever
-    half-written."""
+    """Write config.json (plus the `config` entries given) and model.safetensors in the family's real layout. A
+    tensor that several modules share (the rotation of Linears that read one input) is written once, and the
+    metadata's "tied" maps each other name to it. Each file is written under a temporary name and renamed when
+    complete (atomic on one file system), so nothing is ever half-written."""
     os.makedirs(path, exist_ok=True)
     names = name_map(model.args)
-    sd = {rename(names, k): v for k, v in model.state_dict().items()}
+    sd, tied, first = {}, {}, {}
+    for key, t in model.state_dict().items():  # a tensor several modules share is stored once, under its first name
+        name, same = rename(names, key), (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if t.numel() and same in first:
+            tied[name] = first[same]
+            continue
+        first[same], sd[name] = name, t
     out = os.path.join(path, "model.safetensors")
-    write_safetensors(sd, out + ".tmp", {"format": "pt", **(metadata or {})})
+    meta = {"format": "pt", **(metadata or {}), **({"tied": json.dumps(tied, sort_keys=True)} if tied else {})}
+    write_safetensors(sd, out + ".tmp", meta)
     with open(os.path.join(path, "config.json.tmp"), "w") as f:
         json.dump({**model.args.to_config(), **(config or {})}, f, indent=2)
     os.replace(out + ".tmp", out)

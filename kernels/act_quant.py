@@ -88,9 +88,9 @@ def dequantize(q, s, fmt, K):
 
 def fused_form(r1, m, mix=None):
     """The Form of the rotation of m blocks of b channels, x -> blockdiag(r1, .., r1) then the mix across blocks
-    (y_n = sum_m mix[m, n] y_m), when it is QuaRot's H_m (x) H_b: r1 (b, b) a constant times Sylvester's H_b
-    (b >= 16 a power of two), mix (m, m) +-1 times a constant (None: no mix). None for any other rotation. Reads the
-    matrices back to the host."""
+    (y_n = sum_m mix[m, n] y_m), when it is QuaRot's H_m (x) H_b or its head mix H_m (x) I_b: r1 (b, b) a constant
+    times Sylvester's H_b or the identity (b >= 16 a power of two), mix (m, m) +-1 times a constant (None: no mix).
+    None for any other rotation. Reads the matrices back to the host."""
     b = len(r1)
     if b < 16 or b & (b - 1):
         return None
@@ -98,7 +98,8 @@ def fused_form(r1, m, mix=None):
     mix = torch.eye(m, dtype=torch.float64) if mix is None else mix.double().cpu()
     c1, c2 = r1[0, 0].item(), mix.abs().max().item()
     pm = (mix / c2).round()
-    if not torch.equal(r1, c1 * sylvester(b)) or not torch.equal(pm * c2, mix):
+    inner = sylvester if torch.equal(r1, c1 * sylvester(b)) else identity if torch.equal(r1, c1 * identity(b)) else None
+    if inner is None or not torch.equal(pm * c2, mix):
         return None
     C = min(b, 128)  # a token is an (R, C) tile of R = m b / C rows, at least 16 (the tensor cores' smallest side)
     while C > 16 and m * b // C < 16:
@@ -109,8 +110,12 @@ def fused_form(r1, m, mix=None):
     if R < 16 or R0 + R1P > 256:  # past 256 rows the tile outgrows one program's registers
         return None
     B = torch.zeros(R0 + R1P, R0 + R1P, dtype=torch.float64)
-    B[:R, :R] = torch.kron(pm, sylvester(b // C))  # H_b = H_(b/C) (x) H_C: the first factor joins the mix
-    return Form(C, R0, R1P, c1 * c2, sylvester(C).bfloat16(), B.bfloat16())
+    B[:R, :R] = torch.kron(pm, inner(b // C))  # H_b = H_(b/C) (x) H_C: the first factor joins the mix
+    return Form(C, R0, R1P, c1 * c2, inner(C).bfloat16(), B.bfloat16())
+
+
+def identity(n):
+    return torch.eye(n, dtype=torch.float64)
 
 
 def hadamard_form(n):

@@ -6,7 +6,8 @@ in float the model computes exactly the same function. The scales are s = mean|x
 sqrt(max s * min s), with the exponent a searched on a grid of 20 values in [0, 1) for the smallest output error
 of the module the scaled Linears feed. Then each group's weight range is clipped, shrinking it by up to half in
 steps of 1/20, for the smallest output error of the Linear (q and k are not clipped). Both searches follow
-mit-han-lab/llm-awq (auto_scale.py, auto_clip.py).
+mit-han-lab/llm-awq (auto_scale.py, auto_clip.py), and like it we feed each block the float outputs of the blocks
+before it (--no-float_stats: the quantized ones).
 
     python calibrate.py --method awq --wbits 4 --group_size 128       # scale, clip, then round by RTN
     python calibrate.py --method awq,gptq --wbits 4                    # scale and clip, then round by GPTQ
@@ -107,7 +108,7 @@ def capture(block, inputs, name):
 def quantize(model, calib, args, round_block=None):
     """Scale (and clip) block by block; round_block(block, inputs, args), when given, rounds each block right after
     (calibrate.py passes RTN's when AWQ ends the chain)."""
-    for _, block, inputs in walk_blocks(model, calib, args.device):
+    for _, block, inputs in walk_blocks(model, calib, args.device, args.float_stats):
         for prev, names, judge in SCALE_GROUPS:
             linears = [block.get_submodule(n) for n in names]
             if block.get_submodule(prev).weight.shape[0] != linears[0].weight.shape[1]:

@@ -113,18 +113,17 @@ class QLinear(nn.Module):
 
     @classmethod
     def from_codes(cls, q, s, z, bias=None, rotation=None, **cfg):
-        """Build from codes (N, K), scales and zeros (N, G), and the Rotation the input gets (or None);
-        cfg: bits, group_size, sym, act_bits, act_sym, act_clip, dtype."""
+        """Build from codes (N, K), scales and zeros (N, G), and the Rotation the input gets (or None; kept, not
+        copied); cfg: bits, group_size, sym, act_bits, act_sym, act_clip, dtype."""
         dtype = cfg.pop("dtype", None) or (bias.dtype if bias is not None else torch.float32)
-        m = cls(q.shape[1], q.shape[0], bias=bias is not None, dtype=dtype,
-                rotation=rotation.config() if rotation is not None else None, **cfg)
+        m = cls(q.shape[1], q.shape[0], bias=bias is not None, dtype=dtype, **cfg)
         m.qweight.copy_(pack(q, m.bits))
         m.scales.copy_(s)
         m.zeros.copy_(z)
         if bias is not None:
             m.bias.data.copy_(bias)
-        if rotation is not None:
-            m.rotation.load_state_dict(rotation.state_dict())
+        if rotation is not None:  # the module itself, not a copy: Linears that share an input share one rotation,
+            m.rotation = rotation.to(dtype)  # which the checkpoint then stores once (model.save)
         return m.to(q.device)
 
     def config(self):

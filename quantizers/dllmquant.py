@@ -6,10 +6,15 @@ detail below is our reading, said as such, and a flag.
         0.3 / 0.2 / 0.2 / 0.3: calibrate.py --calib_mode trajectory.
   CGQ   certainty-guided quantization: GPTQ (quantizers/gptq.py) on a token-weighted Hessian
         H = sum_j c_j x_j x_j^T (the paper's Eq. 10). The paper weights masked tokens 1 and decoded ones 0.7,
-        "modulated by confidence"; the exact term is not public. We take c_j = 0.7 (--cgq_visible) for a visible
-        token and c_j = (1 - beta) + 2 beta conf_j (--cgq_beta, 0.5) for a masked one, conf_j the model's confidence
-        in its current guess there (1 without trajectory confidences), then normalise c to mean 1. With all c_j
-        equal (clean calibration) CGQ is GPTQ exactly.
+        "modulated by confidence"; the exact term is not public. We keep those two class weights exactly: a visible
+        token weighs 0.7 (--cgq_visible), and a masked one 1 on average, modulated by the model's confidence in its
+        current guess there: c_j = (1 - beta) + 2 beta p_j (--cgq_beta, 0.5), p_j the percentile of that
+        confidence among the masked tokens whose confidence is known (mid-ranks, ties averaged, so p averages 1/2).
+        A masked position the sampler has not reached (a later block of its trajectory) has no confidence and
+        weighs 1, as does every masked token without trajectory confidences (masked calibration). Percentiles
+        rather than raw confidences: a trajectory's open positions are nearly all unsure (mean confidence ~0.015
+        on the tiny models) with a long tail, so raw values would let a few tokens dominate H. Then c is
+        normalised to mean 1. With all c_j equal (clean calibration) CGQ is GPTQ exactly.
   IA-AQ interaction-aware activation quantization of the attention's value path softmax(P) V (the paper's
         Eq. 7-9): V is quantized per channel over the tokens (--v_bits), and the clipping factor a of its range is
         searched per layer over a grid (--iaaq_grid points in [0.5, 1]) to minimise the attention output error
@@ -36,8 +41,9 @@ ACTIVATIONS = True  # --bits N means W{N}A{N}, weights per output channel; V at 
 
 @dataclass
 class Flags:
-    cgq_visible: float = opt(0.7, "CGQ: Hessian weight of a visible token (masked ones weigh about 1)")
-    cgq_beta: float = opt(0.5, "CGQ: a masked token weighs (1 - beta) + 2 beta x the model's confidence")
+    cgq_visible: float = opt(0.7, "CGQ: Hessian weight of a visible token (masked ones weigh 1 on average)")
+    cgq_beta: float = opt(0.5, "CGQ: a masked token weighs (1 - beta) + 2 beta x the percentile of the model's "
+                               "confidence among masked tokens (unreached positions: 1)")
     iaaq_grid: int = opt(11, "IA-AQ: clipping factors of V tried, evenly spaced in [0.5, 1]")
 
 
@@ -51,9 +57,17 @@ def resolve(args):
 
 
 def certainty_weights(calib, visible=0.7, beta=0.5):
-    """CGQ's token weights c (N, T), mean 1, from mask status and the model's confidence (module docstring)."""
-    conf = calib.confidence if calib.confidence is not None else torch.ones(calib.masked.shape)
-    c = torch.where(calib.masked, (1 - beta) + 2 * beta * conf.float(), torch.full(conf.shape, float(visible)))
+    """CGQ's token weights c (N, T), mean 1 (module docstring): visible `visible`, masked 1 on average, modulated
+    within the masked ones by the percentile of the model's confidence; masked without a confidence: 1."""
+    masked = calib.masked
+    conf = calib.confidence if calib.confidence is not None else torch.full(masked.shape, float("nan"))
+    known = masked & torch.isfinite(conf)
+    c = torch.where(masked, 1.0, float(visible))
+    if known.any():
+        values = conf[known].double()
+        ordered = values.sort().values
+        mid_rank = torch.searchsorted(ordered, values) + torch.searchsorted(ordered, values, right=True)
+        c[known] = ((1 - beta) + 2 * beta * mid_rank / (2 * len(values))).float()
     return torch.ones_like(c) if (c == c.flatten()[0]).all() else c / c.double().mean().float()
 
 

@@ -9,7 +9,9 @@ cut into blocks of `block_size`:
      0, 1, .. so that every block gets a balanced share of outliers;
   3. a second greedy rotation per block.
 T = R1 P R2 is orthogonal: the weights take W T offline and the activations x T online (core.Rotation, about
-2 * block_size multiply-adds per channel), so in float the model is unchanged. Smoothing is folded into the RMSNorms,
+2 * block_size multiply-adds per channel), so in float the model is unchanged. The Linears of a group share one
+Rotation, which the checkpoint stores once (2 * block_size values per channel in the model dtype, plus the
+permutation): it counts in the bits per weight. Smoothing is folded into the RMSNorms,
 v_proj (for o, when the widths allow) and up_proj (for down). The study's settings (QDLM scripts): block 128,
 256 rotation steps, alpha 0.5, activation clip 0.9 and weight clip 0.8:
 
@@ -17,9 +19,10 @@ v_proj (for o, when the widths allow) and up_proj (for down). The study's settin
 
 We read the paper's algorithm (the per-block largest channel) rather than the reference code, whose step picks the
 swap index from the row of the maximum; the reference also uses one rotation for all blocks, we fit one per block.
-A block size that does not divide a width is lowered to the largest divisor of it (tiny-dream's 592 gets 74).
+A block size that does not divide a width is lowered to the largest divisor of it (tiny-dream's 592 gets 74). The
+smoothing and rotations are fitted on each block's float inputs, as the reference takes its act_scales from the
+float model (--no-float_stats: through the blocks already quantized).
 """
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -117,18 +120,21 @@ def transform_block(block, inputs, args, gen):
     smooth_block(block, inputs, SMOOTH_GROUPS + [("mlp.up_proj", ("mlp.down_proj",))], args.alpha)
     for names in INPUT_GROUPS:
         rot = dual_transform(sample_tokens(block, inputs, names[0], gen), args.block_size, args.rotation_steps, gen)
+        first = block.get_submodule(names[0]).weight
+        rot = rot.to(first.device, torch.promote_types(first.dtype, torch.float32))
         for name in names:
             lin = block.get_submodule(name)
-            r = copy.deepcopy(rot).to(lin.weight.device, torch.promote_types(lin.weight.dtype, torch.float32))
-            lin.weight.data = r(lin.weight.data.to(r.r1.dtype)).to(lin.weight.dtype)
-            swap(block, name, RotLinear.wrap(lin, r.to(lin.weight.dtype)))
+            lin.weight.data = rot(lin.weight.data.to(rot.r1.dtype)).to(lin.weight.dtype)
+        shared = rot.to(first.dtype)  # one module for the group: applied online to each, stored once
+        for name in names:
+            swap(block, name, RotLinear.wrap(block.get_submodule(name), shared))
 
 
 def quantize(model, calib, args, round_block=None):
     """Transform block by block (smoothing with SmoothQuant's --alpha); round_block(block, inputs, args), when given,
     rounds each block right after."""
     gen = torch.Generator().manual_seed(args.seed)
-    for _, block, inputs in walk_blocks(model, calib, args.device):
+    for _, block, inputs in walk_blocks(model, calib, args.device, args.float_stats):
         transform_block(block, inputs, args, gen)
         if round_block is not None:
             round_block(block, inputs, args)

@@ -6,7 +6,10 @@ Integer grid (the convention of GPTQ and AWQ). A group of `group_size` consecuti
 is stored as b-bit codes q = clamp(round(W / s) + z, 0, 2^b - 1) and read back as (q - z) * s:
   asymmetric  s = (hi - lo) / (2^b - 1), z = round(-lo / s), where [lo, hi] is the group's range widened to
               include 0 and shrunk by the clip ratio;
-  symmetric   s = max|W| * clip / (2^(b-1) - 1), z = 2^(b-1), so 0 is exact and the grid is centred.
+  symmetric   s = max|W| * clip / (2^(b-1) - 1), z = 2^(b-1), so 0 is exact and the grid is centred on the
+              codes 1 .. 2^b - 1 (code 0 is unused unless clipped). GPTQ's reference code takes s = 2 max|W| / (2^b - 1)
+              with the same z instead: a step 15/14 finer at 4 bits, whose top value (2^(b-1) - 1) s falls short of
+              max|W|, so it clips the largest positive weight; ours keeps both ends.
 group_size -1 means one group per row (per channel). A width that group_size does not divide (tiny-dream's MLP width
 592 at 128) gets groups of its largest divisor below group_size (74), so no layer needs a larger budget than
 asked. Activations use the same grid per token (symmetric by default), V per channel (quantize_channels).
@@ -33,17 +36,30 @@ def n_groups(K, group_size):
     return K // group_width(K, group_size)
 
 
-def fit_grid(W, bits, group_size=128, sym=False, clip=1.0):
-    """Scales s and zero points z, each (N, G) float32, of the groups of W (N, K)."""
+def fit_grid(W, bits, group_size=128, sym=False, clip=1.0, dtype=None):
+    """Scales s and zero points z, each (N, G) float32, of the groups of W (N, K). dtype: what the scales are stored
+    in (default W's); a bf16 / fp16 scale is rounded up to it here (stored_scale), so codes are chosen against it."""
     Wg = W.float().reshape(W.shape[0], n_groups(W.shape[1], group_size), -1)
+    store = dtype or W.dtype
     if sym:
-        s = Wg.abs().amax(-1) * clip / (2 ** (bits - 1) - 1)
+        s = stored_scale(Wg.abs().amax(-1) * clip / (2 ** (bits - 1) - 1), store)
         z = torch.full_like(s, 2 ** (bits - 1))
     else:
         lo, hi = Wg.amin(-1).clamp(max=0) * clip, Wg.amax(-1).clamp(min=0) * clip
-        s = (hi - lo) / (2 ** bits - 1)
+        s = stored_scale((hi - lo) / (2 ** bits - 1), store)
         z = torch.round(-lo / torch.where(s > 0, s, 1.0))
     return torch.where(s > 0, s, 1.0), z  # an all-zero group gets scale 1 (its codes are all z)
+
+
+def stored_scale(s, dtype):
+    """s (positive, float32) as the checkpoint will hold it: rounded up to the next value of a bf16 / fp16 dtype, so
+    the stored grid still spans the range (rounded down, it would clip the range's ends by up to half a step at 8
+    bits); float32 / float64: unchanged."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return s
+    t = s.to(dtype)
+    t = torch.where(t.float() < s, (t.view(torch.int16) + 1).view(dtype), t)  # the next value up (s > 0)
+    return t.float()
 
 
 def quantize(W, s, z, bits):

@@ -31,16 +31,19 @@ class Flags:
 
 
 @torch.no_grad()
-def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_order=False, clip=1.0):
-    """W (N, K), H (K, K) -> codes (N, K) uint8, scales and zeros (N, G), the damping used.
+def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_order=False, clip=1.0, dtype=None):
+    """W (N, K), H (K, K) -> codes (N, K) uint8, scales and zeros (N, G), the damping used. dtype: the scales' stored
+    dtype (default W's), to which they are rounded before any code is chosen.
 
     Group grids are fitted to the updated weights when a group's first column comes up; with act_order the columns
     go in order of decreasing H_jj and the grids are fitted once, beforehand, per natural group (static groups)."""
+    dtype = dtype or W.dtype
     W, H = pin_dead(W, H)
     N, K = W.shape
     g = group_width(K, group_size)
     perm = torch.argsort(H.diagonal(), descending=True) if act_order else torch.arange(K, device=W.device)
-    S, Z = fit_grid(W, bits, group_size, sym, clip) if act_order else (torch.empty(N, K // g, device=W.device),) * 2
+    empty = (torch.empty(N, K // g, device=W.device),) * 2
+    S, Z = fit_grid(W, bits, group_size, sym, clip, dtype) if act_order else empty
     S, Z = S.clone(), Z.clone()
     W, H = W[:, perm], H[perm][:, perm]
     U, damp = inverse_hessian_factor(H, damp)
@@ -53,7 +56,7 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
             col = i1 + i
             if not act_order and col % g == 0:  # this group's grid, from the weights as updated so far
                 S[:, col // g], Z[:, col // g] = (t[:, 0] for t in fit_grid(
-                    torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym, clip))
+                    torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym, clip, dtype))
             s, z = S[:, group_of[col]], Z[:, group_of[col]]
             q = torch.clamp(torch.round(W1[:, i] / s) + z, 0, 2 ** bits - 1)
             Q[:, col] = q.to(torch.uint8)

@@ -10,7 +10,10 @@ it is smoothed, or by a later rounder (`--method smoothquant,gptq`), and the act
     python calibrate.py --method smoothquant --bits 8 --alpha 0.5     # W8A8
 
 Groups: attn_norm -> q, k, v; mlp_norm -> gate, up; v -> o where v's output width equals o's input width (not under
-grouped-query attention). down_proj is not smoothed, as in SmoothQuant.
+grouped-query attention). down_proj is not smoothed, as in SmoothQuant. v -> o is our addition: SmoothQuant's Llama
+path smooths only the two norm groups (its OPT path smooths v -> o too); o_proj's input is quantized per token like
+the others, so we give it the same treatment. The statistics max|X| are taken on each block's float inputs, as
+SmoothQuant takes its act_scales from the float model (--no-float_stats: through the blocks already quantized).
 """
 from dataclasses import dataclass
 
@@ -65,7 +68,7 @@ def smooth_block(block, inputs, groups, alpha):
 
 def quantize(model, calib, args, round_block=None):
     """Smooth block by block; round_block(block, inputs, args), when given, rounds each block right after."""
-    for _, block, inputs in walk_blocks(model, calib, args.device):
+    for _, block, inputs in walk_blocks(model, calib, args.device, args.float_stats):
         smooth_block(block, inputs, GROUPS, args.alpha)
         if round_block is not None:
             round_block(block, inputs, args)

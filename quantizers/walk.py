@@ -44,11 +44,14 @@ def rel_error(y, ref):
 
 
 @torch.no_grad()
-def walk_blocks(model, calib, device, log=print):
+def walk_blocks(model, calib, device, float_inputs=False, log=print):
     """Yield (i, block, inputs) for each block, on `device`, with inputs computed through the already-modified
-    blocks 0..i-1. The caller changes the block in place (swaps in QLinear, rescales); then the walker runs the
-    changed block to get the next inputs, logs its relative output error against the unchanged block on the same
-    inputs, and moves the block back to where it was, so only one block's weights and inputs sit on the device."""
+    blocks 0..i-1 (float_inputs: through the float blocks, as they were before the walk changed them). The caller
+    changes the block in place (swaps in QLinear, rescales); then the walker runs the changed block, logs its relative
+    output error against the unchanged block on the same inputs, takes the changed block's output (or, float_inputs,
+    the unchanged one's) as the next block's inputs, and moves the block back to where it was, so only one block's
+    weights and inputs sit on the device. GPTQ feeds each block the quantized blocks' outputs; llm-awq,
+    SmoothQuant and DuQuant take their statistics from the float model, hence the choice."""
     home = next(model.parameters()).device
     x, rope, _ = model.block_inputs(calib.tokens.to(home))
     inputs = BlockInputs(x.to(device), tuple(t.to(device) for t in rope))
@@ -57,8 +60,9 @@ def walk_blocks(model, calib, device, log=print):
         block.to(device)
         reference = inputs.run(block)
         yield i, block, inputs
-        inputs.x = inputs.run(block)
-        err = rel_error(inputs.x, reference)
+        out = inputs.run(block)
+        err = rel_error(out, reference)
+        inputs.x = reference if float_inputs else out
         if not math.isfinite(err):  # nothing is saved from a model that computes NaN or infinities
             raise InputError(f"block {i + 1}: the quantized block's output is not finite (relative error {err}); "
                              "nothing was saved")

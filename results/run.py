@@ -48,6 +48,12 @@ def cells():
         for b in (8, 4):
             for mode in ("clean", "masked"):
                 c[f"w{b}a{b}-{m}-{mode}"] = f"--method {m} --bits {b} --calib_mode {mode}"
+    # side by side with the defaults: QuaRot's rotation of o_proj's input within each head only (no online head mix),
+    # and statistics through the quantized blocks instead of the float ones
+    c["w4a4-quarot-perhead-clean"] = "--method quarot --bits 4 --no-online_heads --calib_mode clean"
+    c["w4a4-quarot-gptq-perhead-clean"] = "--method quarot,gptq --bits 4 --no-online_heads --calib_mode clean"
+    c["w4a4-smoothquant-quantstats-clean"] = "--method smoothquant --bits 4 --no-float_stats --calib_mode clean"
+    c["w3-awq-quantstats"] = "--method awq --wbits 3 --no-float_stats"
     for mode in ("clean", "masked"):
         c[f"w2-quantdllm-{mode}"] = f"--method quantdllm --wbits 2 --calib_mode {mode}"
         c[f"w2-gptq-{mode}"] = f"--method gptq --wbits 2 --calib_mode {mode}"
@@ -70,8 +76,8 @@ def cells():
 
 
 def linear_bits(ckpt):
-    """Bits per weight of the quantized Linears: their own stored tensors (codes or sign planes, scales, zeros; not
-    bias or an online rotation) over their weight count."""
+    """Bits per weight of the quantized Linears: every tensor they need (codes or sign planes, scales, zeros, and
+    their online rotations, each shared one once, as the checkpoint stores it; not bias) over their weight count."""
     import torch
 
     import model as M
@@ -80,7 +86,8 @@ def linear_bits(ckpt):
     with M._open(next(iter(M.tensor_files(ckpt).values()))) as f:  # load in the stored float dtype (from the header)
         dtype = next(floats[d] for d in (f.get_slice(k).get_dtype() for k in f.keys()) if d in floats)
     layers = [m for m in M.load(ckpt, dtype).modules() if isinstance(m, (QLinear, BinaryLinear))]
-    stored = sum(b.numel() * b.element_size() for m in layers for b in m.buffers(recurse=False))
+    tensors = {b.data_ptr(): b for m in layers for b in m.buffers()}  # tied rotations: one tensor
+    stored = sum(b.numel() * b.element_size() for b in tensors.values())
     return 8 * stored / sum(m.in_features * m.out_features for m in layers) if layers else None
 
 

@@ -84,16 +84,59 @@ def test_masked_simulation_keeps_a_prefix_and_follows_the_visibility_grid():
     assert ((rest - expected).abs() <= 4 * sigma + 1e-6).all()
 
 
+def test_masked_simulation_at_every_timestep_repeats_each_window_over_the_grid():
+    args = C.Args(**{**FAST, "nsamples": 2, "seqlen": 256, "calib_mode": "masked", "mcs_steps": 4,
+                     "mcs_all_steps": True})
+    C.resolve(args)
+    m, tok = M.load(TINY["llada"]), M.load_tokenizer(TINY["llada"])
+    calib, windows = C.calibration(args, m, tok), C.text_windows(args, m, tok)
+    assert calib.tokens.shape == (8, 256)
+    for i in range(8):  # canvas i is window i // 4 at timestep i % 4: visible share of the rest about t / 4
+        shown = ~calib.masked[i]
+        assert torch.equal(calib.tokens[i][shown], windows[i // 4][shown]) and shown[:64].all()
+        assert abs(shown[64:].float().mean().item() - (i % 4) / 4) < 0.15
+
+
+@pytest.fixture(scope="module")
+def trajectory():
+    """40 trajectory samples of tiny-llada and the windows they were cut from."""
+    args = C.Args(**{**FAST, "nsamples": 40, "seqlen": 128, "calib_mode": "trajectory"})
+    C.resolve(args)
+    m, tok = M.load(TINY["llada"]), M.load_tokenizer(TINY["llada"])
+    return C.calibration(args, m, tok), C.text_windows(args, m, tok), m.args.mask_id
+
+
 @pytest.mark.slow
-def test_trajectory_samples_fill_the_mask_ratio_buckets():
-    calib, mask_id = calibration("trajectory", seqlen=128)
+def test_trajectory_samples_are_distinct_texts_that_fill_the_mask_ratio_buckets(trajectory):
+    calib, windows, mask_id = trajectory
     P = 128 - 64
+    assert torch.equal(calib.tokens[:, :P], windows[:, :P])  # sample i continues window i's prompt: 40 distinct texts
+    assert len({tuple(t) for t in calib.tokens.tolist()}) == 40
     ratio = (calib.tokens[:, P:] == mask_id).float().mean(1)
     counts = [((ratio >= lo) & (ratio < hi)).sum().item() for lo, hi, _ in C.BUCKETS]
     assert counts == [12, 8, 8, 12]  # 0.3 / 0.2 / 0.2 / 0.3 of 40
-    assert (calib.confidence[:, :P] == 1).all() and ((calib.confidence >= 0) & (calib.confidence <= 1)).all()
-    decided = ~calib.masked[:, P:]
-    assert (calib.confidence[:, P:][decided] > 0).all()  # every committed token carries its commit confidence
+    conf = calib.confidence
+    assert (conf[:, :P] == 1).all() and not torch.isnan(conf[~calib.masked]).any()
+    assert (conf[:, P:][~calib.masked[:, P:]] > 0).all()  # a committed token keeps its commit confidence
+    assert torch.isnan(conf[calib.masked]).any()  # positions in blocks the sampler had not reached
+
+
+@pytest.mark.slow
+def test_cgq_weighs_masked_tokens_1_and_visible_07_on_real_trajectories(trajectory):
+    """DLLMQuant's class weights (masked 1, decoded 0.7) hold on average; confidence only orders the masked ones."""
+    from quantizers.dllmquant import certainty_weights
+    calib = trajectory[0]
+    c, masked, conf = certainty_weights(calib, 0.7, 0.5), calib.masked, calib.confidence
+    assert abs(c.mean().item() - 1) < 1e-5
+    assert abs(c[masked].double().mean() / c[~masked].double().mean() - 1 / 0.7) < 1e-5
+    assert torch.allclose(c[~masked], c[~masked][0].expand(int((~masked).sum())))
+    unit = c[~masked][0] / 0.7  # the normalised weight 1
+    known = masked & torch.isfinite(conf)
+    assert torch.allclose(c[masked & ~known], unit)  # unreached: neutral
+    k_conf, k_c = conf[known], c[known]
+    order = torch.argsort(k_conf)
+    assert (k_c[order].diff() >= -1e-6).all()  # more confident, heavier
+    assert k_c.min() >= 0.5 * unit - 1e-6 and k_c.max() <= 1.5 * unit + 1e-6
 
 
 BAD = [({"wbits": 1}, "--wbits 1 is out of range"), ({"bits": 9}, "--wbits 9 is out of range"),
@@ -213,3 +256,26 @@ def test_the_same_calibration_writes_the_same_bytes(tmp_path):
         assert os.stat(tmp_path / "a" / f).st_mode & 0o777 == 0o644, f
     meta = json.loads(safe_open(str(tmp_path / "a" / "model.safetensors"), "pt").metadata()["quant"])
     assert "out" not in meta["args"] and meta["args"]["model"] == "tiny-dream" and str(tmp_path) not in json.dumps(meta)
+
+
+@pytest.mark.slow
+def test_rotations_a_group_shares_are_stored_once_and_shared_again(tmp_path):
+    """DuQuant's q/k/v (and gate/up) read one input and share one rotation: the checkpoint stores it once ("tied"
+    metadata), loads it back as one tensor, and the logits are the calibrated model's."""
+    m, args = quantize(tmp_path, method="duquant", bits=4, block_size=64, rotation_steps=8)
+    assert m.blocks[0].attn.q_proj.rotation is m.blocks[0].attn.v_proj.rotation
+    with safe_open(os.path.join(args.out, "model.safetensors"), "pt") as f:
+        tied, keys = json.loads(f.metadata()["tied"]), set(f.keys())
+    assert len(tied) == 3 * 3 * m.args.n_layers and not set(tied) & keys and set(tied.values()) <= keys
+    again = M.load(args.out)
+    b = again.blocks[0]
+    assert b.attn.q_proj.rotation.r1 is b.attn.k_proj.rotation.r1 is b.attn.v_proj.rotation.r1
+    assert b.mlp.gate_proj.rotation.r2 is b.mlp.up_proj.rotation.r2
+    from quantizers.core import model_bytes
+    assert model_bytes(again) == model_bytes(m)  # counted once in memory, as on disk
+    ids = torch.randint(0, 4000, (2, 30))
+    with torch.no_grad():
+        assert torch.equal(again(ids), m(ids))
+    M.save(again, str(tmp_path / "again"))  # and saved again: the same tensors, tied the same way
+    with safe_open(str(tmp_path / "again" / "model.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["tied"]) == tied

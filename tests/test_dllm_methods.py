@@ -26,11 +26,17 @@ def run(tmp_path, **kw):
 
 # ------------------------------------------------------------------------------------------------- DLLMQuant
 def test_certainty_weights_follow_mask_status_and_confidence():
-    masked = torch.tensor([[False, True, True, False]])
-    c = dllmquant.certainty_weights(Calib(masked.long(), masked, torch.tensor([[1.0, 0.9, 0.1, 0.4]])), 0.7, 0.5)
-    assert torch.allclose(c, torch.tensor([[0.7, 1.4, 0.6, 0.7]]) / 0.85) and abs(c.mean().item() - 1) < 1e-6
+    masked = torch.tensor([[False, True, True, False, True, True]])
+    nan = float("nan")
+    conf = torch.tensor([[1.0, 0.9, 0.1, 0.4, nan, 0.1]])
+    c = dllmquant.certainty_weights(Calib(masked.long(), masked, conf), 0.7, 0.5)
+    # known masked confidences 0.9, 0.1, 0.1: mid-rank percentiles 5/6, 1/3, 1/3 -> 0.5 + p; unreached -> 1
+    expect = torch.tensor([[0.7, 0.5 + 5 / 6, 0.5 + 1 / 3, 0.7, 1.0, 0.5 + 1 / 3]])
+    assert torch.allclose(c, expect / expect.mean()) and abs(c.mean().item() - 1) < 1e-6
+    no_conf = dllmquant.certainty_weights(Calib(masked.long(), masked), 0.7, 0.5)  # masked calibration
+    assert torch.allclose(no_conf, torch.where(masked, 1.0, 0.7) / torch.where(masked, 1.0, 0.7).mean())
     clean = Calib(masked.long(), torch.zeros_like(masked))
-    assert torch.equal(dllmquant.certainty_weights(clean), torch.ones(1, 4))  # equal weights: GPTQ's Hessian
+    assert torch.equal(dllmquant.certainty_weights(clean), torch.ones(1, 6))  # equal weights: GPTQ's Hessian
 
 
 @pytest.mark.slow

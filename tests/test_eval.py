@@ -138,3 +138,16 @@ def test_completions_batched_by_length_come_back_in_prompt_order():
         batched = E.completions(m, tok, prompts, "arithmetic", args, "cpu")
         alone = [E.completions(m, tok, [p], "arithmetic", args, "cpu")[0] for p in prompts]
     assert batched == alone and len(set(alone)) > 1
+
+
+@pytest.mark.parametrize("L,b", [(2, 4), (8, 16), (5, 30), (3, 2), (12, 8)])
+def test_exact_counts_make_every_row_uniform_and_llada_rounding_does_not(L, b):
+    """The estimate's expectation is the masked-diffusion bound only if, over the L equally likely starts k, each
+    row's count takes every value 1..L once. Halves-up counts do; LLaDA's torch.round (halves to even) does not
+    where i L / b has a half."""
+    def uniform(exact):
+        table = torch.stack([E.llada_counts(k, b, L, exact) for k in range(1, L + 1)])  # (k, row)
+        return all(sorted(table[:, i].tolist()) == list(range(1, L + 1)) for i in range(b))
+    assert uniform(True)
+    halves = any((2 * i * L) % (2 * b) == b for i in range(b))
+    assert uniform(False) == (not halves)

@@ -114,3 +114,42 @@ def test_awq_scaling_leaves_the_float64_block_unchanged(family):
         apply_scale(block, prev, names, s)
         scaled += not torch.allclose(s, torch.ones_like(s))
     assert scaled >= 2 and (inputs.run(block) - before).abs().max() <= 1e-10 * before.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_codes_are_chosen_against_the_scales_as_stored(dtype):
+    """A bf16 / fp16 layer stores its scales in that dtype: the grid rounds them first, so each code is the nearest
+    level of the grid the checkpoint holds (GPTQ and RTN), not of an fp32 grid it never stores."""
+    W = (torch.randn(32, 256) * 0.02).to(dtype)
+    for sym in (False, True):
+        s, z = fit_grid(W, 8, 128, sym)
+        assert torch.equal(s, s.to(dtype).float())
+        q, _, _ = rtn.rtn(W, 8, 128, sym)
+        level = (q.float().reshape(32, 2, 128) - z[..., None]) * s[..., None]
+        assert ((level - W.float().reshape(32, 2, 128)).abs() <= s[..., None] / 2 * (1 + 1e-6)).all()
+        H = torch.eye(256) + 0.1
+        qg, sg, _, _ = gptq.gptq(W, H, 8, 128, sym)
+        assert torch.equal(sg, sg.to(dtype).float())
+
+
+def test_float_statistics_walk_feeds_each_block_the_float_models_inputs():
+    """walk_blocks(float_inputs=True) gives every block the float model's own inputs, however the blocks before
+    were changed; the default gives it the changed blocks' outputs."""
+    from quantizers.walk import Calib, walk_blocks
+    m = M.load(os.path.join(ROOT, "assets", "tiny-llada"))
+    tokens = torch.randint(0, 4000, (2, 24))
+    with torch.no_grad():
+        x, rope, _ = m.block_inputs(tokens)
+        expect = []
+        for block in m.blocks:
+            expect.append(x)
+            x = block(x, rope)
+    for float_inputs in (True, False):
+        mm = M.load(os.path.join(ROOT, "assets", "tiny-llada"))
+        seen = []
+        for _, block, inputs in walk_blocks(mm, Calib(tokens, torch.zeros_like(tokens, dtype=torch.bool)), "cpu",
+                                            float_inputs, log=lambda _: None):
+            seen.append(inputs.x.clone())
+            block.mlp.down_proj.weight.data *= 1.5  # a change the next block's inputs show, unless float
+        same = [torch.allclose(a, b, atol=1e-5) for a, b in zip(seen, expect, strict=True)]
+        assert all(same) if float_inputs else same == [True] + [False] * (len(expect) - 1)

@@ -12,7 +12,7 @@ from quantizers import core
 from quantizers.core import QLinear, build_layer, cache_weights, code_path, wa_format
 from quantizers.format import fit_grid, fp8_grid, fp8_tokens, quantize, quantize_tokens
 from quantizers.hadamard import orthogonal
-from quantizers.quarot import online_hadamard
+from quantizers.quarot import head_mix, online_hadamard
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +81,23 @@ def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused)
             assert DEVICE == "cuda" and config is not None  # some): the autotuner leaves it out too
 
 
-def check_hadamard(n, fmt, fused, rot, x, config):
-    """fused: the rotation in the kernel (its Form); else rotated by torch first, as core's dispatch does."""
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("heads,head_dim,fused", [(8, 32, True), (28, 64, True), (14, 64, False), (4, 16, False)])
+def test_quarot_head_mix_in_the_quantizer_equals_the_dense_matrix(fmt, heads, head_dim, fused):
+    """QuaRot's online mix of o_proj's input across heads, x (H_n (x) I_d): tiny models' 8 heads of 32, Dream-7B's
+    Paley 28 heads (rows 16 + 16 of the tile) in the kernel; mini-Dream's 14 heads (no Hadamard: a random orthogonal
+    mix) and 4 x 16 (a tile under 16 rows) rotated by torch first."""
+    rot = head_mix(heads, head_dim, torch.Generator().manual_seed(0), torch.float32).to(DEVICE)
+    assert (rot.kernel_form(torch.device(DEVICE)) is not None) == fused
+    dense = torch.kron(rot.mix.double(), torch.eye(head_dim, dtype=torch.float64))
+    x = torch.randn(5, heads * head_dim, device=DEVICE)
+    assert torch.allclose(rot(x.double()), x.double() @ dense.to(DEVICE), atol=1e-12)
+    check_hadamard(heads * head_dim, fmt, fused, rot, x.bfloat16(), None, dense)
+
+
+def check_hadamard(n, fmt, fused, rot, x, config, dense=None):
+    """fused: the rotation in the kernel (its Form); else rotated by torch first, as core's dispatch does. dense:
+    the rotation as a matrix (default: orthogonal(n), QuaRot's online Hadamard)."""
     form = rot.kernel_form(x.device)
     q, s, sums = act_quant.quantize(x, fmt, 1.0, form, config) if fused else act_quant.quantize(rot(x), fmt, 1.0)
     assert fmt == "fp8" or torch.equal(sums, value_sums(q, fmt, n))
@@ -93,7 +108,7 @@ def check_hadamard(n, fmt, fused, rot, x, config):
     else:
         ref_q, ref_s, _ = act_quant.reference(rot(x), fmt, 1.0)
         assert torch.equal(s, ref_s) and torch.equal(codes(q, fmt), codes(ref_q, fmt))
-    dense = x.double() @ orthogonal(n, None).to(DEVICE)
+    dense = x.double() @ (orthogonal(n, None) if dense is None else dense).to(DEVICE)
     ref_q, ref_s, _ = act_quant.reference(dense.float(), fmt, 1.0)
     assert torch.allclose(s, ref_s, rtol=1e-2)  # (the rounding to bf16 before the second product, or torch's own)
     d, ref_d = act_quant.dequantize(q, s, fmt, n), act_quant.dequantize(ref_q, ref_s, fmt, n)
