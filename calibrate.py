@@ -382,9 +382,10 @@ def recorded(args):
             "calib_data": os.path.basename(args.calib_data)}
 
 
-def write(model, tok_dir, args):
+def write(model, tok_dir, args, nll=(None, None)):
     """Write the checkpoint complete in OUT.partial, then swap it in (cli.publish): --out is a whole checkpoint at
-    every instant, the old one until the new one is complete."""
+    every instant, the old one until the new one is complete. config.json says what it holds and the NLL before
+    and after (export.py's model card quotes them)."""
     out = args.out.rstrip("/")
     partial = out + ".partial"
     shutil.rmtree(partial, ignore_errors=True)  # what a run killed while writing left
@@ -392,7 +393,8 @@ def write(model, tok_dir, args):
     save(model, partial, metadata={"quant": json.dumps({"args": recorded(args), "layers": layers}, sort_keys=True)},
          config={"dllmq_quantization": {"method": args.method, "format": describe(args), "wbits": args.wbits,
                                         "abits": args.abits, "group_size": args.group_size, "sym": args.sym,
-                                        "fp8": args.fp8, "v_bits": args.v_bits, "calib_mode": args.calib_mode}})
+                                        "fp8": args.fp8, "v_bits": args.v_bits, "calib_mode": args.calib_mode,
+                                        "nll_windows": args.nll_windows, "nll_before": nll[0], "nll_after": nll[1]}})
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.isfile(os.path.join(tok_dir, name)):
             shutil.copyfile(os.path.join(tok_dir, name), os.path.join(partial, name))
@@ -419,13 +421,14 @@ def calibrate(args):
     for block in model.blocks if args.v_bits < 16 else []:  # V at --v_bits for methods that leave it alone
         if isinstance(block.attn.v_proj, QLinear) and block.attn.v_proj.out_bits == 16:
             block.attn.v_proj.out_bits = args.v_bits
+    after = None
     if before is not None:
         after = heldout_nll(model, tok, args)
         print(f"held-out masked-diffusion NLL ({args.nll_windows} windows x 2 masks): {before:.4f} -> {after:.4f} "
               f"nats/token ({after / before - 1:+.2%})")
     print(f"weights: {float_bytes / 2**20:.1f} MiB -> {model_bytes(model) / 2**20:.1f} MiB; "
           f"{time.time() - t0:.0f} s in all")
-    write(model, args.model, args)
+    write(model, args.model, args, (before, after))
     print(f"saved {args.out}")
     return model
 

@@ -273,6 +273,10 @@ class Model(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- loading and saving
+LINEAR_NAMES = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                "mlp.down_proj")
+
+
 def name_map(args):
     """Every canonical module name of the model -> its name in the checkpoint."""
     out = {}
@@ -371,23 +375,29 @@ def load(path, dtype=torch.float32, device="cpu"):
     one copy of the weights. Floating tensors are cast to dtype; packed integer codes are kept as they are."""
     args, files = read_args(path), tensor_files(path)
     first = next(iter(files.values()))
-    layers = quantized_layers(first)
+    names = name_map(args)
+    canonical = {v: k for k, v in names.items()}
     with torch.device("meta"):
         model = Model(args)
+    qc = foreign_quantization(path)
+    layers, converted, done = foreign_layers(files, model, qc, names) if qc else (quantized_layers(first), {}, ())
+    with torch.device("meta"):
         if layers:
-            from quantizers.core import build_layer, swap  # the one project import of model.py
+            from quantizers.core import build_layer, swap  # the quantized layers: model.py's one import below it
             for name, cfg in layers.items():
                 try:
                     swap(model, name, build_layer(cfg))
                 except (ValueError, TypeError, AttributeError) as e:
                     raise InputError(f"{first}: quantization metadata of layer '{name}': {e}") from None
     expected = {k: (v.shape, v.dtype) for k, v in model.state_dict().items()}
-    names = name_map(args)
-    canonical = {v: k for k, v in names.items()}
     by_file, sd = {}, {}
+    for key, t in converted.items():  # another engine's layers, already in ours
+        name = rename(canonical, key)
+        check_tensor(first, key, t, expected[name])
+        sd[name] = (t.to(dtype) if t.is_floating_point() else t).to(device)
     for key, file in files.items():
-        if key.endswith("rotary_emb.inv_freq"):  # a buffer some Qwen2 checkpoints carry; we compute it
-            continue
+        if key.endswith("rotary_emb.inv_freq") or key.rpartition(".")[0] in done:
+            continue  # a buffer some Qwen2 checkpoints carry (we compute it); a layer converted above
         name = rename(canonical, key)
         if name not in expected:
             raise InputError(f"{file}: unexpected tensor '{key}' for a {args.family} model with this config")
@@ -398,15 +408,8 @@ def load(path, dtype=torch.float32, device="cpu"):
             for key, name in keys:
                 if key not in present:
                     raise InputError(f"{file}: has no tensor '{key}' (model.safetensors.index.json says it does)")
-                t, (shape, kind) = f.get_tensor(key), expected[name]
-                if t.shape != shape:
-                    raise InputError(f"{file}: tensor '{key}' has shape {list(t.shape)}, "
-                                     f"expected {list(shape)} from config.json")
-                if t.is_floating_point() != kind.is_floating_point or not (t.is_floating_point() or t.dtype == kind):
-                    raise InputError(f"{file}: tensor '{key}' is {str(t.dtype)[6:]}, expected "
-                                     f"{'a floating type' if kind.is_floating_point else str(kind)[6:]}")
-                if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise InputError(f"{file}: tensor '{key}' holds NaN or infinite values")
+                t = f.get_tensor(key)
+                check_tensor(file, key, t, expected[name])
                 sd[name] = t.to(dtype) if t.is_floating_point() else t
     for alias, target in tied_tensors(first, files).items():  # stored once, shared again
         name, source = rename(canonical, alias), rename(canonical, target)
@@ -418,6 +421,54 @@ def load(path, dtype=torch.float32, device="cpu"):
         raise InputError(f"{path}: checkpoint is missing tensor '{missing[0]}' ({len(missing)} missing in all)")
     model.load_state_dict(sd, assign=True, strict=True)
     return model.eval()
+
+
+def check_tensor(file, key, t, expected):
+    """Refuse a tensor of the wrong shape or kind, or with NaN / Inf, in one line naming it."""
+    shape, kind = expected
+    if t.shape != shape:
+        raise InputError(f"{file}: tensor '{key}' has shape {list(t.shape)}, expected {list(shape)} from config.json")
+    if t.is_floating_point() != kind.is_floating_point or not (t.is_floating_point() or t.dtype == kind):
+        raise InputError(f"{file}: tensor '{key}' is {str(t.dtype)[6:]}, expected "
+                         f"{'a floating type' if kind.is_floating_point else str(kind)[6:]}")
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise InputError(f"{file}: tensor '{key}' holds NaN or infinite values")
+
+
+def foreign_quantization(path):
+    """config.json's quantization_config when the checkpoint is another engine's GPTQ or compressed-tensors one."""
+    from quantizers.engines import foreign
+    config = _read_json(os.path.join(path, "config.json"), "model config")
+    return foreign(config) if isinstance(config, dict) else None
+
+
+def foreign_layers(files, model, qc, names):
+    """A GPTQ or compressed-tensors checkpoint's quantized Linears as dllmq's: ({layer: settings}, {checkpoint name:
+    tensor}, the checkpoint names of the layers converted). quantizers/engines.py holds the mapping."""
+    from quantizers.engines import import_layer
+    a = model.args
+    linears = {names[f"blocks.{i}.{n}"]: f"blocks.{i}.{n}" for i in range(a.n_layers) for n in LINEAR_NAMES}
+    parts = {}
+    for key, file in files.items():
+        prefix, _, leaf = key.rpartition(".")
+        if prefix in linears:
+            parts.setdefault(prefix, {})[leaf] = (key, file)
+    layers, out = {}, {}
+    for prefix, leaves in sorted(parts.items()):
+        if "weight" in leaves and "weight_scale" not in leaves:
+            continue  # a Linear the other engine left in float
+        N, K = model.get_submodule(linears[prefix]).weight.shape
+        t = {}
+        for leaf, (key, file) in leaves.items():
+            with _open(file) as f:
+                t[leaf] = f.get_tensor(key)
+        try:
+            ours, layers[linears[prefix]] = import_layer(t, qc, N, K)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise InputError(f"{next(iter(leaves.values()))[1]}: layer '{prefix}' ({qc['quant_method']}): "
+                             f"{e}") from None
+        out.update({f"{prefix}.{leaf}": v for leaf, v in ours.items()})
+    return layers, out, {n.rpartition(".")[0] for n in out}
 
 
 def quantized_layers(file):
@@ -508,4 +559,4 @@ def write_safetensors(tensors, file, metadata):
     with open(file, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text)
         for name in names:
-            f.write(tensors[name].detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+            f.write(tensors[name].detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
