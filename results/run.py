@@ -137,6 +137,7 @@ def run_cell(model, name, flags, args):
     with open(score) as f:
         records = {r["task"]: r for r in json.load(f)}
     result = {"model": model, "cell": name, "flags": flags, "device": args.device_name,
+              "date": time.strftime("%Y-%m-%d"),
               task: records[task]["value"] if task in records else None, "wiki_nll": records["wiki_nll"]["value"],
               "wiki_nll_stderr": records["wiki_nll"]["stderr"], "seconds": round(time.time() - t0, 1),
               "bits_per_weight": None if flags is None else linear_bits(ckpt),
@@ -157,11 +158,22 @@ def load(model, name):
     return json.load(open(path)) if os.path.isfile(path) else None
 
 
+# What the code computes differently since the tiny grid's run of 2026-11-22 (on the H100): QuaRot's head mix, the
+# float statistics of AWQ / SmoothQuant / DuQuant, TMAS's prompt pool, CGQ's weights. A cell of that run whose
+# command involves one of them is marked: today's command gives another model.
+CHANGED = ("quarot", "awq", "smoothquant", "duquant", "trajectory", "dllmquant")
+
+
+def earlier(r):
+    """True for a tiny-model cell measured before those changes that they affect."""
+    return "H100" in r.get("device", "") and any(c in (r["flags"] or "") for c in CHANGED)
+
+
 def cell(model, name, bits=False):
     r = load(folder_of(model), name)
     if r is None:
         return "n/m"
-    text = f"{r['arithmetic']:.1%} / {r['wiki_nll']:.3f}"
+    text = f"{r['arithmetic']:.1%} / {r['wiki_nll']:.3f}" + (" ‡" if model in MODELS and earlier(r) else "")
     return text + (f" | {r['bits_per_weight']:.2f}" if bits and r["bits_per_weight"] else (" | 32" if bits else ""))
 
 
@@ -181,8 +193,9 @@ def tables():
         rows.append(f"| {model} | float | {f} | {f} | {f} | {f} |")
         rows.append(f"| | RTN | {cell(model, 'w8a8-rtn')} | (same) | {cell(model, 'w4a4-rtn')} | (same) |")
         for m, label in (("smoothquant", "SmoothQuant"), ("quarot", "QuaRot"), ("duquant", "DuQuant")):
-            rows.append(f"| | {label} | " + " | ".join(cell(model, f"w{b}a{b}-{m}-{mode}") for b in (8, 4)
-                                                     for mode in ("clean", "masked")) + " |")
+            rows.append(f"| | {label} | " + " | ".join(
+                "(same)" if m == "quarot" and mode == "masked" else cell(model, f"w{b}a{b}-{m}-{mode}")
+                for b in (8, 4) for mode in ("clean", "masked")) + " |")  # QuaRot with RTN reads no data
     rows += ["", "| model | setting | method | calibration | arith. / NLL | bits / weight |", "|---" * 6 + "|"]
     for model in MODELS:
         rows.append(f"| {model} | | float | | {cell(model, 'float', True)} |")
@@ -200,6 +213,11 @@ def tables():
                     continue  # QuaRot with RTN reads no calibration data
                 rows.append(f"| | {'W4A4' if i == 0 and mode == 'clean' else ''} | {label} | {mode} | "
                             f"{cell(model, name, True)} |")
+    rows += ["", "| model | QuaRot W4A4, o_proj rotated within heads | across heads (QuaRot's) | "
+             "trajectory calibration: QuaRot + GPTQ | QuaRot + DLLMQuant (CGQ) |", "|---" * 5 + "|"]
+    names = ("w4a4-quarot-perhead-clean", "w4a4-quarot-clean", "w4a4-quarot-gptq-trajectory",
+             "w4a4-quarot-dllmquant-trajectory")
+    rows += [f"| {model} | " + " | ".join(cell(model, n) for n in names) + " |" for model in MODELS]
     return "\n".join(rows)
 
 
