@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields, make_dataclass
 
 import torch
 
-from cli import InputError, opt, parse, publish, resolve_device, run_cli
+from cli import InputError, InRepo, opt, parse, publish, resolve_device, run_cli
 from model import load, load_tokenizer, save
 from quantizers.core import LINEARS, BinaryLinear, QLinear, model_bytes
 from quantizers.format import group_width
@@ -64,8 +64,8 @@ TRANSFORMS, ROUNDERS = ([n for n, m in METHODS.items() if m.KIND == k] for k in 
 class Shared:
     """The flags every method reads. Args below adds each method's own flags (its Flags dataclass)."""
     model: str = opt(DEFAULT_MODEL, "checkpoint folder to quantize")
-    out: str = opt("out/quantized", "output checkpoint folder: written complete beside it (OUT.partial), then swapped "
-                                    "in at once")
+    out: str = opt(InRepo("out/quantized"), "output checkpoint folder: written complete beside it (OUT.partial), "
+                                            "then swapped in at once")
     overwrite: bool = opt(False, "replace the checkpoint already in --out (refused without it)")
     method: str = opt("rtn", f"comma-separated, applied in order: transforms ({', '.join(TRANSFORMS)}), then at most "
                              f"one rounder ({', '.join(ROUNDERS)}); a chain that ends in a transform is rounded by rtn")
@@ -87,7 +87,7 @@ class Shared:
     damp: float = opt(0.01, "GPTQ, DLLMQuant, Quant-dLLM: damping of the Hessian as a fraction of mean(diag H)")
     nsamples: int = opt(128, "calibration sequences")
     seqlen: int = opt(256, "tokens per calibration sequence (the study used 2048 for GPTQ, 512 for AWQ)")
-    calib_data: str = opt(os.path.join(ROOT, "data", "wiki_calib.txt.gz"),
+    calib_data: str = opt(InRepo("data/wiki_calib.txt.gz"),
                           "text: .txt or .txt.gz (documents separated by blank lines) or .jsonl with a 'text' field")
     calib_mode: str = opt("clean", "clean, masked (Quant-dLLM MCS) or trajectory (DLLMQuant TMAS)")
     mcs_gamma: float = opt(0.25, "masked: visible prefix fraction")

@@ -15,6 +15,19 @@ import sys
 import types
 from dataclasses import field, fields
 
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+class InRepo(str):
+    """A default path inside the repository: the value is absolute, so a script finds it from any folder, and
+    --help shows it relative to the repository. A path given on the command line is the user's, relative to the
+    working folder as usual."""
+
+    def __new__(cls, relative):
+        path = super().__new__(cls, os.path.join(ROOT, relative))
+        path.relative = relative
+        return path
+
 
 class InputError(ValueError):
     """Bad input from the user (a file, a config key, a flag). Entry scripts print it as one line."""
@@ -40,7 +53,12 @@ def parse(cls, argv=None, doc=None):
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the docstring's layout and show every flag's default."""
+    """Keep the docstring's layout and show every flag's default (a path in the repository as such)."""
+
+    def _get_help_string(self, action):
+        if isinstance(action.default, InRepo):
+            return f"{action.help} (default: {action.default.relative}, in the repository)"
+        return super()._get_help_string(action)
 
 
 def _flag_type(kind):

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from cli import InputError, check_output_file, opt, parse, resolve_device, run_cli, write_text
+from cli import InputError, InRepo, check_output_file, opt, parse, resolve_device, run_cli, write_text
 from data.prepare import ANSWER_WIDTH, arithmetic
 from model import load, load_tokenizer, read_args
 from quantizers.core import cache_weights
@@ -55,7 +55,7 @@ STOP = {"gsm8k": ["Question:"], "humaneval": ["\nclass", "\ndef", "\n#", "\nif",
 class Args:
     model: str = opt(DEFAULT_MODEL, "checkpoint folder(s), comma-separated: scored side by side")
     tasks: str = opt("arithmetic,wiki_nll", "comma-separated task names (see above)")
-    data_dir: str = opt(os.path.join(ROOT, "data", "tasks"), "folder with the task files (layout of data/tasks)")
+    data_dir: str = opt(InRepo("data/tasks"), "folder with the task files (layout of data/tasks)")
     limit: int = opt(0, "score only the first N items of each task (0 = all; arithmetic: 500)")
     batch_size: int = opt(32, "sequences per forward")
     mc_num: int = opt(128, "multiple choice: Monte Carlo samples per answer")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cli import InputError, opt, parse, run_cli
+from cli import InputError, InRepo, opt, parse, run_cli
 from model import (
     LINEAR_NAMES,
     _open,
@@ -36,7 +36,7 @@ FLOATS = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 @dataclass
 class Args:
-    model: str = opt("out/quantized", "a quantized dllmq checkpoint (calibrate.py's --out)")
+    model: str = opt(InRepo("out/quantized"), "a quantized dllmq checkpoint (calibrate.py's --out)")
     format: str = opt("gptq", "gptq (the v1 checkpoint format) or compressed-tensors")
     out: str = opt("", "the folder to write; it must not exist (written beside it as OUT.partial, then renamed)")
 

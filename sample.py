@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cli import InputError, opt, parse, resolve_device, run_cli
+from cli import InputError, InRepo, opt, parse, resolve_device, run_cli
 from model import load, load_tokenizer
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny-llada")  # bundled
+DEFAULT_MODEL = InRepo("assets/tiny-llada")  # bundled
 LLADA_ALGS = ("low_confidence", "random")
 DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy", "origin")
 # Instruct models' chat formats: LLaDA uses the LLaMA-3 header format, Dream the Qwen <|im_start|> format.

@@ -26,15 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cli import InputError, opt, parse, run_cli
+from cli import InputError, InRepo, opt, parse, run_cli
 from model import Model, ModelArgs, load, save, special_ids
 
 
 @dataclass
 class Args:
     family: str = opt("llada", "llada or dream: checkpoint layout and config keys of a model made from scratch")
-    out: str = opt("out/tiny", "output checkpoint folder (config.json, model.safetensors, tokenizer files)")
-    data: str = opt("data/tokens", "folder written by data/prepare.py (train/val/arith .bin, <family>/tokenizer)")
+    out: str = opt(InRepo("out/tiny"), "output checkpoint folder (config.json, model.safetensors, tokenizer files)")
+    data: str = opt(InRepo("data/tokens"), "folder written by data/prepare.py (train/val/arith .bin, "
+                                              "<family>/tokenizer)")
     init_from: str = opt("", "start from this checkpoint folder instead of random weights")
     dim: int = opt(256, "model width (from scratch)")
     n_layers: int = opt(8, "blocks (from scratch)")

