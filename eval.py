@@ -18,8 +18,17 @@ Sampler settings per task follow the study (arXiv:2508.14896 scripts): gsm8k 4-s
 humaneval 0-shot 512/512/32, mbpp 3-shot 512/512/32; --gen_length/--steps/--block_length/--fewshot override.
 Task files live in --data_dir (data/tasks holds small samples; see its README for the full sets).
 
+Comparisons are paired: --out keeps every item's outcome (pass/fail, exact match, each answer's log-likelihood,
+each window's NLL) with the item's id, and each generated completion's decoding path (when each position was
+unmasked, to what). With several --model, or a --reference result file, each model's score is compared with the
+reference's on the same items: the difference with its 95% paired-bootstrap interval, and p (McNemar's exact test for
+pass/fail metrics, the bootstrap's for the rest; stats.py), in bold when p < 0.05; generation tasks add two rows of
+decoding-path agreement: how often the output is the reference's token for token, and the share of the denoising
+steps the canvases stay identical (1 = the same path throughout). --compare does the same from result files alone.
+
     python eval.py --tasks arithmetic,wiki_nll
     python eval.py --model assets/tiny-llada,out/quantized --tasks arc_easy,gsm8k --data_dir TASKS --limit 50
+    python eval.py --compare float.json,quantized.json     # two earlier --out files, paired
 (TASKS: a folder with the full sets in the layout of data/tasks, whose README says where each comes from.)
 """
 import functools
@@ -42,6 +51,7 @@ from data.prepare import ANSWER_WIDTH, arithmetic
 from model import load, load_tokenizer, read_args
 from quantizers.core import cache_weights
 from sample import DEFAULT_MODEL, generate, pad_left
+from stats import comparisons, pack_path, rate, table
 from train import diffusion_loss
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -74,7 +84,11 @@ class Args:
     seed: int = opt(0, "seed of every random draw (masks, sampler noise)")
     cache_weights: bool = opt(False, "quantized checkpoints: dequantize each weight-only layer's weight once, not "
                               "every call (faster on a GPU; the same numbers up to rounding order)")
-    out: str = opt("", "write the results as JSON here too")
+    out: str = opt("", "write the results as JSON here too, with every item's outcome (and decoding path)")
+    reference: str = opt("", "a result file (--out) of the reference model on the same tasks: each model scored here "
+                             "is paired with it item by item (otherwise the first --model is the reference)")
+    compare: str = opt("", "result files (--out), comma-separated: print their paired table, the first as the "
+                           "reference, and score nothing")
     device: str = opt("auto", "cpu or cuda (auto: cuda when available)")
     dtype: str = opt("auto", "float32 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)")
 
@@ -198,27 +212,39 @@ def mc_items(task, args):
 def multiple_choice(task):
     def score(model, tok, args, device):
         items, gen = first(mc_items(task, args), args, task), torch.Generator().manual_seed(args.seed)
-        acc, acc_norm, t0 = [], [], time.time()
+        acc, acc_norm, choice_lls, t0 = [], [], [], time.time()
         for i, (context, choices, gold) in enumerate(items):
             lls = [loglikelihood(model, *encode_pair(model, tok, context, " " + c), args, gen) for c in choices]
             acc.append(max(range(len(lls)), key=lls.__getitem__) == gold)
             norm = [ll / len(" " + c) for ll, c in zip(lls, choices, strict=True)]  # lm-eval: per answer character
             acc_norm.append(max(range(len(norm)), key=norm.__getitem__) == gold)
+            choice_lls.append(lls)
             progress(task, i + 1, len(items), t0)
-        chance = sum(1 / len(c) for _, c, _ in items) / len(items)
-        return {"acc": {**rate(acc), "chance": chance}, "acc_norm": {**rate(acc_norm), "chance": chance}}
+        chance, ids = sum(1 / len(c) for _, c, _ in items) / len(items), [f"{task}/{i}" for i in range(len(items))]
+        out = {"acc": {**rate(acc, ids), "chance": chance}, "acc_norm": {**rate(acc_norm, ids), "chance": chance}}
+        out["acc"]["items"]["choice_loglikelihoods"] = choice_lls  # each answer's log-likelihood, in file order
+        return out
     return score
 
 
-def rate(hits):
-    p = sum(hits) / len(hits)
-    return {"value": p, "stderr": math.sqrt(p * (1 - p) / len(hits)), "n": len(hits)}
-
-
 # ----------------------------------------------------------------------------------------- generation
+def path_recorder(rows, gen_length, P, mask_id, device):
+    """An on_step for generate() noting the step (1-based) at which each generated position was unmasked, and a
+    flag raised if a shown position is masked again (no sampler here does); no host sync per step."""
+    unmasked = torch.zeros(rows, gen_length, dtype=torch.int32, device=device)
+    remasked = torch.zeros((), dtype=torch.bool, device=device)
+
+    def on_step(s, x, conf):
+        shown = x[:, P:] != mask_id
+        remasked.logical_or_(((unmasked > 0) & ~shown).any())
+        unmasked.masked_fill_(shown & (unmasked == 0), s + 1)
+    return on_step, unmasked, remasked
+
+
 def completions(model, tok, prompts, task, args, device):
     """Greedy completions of the prompts, batched by prompt length (returned in prompt order), cut at the task's stop
-    strings and at EOS / end of turn."""
+    strings and at EOS / end of turn; and each one's decoding path (pack_path: when each position was unmasked, to
+    what), from which stats.divergence finds where two models' canvases part."""
     shots, gen_length, steps, block = GEN[task]
     gen_length, steps, block = args.gen_length or gen_length, args.steps or steps, args.block_length or block
     alg = args.alg or ("low_confidence" if model.args.family == "llada" else "entropy")
@@ -226,24 +252,35 @@ def completions(model, tok, prompts, task, args, device):
     pad = model.args.pad_id if model.args.pad_id is not None else model.args.eos_id
     encoded = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda j: len(encoded[j]))  # batch similar lengths: less padding
-    texts, t0 = [None] * len(prompts), time.time()
+    texts, paths, t0 = [None] * len(prompts), [None] * len(prompts), time.time()
     for i in range(0, len(prompts), args.batch_size):
         rows = order[i:i + args.batch_size]
         ids, mask = pad_left([encoded[j] for j in rows], pad)
+        on_step, unmasked, remasked = path_recorder(len(rows), gen_length, ids.shape[1], model.args.mask_id, device)
         out = generate(model, ids.to(device), mask.to(device), gen_length, steps, block, alg,
-                       generator=torch.Generator(device).manual_seed(args.seed))
-        for j, row in zip(rows, out[:, ids.shape[1]:].tolist(), strict=True):
+                       generator=torch.Generator(device).manual_seed(args.seed), on_step=on_step)
+        if remasked.item() or (unmasked == 0).any():  # the paths' premise: a position, once shown, stays
+            raise RuntimeError(f"{task}: the sampler re-masked a position or left one masked; paths not recorded")
+        for j, row, when in zip(rows, out[:, ids.shape[1]:].tolist(), unmasked.tolist(), strict=True):
             text = tok.decode(row[:next((k for k, t in enumerate(row) if t in stop_ids), len(row))])
             texts[j] = min((text[:text.find(s)] for s in STOP[task] if s in text), key=len, default=text)
+            paths[j] = pack_path(when, row)
         progress(task, i + len(rows), len(prompts), t0)
-    return texts
+    return texts, paths
 
 
 def arithmetic_em(model, tok, args, device):
     """Exact match of the answer field written after 'Q: a+b= A: ' (held-out problems only)."""
     problems = arithmetic(args.limit or 500, seed=1, heldout=True)
-    answers = completions(model, tok, [q for q, _ in problems], "arithmetic", args, device)
-    return {"exact_match": rate([a.strip() == gold for a, (_, gold) in zip(answers, problems, strict=True)])}
+    answers, paths = completions(model, tok, [q for q, _ in problems], "arithmetic", args, device)
+    hits = [a.strip() == gold for a, (_, gold) in zip(answers, problems, strict=True)]
+    return with_paths({"exact_match": rate(hits, [q.strip() for q, _ in problems])}, paths)
+
+
+def with_paths(metrics, paths):
+    """The decoding paths go with the task's first metric (once per task)."""
+    next(iter(metrics.values()))["items"]["paths"] = paths
+    return metrics
 
 
 def number(text):
@@ -263,25 +300,26 @@ def gsm8k(model, tok, args, device):
     train = read_jsonl(os.path.join(args.data_dir, "gsm8k", "train.jsonl"))[:k]
     test = first(read_jsonl(os.path.join(args.data_dir, "gsm8k", "test.jsonl")), args, "gsm8k")
     shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in train)
-    outputs = completions(model, tok, [f"{shots}Question: {r['question']}\nAnswer:" for r in test], "gsm8k",
-                          args, device)
-    gold = [gsm8k_extract(r["answer"])[0] for r in test]
+    outputs, paths = completions(model, tok, [f"{shots}Question: {r['question']}\nAnswer:" for r in test], "gsm8k",
+                                 args, device)
+    gold, ids = [gsm8k_extract(r["answer"])[0] for r in test], [f"gsm8k/{i}" for i in range(len(test))]
     found = [gsm8k_extract(o) for o in outputs]
-    return {"exact_match,strict-match": rate([s == g for (s, _), g in zip(found, gold, strict=True)]),
-            "exact_match,flexible-extract": rate([f == g for (_, f), g in zip(found, gold, strict=True)])}
+    return with_paths({"exact_match,strict-match": rate([s == g for (s, _), g in zip(found, gold, strict=True)], ids),
+                       "exact_match,flexible-extract": rate([f == g for (_, f), g in zip(found, gold, strict=True)],
+                                                            ids)}, paths)
 
 
 # ---------------------------------------------------------------------------------------------------- code
 def humaneval_programs(args):
-    """(prompt, programs(completion)) per HumanEval task: the program the sandbox's jail loads (prompt + completion)
-    and the tests its judge runs against it (the task's check())."""
+    """(id, prompt, programs(completion)) per HumanEval task: the program the sandbox's jail loads (prompt +
+    completion) and the tests its judge runs against it (the task's check())."""
     tasks = first(read_jsonl(os.path.join(args.data_dir, "humaneval", "HumanEval.jsonl.gz")), args, "humaneval")
-    return [(t["prompt"], lambda c, t=t: (f"{t['prompt']}{c}\n", f"{t['test']}\n\ncheck({t['entry_point']})\n"))
-            for t in tasks]
+    return [(t["task_id"], t["prompt"],
+             lambda c, t=t: (f"{t['prompt']}{c}\n", f"{t['test']}\n\ncheck({t['entry_point']})\n")) for t in tasks]
 
 
 def mbpp_programs(args):
-    """(prompt, programs(completion)) per MBPP test task (ids 11-510), with lm-eval's prompt and 3 shots (ids 1-3):
+    """(id, prompt, programs(completion)) per MBPP test task (ids 11-510), with lm-eval's prompt and 3 shots (ids 1-3):
     the program is the completion, the tests the task's setup code and asserts."""
     rows = {r["task_id"]: r for r in read_jsonl(os.path.join(args.data_dir, "mbpp", "mbpp.jsonl"))}
     k = GEN["mbpp"][0] if args.fewshot < 0 else args.fewshot
@@ -292,8 +330,8 @@ def mbpp_programs(args):
                f"these tests:\n\n{tests}\n[BEGIN]\n"
     shots = "".join(ask(rows[i]) + rows[i]["code"] + "\n[DONE]\n\n" for i in range(1, k + 1))
     tasks = first([rows[i] for i in range(11, 511) if i in rows], args, "mbpp")
-    return [(shots + ask(r), lambda c, r=r: (f"{c}\n", f"{r['test_setup_code']}\n" + "\n".join(r["test_list"]) + "\n"))
-            for r in tasks]
+    return [(f"mbpp/{r['task_id']}", shots + ask(r),
+             lambda c, r=r: (f"{c}\n", f"{r['test_setup_code']}\n" + "\n".join(r["test_list"]) + "\n")) for r in tasks]
 
 
 def code_task(task):
@@ -304,11 +342,11 @@ def code_task(task):
         if sandbox.unavailable():  # before any completion is generated
             raise InputError(sandbox.unavailable())
         items = humaneval_programs(args) if task == "humaneval" else mbpp_programs(args)
-        texts = completions(model, tok, [p for p, _ in items], task, args, device)
+        texts, paths = completions(model, tok, [p for _, p, _ in items], task, args, device)
         with ThreadPoolExecutor(args.workers) as pool:
-            results = list(pool.map(lambda pc: sandbox.run(*pc[0][1](pc[1]), args.code_timeout),
+            results = list(pool.map(lambda pc: sandbox.run(*pc[0][2](pc[1]), args.code_timeout),
                                     zip(items, texts, strict=True)))
-        return {"pass@1": rate([r.passed for r in results])}
+        return with_paths({"pass@1": rate([r.passed for r in results], [i for i, _, _ in items])}, paths)
     return score
 
 
@@ -348,7 +386,8 @@ def wiki_nll(model, tok, args, device):
         progress("wiki_nll", i + len(x), len(windows), t0)
     per_window /= args.mc
     return {"nll": {"value": per_window.mean().item(), "stderr": (per_window.std() / math.sqrt(len(windows))).item(),
-                    "n": len(windows)}}
+                    "n": len(windows), "items": {"ids": [f"window/{i}" for i in range(len(windows))],
+                                                 "outcomes": per_window.tolist()}}}
 
 
 TASKS = {"wiki_nll": wiki_nll, "arithmetic": arithmetic_em, "gsm8k": gsm8k, "humaneval": code_task("humaneval"),
@@ -365,19 +404,6 @@ def model_hash(path):
             for chunk in iter(functools.partial(f.read, 1 << 24), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def table(records, models):
-    """Markdown: one row per task and metric, one column per model."""
-    rows = {}
-    for r in records:  # a multiple-choice score within two standard errors of guessing is marked
-        at_chance = "chance" in r and abs(r["value"] - r["chance"]) <= 2 * r["stderr"]
-        rows.setdefault((r["task"], r["metric"]), {})[r["model"]] = f"{r['value']:.4f} ± {r['stderr']:.4f}" + (
-            f" (chance {r['chance']:.2f})" if at_chance else "")
-    head = "| task | metric | " + " | ".join(os.path.basename(m.rstrip("/")) for m in models) + " |"
-    lines = [head, "|" + "---|" * (len(models) + 2)]
-    lines += [f"| {t} | {m} | " + " | ".join(v.get(x, "") for x in models) + " |" for (t, m), v in rows.items()]
-    return "\n".join(lines)
 
 
 RANGES = [("limit", lambda v: v >= 0, ">= 0; 0 = all"), ("batch_size", lambda v: v >= 1, ">= 1"),
@@ -399,7 +425,38 @@ def check(args):
         read_args(path)
 
 
+def read_results(paths, flag):
+    """Records of eval.py result files, one model each or more; a model named in two files is refused."""
+    records, seen = [], {}
+    for k, path in enumerate(paths):
+        if path in paths[:k]:
+            raise InputError(f"{flag} {path}: given twice")
+        try:
+            with open(path) as f:
+                rs = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{flag} {path}: not a readable eval.py result file ({e})") from None
+        if not isinstance(rs, list) or not all(isinstance(r, dict) and "items" in r for r in rs):
+            raise InputError(f"{flag} {path}: no per-item outcomes in it (written by an older eval.py?)")
+        for r in rs:
+            if seen.setdefault(r["model"], path) != path:
+                raise InputError(f"{flag} {path}: model {r['model']} is in {seen[r['model']]} too")
+        records += [r for r in rs if not r["metric"].startswith("path")]
+    return records
+
+
+def compare(args):
+    """--compare: the paired table of result files, nothing scored."""
+    records = read_results(args.compare.split(","), "--compare")
+    models = list(dict.fromkeys(r["model"] for r in records))
+    records = comparisons(records, models[0])
+    print(table(records, models))
+    return records
+
+
 def evaluate(args):
+    if args.compare:
+        return compare(args)
     check(args)
     device = resolve_device(args.device)
     dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "float32": torch.float32,
@@ -411,6 +468,7 @@ def evaluate(args):
         if name not in TASKS:
             raise InputError(f"--tasks: unknown task '{name}' (expected {', '.join(TASKS)})")
     models, records, t_all = args.model.split(","), [], time.time()
+    ref = read_results([args.reference], "--reference") if args.reference else []
     for k, path in enumerate(models):
         model, tok = load(path, dtype, device), load_tokenizer(path)
         if tok is None:
@@ -431,7 +489,9 @@ def evaluate(args):
             spent = time.time() - t_all
             print(f"[{done}/{total} tasks] {spent:.0f} s, ETA {spent / done * (total - done):.0f} s (from the tasks "
                   "so far)", file=sys.stderr, flush=True)
-    print(table(records, models))
+    reference = ref[0]["model"] if ref else models[0]
+    records = [r for r in comparisons(ref + records, reference) if r["model"] != reference or not ref]
+    print(table(ref + records, ([reference] if ref else []) + models))
     if args.out:
         write_text(args.out, json.dumps(records, indent=2))
     return records

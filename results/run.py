@@ -135,7 +135,8 @@ def run_cell(model, name, flags, args):
         if p.returncode:
             return f"{model}/{name}: FAILED ({cmd})\n{p.stderr[-2000:]}"
     with open(score) as f:
-        records = {r["task"]: r for r in json.load(f)}
+        scored = [{**r, "model": f"{model}/{name}"} for r in json.load(f)]  # with every item's outcome (and path)
+    records = {r["task"]: r for r in scored}
     result = {"model": model, "cell": name, "flags": flags, "device": args.device_name,
               "date": time.strftime("%Y-%m-%d"),
               task: records[task]["value"] if task in records else None, "wiki_nll": records["wiki_nll"]["value"],
@@ -144,7 +145,7 @@ def run_cell(model, name, flags, args):
               "checkpoint_mib": checkpoint_mib(src if flags is None else ckpt),
               "commands": [c.replace(args.scratch, "$SCRATCH").replace(args.mini_dream, "$MINI_DREAM")
                            .replace(args.tasks_dir, "$TASKS") for c in cmds],
-              "calibrate_log": log[0][-3000:] if flags is not None else ""}
+              "calibrate_log": log[0][-3000:] if flags is not None else "", "records": scored}
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "w") as f:
         json.dump(result, f, indent=1)

@@ -89,9 +89,9 @@ def test_models_side_by_side_json_and_determinism(tmp_path, capsys):
                   mc=2, out=str(out), device="cpu")
     records = E.evaluate(args)
     table = capsys.readouterr().out
-    assert "| task | metric | tiny-llada | tiny-dream |" in table and "| arc_easy | acc_norm |" in table
+    assert "| task | metric | tiny-llada (reference) | tiny-dream |" in table and "| arc_easy | acc_norm |" in table
     saved = json.loads(out.read_text())
-    assert saved == json.loads(json.dumps(records)) and len(saved) == 2 * 4
+    assert saved == json.loads(json.dumps(records)) and len(saved) == 2 * 4 + 2  # + arithmetic's path agreement
     assert {r["model_hash"] for r in saved} == {E.model_hash(TINY["llada"]), E.model_hash(TINY["dream"])}
     assert all({"task", "metric", "value", "stderr", "n", "settings"} <= r.keys() for r in saved)
     again = E.evaluate(E.Args(**{**args.__dict__, "out": ""}))
@@ -135,9 +135,9 @@ def test_completions_batched_by_length_come_back_in_prompt_order():
     assert sorted(prompts, key=lambda p: len(tok.encode(p).ids)) != prompts  # the batches differ from the order
     args = E.Args(batch_size=2, gen_length=8, steps=8, block_length=8)
     with torch.no_grad():
-        batched = E.completions(m, tok, prompts, "arithmetic", args, "cpu")
-        alone = [E.completions(m, tok, [p], "arithmetic", args, "cpu")[0] for p in prompts]
-    assert batched == alone and len(set(alone)) > 1
+        texts, paths = E.completions(m, tok, prompts, "arithmetic", args, "cpu")
+        alone = [E.completions(m, tok, [p], "arithmetic", args, "cpu") for p in prompts]
+    assert texts == [t[0] for t, _ in alone] and paths == [p[0] for _, p in alone] and len(set(texts)) > 1
 
 
 @pytest.mark.parametrize("L,b", [(2, 4), (8, 16), (5, 30), (3, 2), (12, 8)])

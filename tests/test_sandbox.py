@@ -26,17 +26,19 @@ def test_humaneval_canonical_solutions_pass_and_stubs_fail():
     """The oracle of the code scorer (the full sets: `python tests/test_sandbox.py TASKS`)."""
     tasks = E.read_jsonl(os.path.join(ARGS.data_dir, "humaneval", "HumanEval.jsonl.gz"))
     programs = E.humaneval_programs(ARGS)
-    assert all(sandbox.run(*make(t["canonical_solution"])).passed for t, (_, make) in zip(tasks, programs, strict=True))
-    assert not any(sandbox.run(*make("    pass\n")).passed for _, make in programs)
+    assert all(sandbox.run(*make(t["canonical_solution"])).passed
+               for t, (_, _, make) in zip(tasks, programs, strict=True))
+    assert not any(sandbox.run(*make("    pass\n")).passed for _, _, make in programs)
 
 
 @needs_jail
 def test_mbpp_reference_code_passes_and_wrong_code_fails():
     rows = {r["task_id"]: r for r in E.read_jsonl(os.path.join(ARGS.data_dir, "mbpp", "mbpp.jsonl"))}
     programs = E.mbpp_programs(ARGS)
-    assert len(programs) == 20 and "[BEGIN]" in programs[0][0] and programs[0][0].count("[DONE]") == 3
-    assert all(sandbox.run(*make(rows[11 + i]["code"])).passed for i, (_, make) in enumerate(programs))
-    assert not sandbox.run(*programs[0][1]("def remove_Occ(s, ch):\n    return s\n")).passed
+    assert len(programs) == 20 and "[BEGIN]" in programs[0][1] and programs[0][1].count("[DONE]") == 3
+    assert [i for i, _, _ in programs] == [f"mbpp/{11 + i}" for i in range(20)]
+    assert all(sandbox.run(*make(rows[11 + i]["code"])).passed for i, (_, _, make) in enumerate(programs))
+    assert not sandbox.run(*programs[0][2]("def remove_Occ(s, ch):\n    return s\n")).passed
 
 
 @needs_jail
@@ -230,11 +232,11 @@ if __name__ == "__main__":  # the full oracle: python tests/test_sandbox.py TASK
     full = E.Args(data_dir=sys.argv[1])
     tasks, programs = E.read_jsonl(os.path.join(sys.argv[1], "humaneval", "HumanEval.jsonl.gz")), \
         E.humaneval_programs(full)
-    good = sum(sandbox.run(*make(t["canonical_solution"])).passed for t, (_, make) in zip(tasks, programs,
-                                                                                          strict=True))
-    bad = sum(sandbox.run(*make("    pass\n")).passed for _, make in programs)
+    good = sum(sandbox.run(*make(t["canonical_solution"])).passed for t, (_, _, make) in zip(tasks, programs,
+                                                                                             strict=True))
+    bad = sum(sandbox.run(*make("    pass\n")).passed for _, _, make in programs)
     print(f"HumanEval: {good}/{len(tasks)} canonical solutions pass, {bad}/{len(tasks)} `pass` stubs pass")
     rows = {r["task_id"]: r for r in E.read_jsonl(os.path.join(sys.argv[1], "mbpp", "mbpp.jsonl"))}
     ids, programs = [i for i in range(11, 511) if i in rows], E.mbpp_programs(full)
-    good = [i for i, (_, make) in zip(ids, programs, strict=True) if sandbox.run(*make(rows[i]["code"])).passed]
+    good = [i for i, (_, _, make) in zip(ids, programs, strict=True) if sandbox.run(*make(rows[i]["code"])).passed]
     print(f"MBPP: {len(good)}/{len(ids)} reference solutions pass; not: {sorted(set(ids) - set(good))}")

@@ -7,7 +7,7 @@ and the longest files and functions, against the sizes DESIGN aims at. tests/tes
 Layers, bottom to top. A module imports from its own layer or the ones below; sideways only where the layer allows it
 (kernel files share kernels/shims.py; entry scripts call each other) or WAIVERS says why:
   bottom    cli.py (flags, one-line errors), quantizers/format.py (grids, packing), quantizers/hadamard.py,
-            sandbox.py, data/prepare.py: they import nothing of the project
+            sandbox.py, stats.py (paired tests), data/prepare.py, data/corpus.py: they import nothing of the project
   kernels   kernels/*.py: Triton kernels and their twins
   layers    quantizers/core.py: the quantized layers and the one dispatch; quantizers/engines.py: other engines'
             checkpoint formats (GPTQ v1, compressed-tensors) on plain tensors
@@ -23,8 +23,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ["bottom", "kernels", "layers", "model", "walker", "methods", "scripts"]
 FIXED = {"cli": "bottom", "quantizers.format": "bottom", "quantizers.hadamard": "bottom", "sandbox": "bottom",
-         "data.prepare": "bottom", "quantizers.core": "layers", "quantizers.engines": "layers", "model": "model",
-         "quantizers.walk": "walker"}
+         "stats": "bottom", "data.prepare": "bottom", "data.corpus": "bottom", "quantizers.core": "layers",
+         "quantizers.engines": "layers", "model": "model", "quantizers.walk": "walker"}
 SIDEWAYS = {"kernels", "scripts"}
 WAIVERS = {("quantizers.dllmquant", "quantizers.gptq"): "CGQ is GPTQ on a token-weighted Hessian (the paper's Eq. 10)",
            ("quantizers.duquant", "quantizers.smoothquant"): "DuQuant's first step is SmoothQuant's smoothing"}
