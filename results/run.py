@@ -20,6 +20,7 @@ dequantized weight (eval.py --cache_weights).
     python results/run.py --table headline                 # ... of the README's results
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -30,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+import stats  # noqa: E402  (the project's root, added just above)
+
 MODELS = ("tiny-llada", "tiny-dream")
 # mini-Dream's cells: the study's grid at W4/W3 weight-only, W8A8 and W4A4, DLLMQuant, and W2; masked or trajectory
 # calibration where the papers say it matters.
@@ -170,11 +173,26 @@ def earlier(r):
     return "H100" in r.get("device", "") and any(c in (r["flags"] or "") for c in CHANGED)
 
 
+@functools.lru_cache(maxsize=None)
+def versus_float(model, name):
+    """{task: True where the cell differs from its model's float cell significantly at 5%} (paired on the same items:
+    McNemar for arithmetic, bootstrap for NLL; stats.py), empty where either cell has no per-item outcomes."""
+    r, f = load(folder_of(model), name), load(folder_of(model), "float")
+    if name == "float" or r is None or f is None or "records" not in r or "records" not in f:
+        return {}
+    ref = {x["metric"]: x for x in f["records"]}
+    pairs = {x["task"]: stats.paired(ref[x["metric"]], x) for x in r["records"] if x["metric"] in ref}
+    return {task: bool(d and d["significant"]) for task, d in pairs.items()}
+
+
 def cell(model, name, bits=False):
     r = load(folder_of(model), name)
     if r is None:
         return "n/m"
-    text = f"{r['arithmetic']:.1%} / {r['wiki_nll']:.3f}" + (" ‡" if model in MODELS and earlier(r) else "")
+    sig = versus_float(model, name)
+    arith, nll = f"{r['arithmetic']:.1%}", f"{r['wiki_nll']:.3f}"
+    arith, nll = (f"**{s}**" if sig.get(task) else s for s, task in ((arith, "arithmetic"), (nll, "wiki_nll")))
+    text = f"{arith} / {nll}" + (" ‡" if model in MODELS and earlier(r) else "")
     return text + (f" | {r['bits_per_weight']:.2f}" if bits and r["bits_per_weight"] else (" | 32" if bits else ""))
 
 
