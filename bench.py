@@ -9,23 +9,33 @@ Speed and memory of dllmq models at real scale, with random weights (no checkpoi
     python bench.py --quantized               # GPU: bf16 vs W4A16 / W8A8-FP8 / W8A8-INT8 / W4A4 through the Triton
                                               # kernels: forward at 512/1024/2048 tokens and a 256-token generation,
                                               # eager and with compiled blocks (--models, --formats: some of them)
+    python bench.py --calibrate               # every method's calibrate.py at its headline setting on random
+                                              # LLaDA-8B / Dream-7B-shaped checkpoints (written once in --dir): wall
+                                              # time, time per block, peak GPU and host memory, output size
+                                              # (--models, --cells: some of them)
 FLOPs of one forward over T tokens: 2*T*(linear weights + head) + 4*T^2*dim*layers (QK^T and PV).
 """
 import argparse
 import functools
 import gc
+import gzip
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import torch
 
 from model import Model, ModelArgs, load, name_map, rename
 
-SHAPES = {"LLaDA-8B": ModelArgs("llada", 4096, 32, 32, 32, 12288, 126464, 1e-5, 5e5, False, 4096, 126336),
-          "Dream-7B": ModelArgs("dream", 3584, 28, 28, 4, 18944, 152064, 1e-6, 1e6, True, 131072, 151666)}
+SHAPES = {"LLaDA-8B": ModelArgs("llada", 4096, 32, 32, 32, 12288, 126464, 1e-5, 5e5, False, 4096, 126336, 126080,
+                                126081, 126081, 126348),
+          "Dream-7B": ModelArgs("dream", 3584, 28, 28, 4, 18944, 152064, 1e-6, 1e6, True, 131072, 151666, 151665,
+                                151643, 151643, 151645)}
 
 
 @torch.no_grad()
@@ -203,11 +213,150 @@ def write_sharded(args, path, n_shards=6):
         shard = {rename(names, k): torch.randn(shapes[k], device=dev).mul_(0.02).bfloat16().cpu() for k in part}
         save_file(shard, os.path.join(path, file), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, file))
-        print(f"wrote {file}", flush=True)
+        print(f"wrote {file}", file=sys.stderr, flush=True)
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
         json.dump({"weight_map": weight_map}, f)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(args.to_config(), f)
+
+
+# ------------------------------------------------------------------------------------------------ calibrate
+CALIBRATE = {  # cell: calibrate.py flags, each method at its headline setting (the papers' and the README's)
+    "rtn-w4": "--method rtn --wbits 4 --group_size 128", "gptq-w4": "--method gptq --wbits 4 --group_size 128",
+    "awq-w4": "--method awq --wbits 4 --group_size 128",
+    "smoothquant-w8a8": "--method smoothquant --bits 8", "smoothquant-w4a4": "--method smoothquant --bits 4",
+    "quarot-w8a8": "--method quarot --bits 8", "quarot-w4a4": "--method quarot --bits 4",
+    "duquant-w8a8": "--method duquant --bits 8", "duquant-w4a4": "--method duquant --bits 4",
+    "quarot-gptq-w4a4": "--method quarot,gptq --bits 4",
+    "dllmquant-w4a4-trajectory": "--method dllmquant --bits 4 --calib_mode trajectory",
+    "quantdllm-w2-masked": "--method quantdllm --wbits 2 --calib_mode masked",
+    "gptq-w4-masked": "--method gptq --wbits 4 --group_size 128 --calib_mode masked",
+    "gptq-w4-trajectory": "--method gptq --wbits 4 --group_size 128 --calib_mode trajectory"}
+GOALS = {"wall_s": 600, "gpu_gib": 24, "rss_ratio": 1.6}  # per cell: 10 minutes, a 24 GB card, 1.6x the checkpoint
+LLADA_SPECIALS = {126080: "<|startoftext|>", 126081: "<|endoftext|>", 126336: "<|mdm_mask|>",
+                  126346: "<|start_header_id|>", 126347: "<|end_header_id|>", 126348: "<|eot_id|>"}
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def llada_tokenizer(qwen_json):
+    """tokenizer.json text with LLaDA-8B's vocabulary size and special ids, for timing only (LLaDA's own tokenizer
+    cannot be downloaded here): the Qwen2.5 byte-level BPE cut to its first 126,080 ids (every byte and the
+    earliest merges, keeping the merges whose parts and result survive), LLaDA's special tokens at LLaDA's ids and
+    a reserved token at every other id up to the vocabulary size (the tokenizers library numbers added tokens
+    consecutively, so a gap would move the special ones)."""
+    t = json.loads(qwen_json)
+    vocab = {k: v for k, v in t["model"]["vocab"].items() if v < min(LLADA_SPECIALS)}
+    pair = (lambda m: m.split(" ", 1)) if isinstance(t["model"]["merges"][0], str) else (lambda m: m)
+    t["model"]["vocab"] = vocab
+    t["model"]["merges"] = [m for m in t["model"]["merges"]
+                            if all(p in vocab for p in pair(m)) and "".join(pair(m)) in vocab]
+    t["added_tokens"] = [{"id": i, "content": LLADA_SPECIALS.get(i, f"<|reserved_{i}|>"), "single_word": False,
+                          "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+                         for i in range(min(LLADA_SPECIALS), SHAPES["LLaDA-8B"].vocab_size)]
+    return json.dumps(t, ensure_ascii=False)
+
+
+def write_tokenizer(args, path):
+    """The checkpoint's tokenizer: Dream's own (the Qwen2.5 BPE in data/qwen2.5), LLaDA's stand-in otherwise."""
+    with gzip.open(os.path.join(ROOT, "data", "qwen2.5", "tokenizer.json.gz"), "rt", encoding="utf-8") as f:
+        qwen = f.read()
+    with open(os.path.join(path, "tokenizer.json"), "w", encoding="utf-8") as f:
+        f.write(qwen if args.family == "dream" else llada_tokenizer(qwen))
+    config = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+              "mask_token": "<|mdm_mask|>"}
+    if args.family == "dream":
+        with open(os.path.join(ROOT, "data", "qwen2.5", "tokenizer_config.json")) as f:
+            config = json.load(f)
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def random_checkpoint(name, args, folder):
+    """folder/<name>: a random bf16 checkpoint in the family's real layout with a tokenizer, written once (under
+    a temporary name, renamed when complete) and reused."""
+    path = os.path.join(folder, name)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        write_sharded(args, path + ".partial")
+        write_tokenizer(args, path + ".partial")
+        os.replace(path + ".partial", path)
+    return path
+
+
+class DeviceMemory:
+    """The GPU's used memory as nvidia-smi reports it (every process, the CUDA context and the allocator's cache
+    included), polled in a thread: peak() is the highest reading above the one at start, in GiB."""
+
+    def __init__(self, every=0.5):
+        self.ok, self.high, self.stop = shutil.which("nvidia-smi") is not None, 0.0, threading.Event()
+        self.base = self.read() if self.ok else 0.0
+        self.thread = threading.Thread(target=self.poll, args=(every,), daemon=True)
+        self.thread.start()
+
+    def read(self):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True).stdout
+        return float(out.split()[0]) / 1024 if out.strip() else 0.0
+
+    def poll(self, every):
+        while self.ok and not self.stop.wait(every):
+            self.high = max(self.high, self.read())
+
+    def peak(self):
+        self.stop.set()
+        self.thread.join()
+        return max(self.high - self.base, 0.0) if self.ok else None
+
+
+def calibrate_cell(ckpt, flags, out, extra=()):
+    """Runs calibrate.py as a user would (its own process, its progress echoed to stderr) and measures it: wall
+    seconds, seconds per block, peak GPU memory (torch's allocator, as calibrate.py prints it, and the device's
+    view), the process's peak RSS (wait4's ru_maxrss: at least this small parent's RSS at the fork, well under the
+    model's) and the output checkpoint's size."""
+    cmd = [sys.executable, os.path.join(ROOT, "calibrate.py"), "--model", ckpt, "--out", out, "--overwrite",
+           *flags.split(), *extra]
+    device, t0, lines = DeviceMemory(), time.time(), []
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        lines.append(line)
+        print(f"    {line}", end="", file=sys.stderr, flush=True)
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode, wall, log = os.waitstatus_to_exitcode(status), time.time() - t0, "".join(lines)
+    blocks = re.findall(r"block\s+(\d+)/(\d+) \|.*?\|\s+([\d.]+) s", log)
+    gpu = re.search(r"peak GPU memory ([\d.]+) GiB", log)
+    return {"ok": p.returncode == 0, "error": "" if p.returncode == 0 else lines[-1].strip() if lines else "",
+            "wall_s": wall, "block_s": float(blocks[-1][2]) / int(blocks[-1][1]) if blocks else None,
+            "gpu_gib": float(gpu.group(1)) if gpu else None, "device_gib": device.peak(),
+            "rss_gib": usage.ru_maxrss / 2**20, "out_gib": dir_gib(out) if p.returncode == 0 else None}
+
+
+def dir_gib(path):
+    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path)) / 2**30
+
+
+def calibrate_bench(shapes, cells, folder, extra=()):
+    """One markdown row per (model, cell) against GOALS; the random checkpoints are written once into folder."""
+    fmt = lambda v, spec, unit: "n/a" if v is None else format(v, spec) + unit  # noqa: E731
+    print("| model | cell | flags | wall | per block | peak GPU, allocated | peak GPU, device | peak host RSS "
+          "(x checkpoint) | output | goals |\n" + "|---" * 10 + "|", flush=True)
+    rows = []
+    for name, args in shapes.items():
+        ckpt = random_checkpoint(name, args, folder)
+        size = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.endswith(".safetensors"))
+        for cell in cells:
+            r = calibrate_cell(ckpt, CALIBRATE[cell], os.path.join(folder, f"{name}-{cell}"), extra)
+            ratio = r["rss_gib"] / (size / 2**30)
+            missed = [g for g, bad in (("time", r["wall_s"] > GOALS["wall_s"]), ("GPU", (r["gpu_gib"] or 0) > GOALS[
+                "gpu_gib"]), ("host", ratio > GOALS["rss_ratio"])) if bad]
+            goals = ("met" if not missed else "missed: " + ", ".join(missed)) if r["ok"] else f"FAILED: {r['error']}"
+            row = (f"| {name} | {cell} | `{CALIBRATE[cell]}` | {r['wall_s']:.0f} s | "
+                   f"{fmt(r['block_s'], '.1f', ' s')} | {fmt(r['gpu_gib'], '.1f', ' GiB')} | "
+                   f"{fmt(r['device_gib'], '.1f', ' GiB')} | "
+                   f"{r['rss_gib']:.1f} GiB ({ratio:.2f}x) | {fmt(r['out_gib'], '.2f', ' GiB')} | {goals} |")
+            print(row, flush=True)
+            rows.append({"model": name, "cell": cell, **r, "rss_ratio": ratio})
+            if os.path.isdir(os.path.join(folder, f"{name}-{cell}")):  # the output was measured; free the disk
+                shutil.rmtree(os.path.join(folder, f"{name}-{cell}"))
+    return rows
 
 
 def peak_rss_gib():
@@ -247,7 +396,14 @@ if __name__ == "__main__":
                    "a 15 GiB random checkpoint in --dir first, if it is not there)")
     p.add_argument("--gptq", action="store_true", help="GPTQ W4 of an LLaDA-8B-shaped model, 128 x 2048 tokens (CUDA)")
     p.add_argument("--quantized", action="store_true", help="bf16 vs quantized formats end to end at 8B shapes (CUDA)")
-    p.add_argument("--models", default=",".join(SHAPES), help="--quantized: which of " + ", ".join(SHAPES))
+    p.add_argument("--calibrate", action="store_true", help="every method's calibrate.py at its headline setting on "
+                   "random 8B-shaped checkpoints: time, memory, size against the goals (CUDA; writes 31 GiB to "
+                   "--ckpt_dir)")
+    p.add_argument("--cells", default=",".join(CALIBRATE), help="--calibrate: which of " + ", ".join(CALIBRATE))
+    p.add_argument("--ckpt_dir", default="/tmp/dllmq-bench", help="--calibrate: where the random checkpoints (written "
+                   "once, about 15 GiB each) and each cell's output (removed once measured) go")
+    p.add_argument("--models", default=",".join(SHAPES), help="--quantized, --calibrate: which of " +
+                   ", ".join(SHAPES))
     p.add_argument("--formats", default=",".join(FORMATS), help="--quantized: which of " + ", ".join(FORMATS))
     p.add_argument("--dir", default="/tmp/llada8b-random", help="--load_memory: where the random LLaDA-8B checkpoint "
                    "lives (about 15 GiB; remove it when done)")
@@ -256,8 +412,12 @@ if __name__ == "__main__":
     opts = p.parse_args()
     if opts.probe:
         memory_probe(opts.probe, opts.device)
-    elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized):
-        p.error("give --forward, --load_memory, --gptq and/or --quantized")
+    elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.calibrate):
+        p.error("give --forward, --load_memory, --gptq, --quantized and/or --calibrate")
+    for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", opts.formats, FORMATS),
+                               ("--cells", opts.cells, CALIBRATE)):
+        if set(given.split(",")) - set(known):
+            p.error(f"{flag}: {', '.join(sorted(set(given.split(',')) - set(known)))} not in {', '.join(known)}")
     if opts.forward:
         forward_bench()
     if opts.load_memory:
@@ -265,7 +425,6 @@ if __name__ == "__main__":
     if opts.gptq:
         gptq_bench()
     if opts.quantized:
-        for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", opts.formats, FORMATS)):
-            if set(given.split(",")) - set(known):
-                p.error(f"{flag}: {', '.join(sorted(set(given.split(',')) - set(known)))} not in {', '.join(known)}")
         quantized_bench(opts.models.split(","), opts.formats.split(","))
+    if opts.calibrate:
+        calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir)

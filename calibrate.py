@@ -426,8 +426,10 @@ def calibrate(args):
         after = heldout_nll(model, tok, args)
         print(f"held-out masked-diffusion NLL ({args.nll_windows} windows x 2 masks): {before:.4f} -> {after:.4f} "
               f"nats/token ({after / before - 1:+.2%})")
+    cuda = args.device.startswith("cuda")
+    gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
     print(f"weights: {float_bytes / 2**20:.1f} MiB -> {model_bytes(model) / 2**20:.1f} MiB; "
-          f"{time.time() - t0:.0f} s in all")
+          f"{time.time() - t0:.0f} s in all{gpu}")
     write(model, args.model, args, (before, after))
     print(f"saved {args.out}")
     return model

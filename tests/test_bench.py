@@ -1,0 +1,43 @@
+"""bench.py --calibrate on tiny shapes with the 8B models' vocabularies and special ids: the stand-in LLaDA tokenizer,
+the random checkpoints in both real layouts, and the measured calibrate.py runs (the GPU numbers come from a GPU)."""
+import json
+
+import pytest
+from tokenizers import Tokenizer
+
+import bench as B
+from model import ModelArgs, load, load_tokenizer
+
+TINY_SHAPES = {  # the 8B models' vocabularies and special ids (bench.SHAPES) on 2 small blocks
+    "llada-shaped": ModelArgs("llada", 64, 2, 4, 4, 128, 126464, 1e-5, 5e5, False, 256, 126336, 126080, 126081, 126081,
+                              126348),
+    "dream-shaped": ModelArgs("dream", 64, 2, 4, 2, 128, 152064, 1e-6, 1e6, True, 256, 151666, 151665, 151643, 151643,
+                              151645)}
+
+
+def test_the_llada_stand_in_tokenizer_has_llada_s_ids_and_encodes_any_text():
+    with open(B.os.path.join(B.ROOT, "data", "qwen2.5", "tokenizer.json.gz"), "rb") as f:
+        qwen = B.gzip.decompress(f.read()).decode()
+    tok = Tokenizer.from_str(B.llada_tokenizer(qwen))
+    assert {i: tok.token_to_id(s) for i, s in B.LLADA_SPECIALS.items()} == {i: i for i in B.LLADA_SPECIALS}
+    text = "Q: 347+86= A: 433\ndef f(x):\n    return x  # café, 東京"
+    ids = tok.encode(text, add_special_tokens=False).ids
+    assert max(ids) < min(B.LLADA_SPECIALS) and tok.decode(ids) == text
+    assert len(json.loads(B.llada_tokenizer(qwen))["model"]["vocab"]) == min(B.LLADA_SPECIALS)
+
+
+@pytest.mark.slow
+def test_calibrate_bench_measures_each_cell_on_random_checkpoints_of_both_layouts(tmp_path, capsys):
+    extra = ("--device", "cpu", "--nsamples", "4", "--seqlen", "32", "--nll_windows", "1")
+    rows = B.calibrate_bench(TINY_SHAPES, ["rtn-w4", "quarot-w4a4"], str(tmp_path), extra)
+    out = capsys.readouterr().out
+    assert len(rows) == 4 and all(r["ok"] for r in rows), rows
+    for r in rows:
+        assert r["wall_s"] > 0 and r["block_s"] >= 0 and r["rss_gib"] > 0 and 0 < r["out_gib"] < 1  # blocks: 0.1 s
+        assert r["gpu_gib"] is None  # calibrate.py prints torch's peak only on a GPU
+        assert f"| {r['model']} | {r['cell']} | `{B.CALIBRATE[r['cell']]}` |" in out
+    for name, args in TINY_SHAPES.items():  # the checkpoints load as the real layouts, with their special ids
+        path = tmp_path / name
+        m = load(str(path))
+        assert m.args == args and load_tokenizer(str(path)).token_to_id("<|endoftext|>") in (126081, 151643)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(TINY_SHAPES)  # each cell's output removed
