@@ -64,6 +64,6 @@ def wa_linear(x, qweight, scales, zeros, bias, fmt, clip):
     if fmt == "int4":  # the twin packs 8 codes to a word in 32 int64 steps, which Inductor's code runs slowly
         xq, sx, sums = quantize(x, fmt, clip)
     else:
-        xq, sx, sums = act_quant.reference(x, fmt, clip)
+        xq, sx, sums = act_quant.reference(x, wa_gemm.ACT[fmt], clip)
     y = wa_matmul(xq, sx, sums, wa_gemm.weight_operand(qweight, fmt), scales, zeros, bias, fmt, x.shape[-1], x.dtype)
     return y.view(*x.shape[:-1], qweight.shape[0])

@@ -12,6 +12,10 @@ Formats (the twin `reference` below defines the product; quantizers/format.py th
         instruction, so both operands are unpacked in registers to int8 and multiplied on the int8 tensor cores:
         int4 here saves memory and bandwidth, not arithmetic. The codes c (0..15) enter as they are and the zero
         point is corrected in the epilogue, as for int8.
+  w4a8  x: int8 per token (act_quant "int8"); W: 4-bit codes per output channel, packed 8 to a word as for int4.
+        The weight tile is unpacked in registers to int8 (codes 0..15 as they are) and is the register operand of
+        the transposed product, as for int8; the zero point is corrected in the epilogue. Half int8's weight bytes
+        for the same tensor-core arithmetic.
 The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
 the activation dtype. Weights must be per output channel (one group); quantizers/core.py decides which layers come
 here.
@@ -23,7 +27,7 @@ another down a column of tiles: they read the same weight tile while it sits in 
 transposed product W x^T: the left operand is the one Hopper's tensor cores read from registers, so the flipped
 weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings).
 
-    python -m kernels.wa_gemm          # on a GPU: check against the twin, then time against bf16 torch.matmul
+    python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
 """
 import torch
 import triton
@@ -33,23 +37,25 @@ from kernels import act_quant
 from kernels.shims import INTERPRET, mma, to_dtype
 from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 
-FMT = act_quant.FMT  # fp8 0, int8 1, int4 2
+FMT = {**act_quant.FMT, "w4a8": 3}  # fp8 0, int8 1, int4 2, w4a8 3
+ACT = {"fp8": "fp8", "int8": "int8", "int4": "int4", "w4a8": "int8"}  # each format's activations (act_quant)
+W_BITS = {"fp8": 8, "int8": 8, "int4": 4, "w4a8": 4}
 
 
 def weight_operand(qweight, fmt):
     """A QLinear's packed weight as the kernel reads it (a view, no copy)."""
-    if fmt == "int4":
+    if W_BITS[fmt] == 4:
         return qweight
     return qweight.view(torch.float8_e4m3fn if fmt == "fp8" else torch.uint8)
 
 
 def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
     """The pure-torch twin: the dequantized operands multiplied in float32."""
-    x = act_quant.dequantize(xq, sx, fmt, K)
+    x = act_quant.dequantize(xq, sx, ACT[fmt], K)
     if fmt == "fp8":
         W = w[:, :K].float()
     else:
-        W = unpack(w.view(torch.int32), 8 if fmt == "int8" else 4, K).float() - zw.float()
+        W = unpack(w.view(torch.int32), W_BITS[fmt], K).float() - zw.float()
     y = (x @ W.T) * sw.float().view(1, -1)
     return (y if bias is None else y + bias.float()).to(dtype)
 
@@ -84,8 +90,8 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = rm < M, rn < N
-    if FMT == 1:  # the transposed product W x^T (module docstring): a (BLOCK_N, BLOCK_M) tile, transposed at the end
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+    if FMT == 1 or FMT == 3:  # the transposed product W x^T (module docstring): (BLOCK_N, BLOCK_M), transposed at
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)  # the end
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FMT == 0 else tl.int32)
     for k0 in range(0, K, BLOCK_K):
@@ -99,11 +105,15 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
             w = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
             xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
             acc = mma((w ^ 0x80).to(tl.int8, bitcast=True), xt, acc, EMULATE)
+        elif FMT == 3:  # 4-bit codes 0..15 as int8; channels past K meet activations loaded as 0
+            w = _nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8)
+            xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
+            acc = mma(w, xt, acc, EMULATE)
         else:
             a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
             acc = mma(a, b, acc, EMULATE)
-    if FMT == 1:
+    if FMT == 1 or FMT == 3:
         acc = tl.trans(acc)
     if HAS_ZERO:  # sum_k x_k (c_k - z) = sum_k x_k (c_k - offset) - (z - offset) sum_k x_k
         z = tl.load(zb_ptr + rn, mask=n_ok, other=0.0).to(tl.float32).to(tl.int32) - OFFSET
@@ -146,10 +156,10 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
 
 
 def linear(x, qweight, scales, zeros, bias, fmt, clip=1.0, form=None, config=None):
-    """A W8A8 / W4A4 layer: x (..., K) bf16/fp16 quantized per token (rotated first by a Form, in the same pass)
-    by act_quant, then the GEMM with the scales (and bias) in its epilogue -> (..., N) in x's dtype."""
+    """A W8A8 / W4A8 / W4A4 layer: x (..., K) bf16/fp16 quantized per token (rotated first by a Form, in the same
+    pass) by act_quant, then the GEMM with the scales (and bias) in its epilogue -> (..., N) in x's dtype."""
     K, N = x.shape[-1], qweight.shape[0]
-    xq, sx, sums = act_quant.quantize(x, fmt, clip, form)
+    xq, sx, sums = act_quant.quantize(x, ACT[fmt], clip, form)
     y = matmul(xq, sx, sums, weight_operand(qweight, fmt), scales, zeros, fmt, K, bias, x.dtype, config)
     return y.view(*x.shape[:-1], N)
 
@@ -164,7 +174,7 @@ TOKENS = (16, 256, 512, 1024, 2048, 4096)
 def _layer(N, K, fmt):
     """bf16 weight W (N, K) and its per-channel codes as a QLinear stores them: (qweight, scales, zeros) in bf16."""
     W = torch.randn(N, K, device="cuda") * 0.02
-    bits = 4 if fmt == "int4" else 8
+    bits = W_BITS[fmt]
     q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1))
     return W.bfloat16(), (pack(q, bits), s.bfloat16(), z.bfloat16())
 
@@ -177,8 +187,8 @@ def bench():
     time = lambda f: do_bench_cudagraph(f) * 1e3  # noqa: E731
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; weights per "
           "channel, activations per token (quantized inside the timed layer), times in µs in a CUDA graph\n")
-    print("| layer (N x K) | M | bf16 | fp8 layer | fp8 GEMM | int8 layer | int8 GEMM | int4 layer | int4 GEMM | "
-          "fp8 vs bf16 | int8 vs bf16 | int4 vs bf16 |\n" + "|---" * 12 + "|")
+    print("| layer (N x K) | M | bf16 | " + " | ".join(f"{f} layer | {f} GEMM" for f in FMT) + " | " +
+          " | ".join(f"{f} vs bf16" for f in FMT) + " |\n" + "|---" * (3 + 3 * len(FMT)) + "|")
     ratios = {f: [] for f in FMT}
     for name, (N, K) in SHAPES.items():
         layers = {fmt: _layer(N, K, fmt) for fmt in FMT}
@@ -188,7 +198,7 @@ def bench():
             t_ref = time(lambda: torch.nn.functional.linear(x, W))  # noqa: B023
             cells = []
             for fmt, (_, (qw, s, z)) in layers.items():
-                xq, sx, sums = act_quant.quantize(x, fmt)
+                xq, sx, sums = act_quant.quantize(x, ACT[fmt])
                 w = weight_operand(qw, fmt)
                 y = linear(x, qw, s, z, None, fmt)
                 ref = reference(xq, sx, w, s, z, fmt, K, None, torch.float32)

@@ -206,13 +206,13 @@ class BinaryLinear(nn.Module):
 
 # -------------------------------------------------------------------------------- which code computes a layer
 def wa_format(layer):
-    """The format in which the W8A8 / W4A4 kernels take a QLinear: "fp8", "int8", "int4", or None (weight-only,
-    weights in groups, mixed widths such as W4A8, asymmetric activations)."""
+    """The format in which the W8A8 / W4A8 / W4A4 kernels take a QLinear: "fp8", "int8", "w4a8", "int4", or None
+    (weight-only, weights in groups, other mixed widths, asymmetric activations)."""
     if layer.act_bits == 16 or not layer.act_sym or layer.scales.shape[1] != 1:
         return None
     if layer.fp8:
         return "fp8" if layer.act_bits == 8 else None
-    return {8: "int8", 4: "int4"}.get(layer.bits) if layer.bits == layer.act_bits else None
+    return {(8, 8): "int8", (4, 4): "int4", (4, 8): "w4a8"}.get((layer.bits, layer.act_bits))
 
 
 def code_path(layer, device, dtype):

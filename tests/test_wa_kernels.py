@@ -138,12 +138,12 @@ def test_fused_rotation_moves_fewer_codes_than_torch_in_bf16(fmt, n=3072, tokens
 
 def layer(N, K, fmt, sym, dtype, bias=True):
     W = torch.randn(N, K, device=DEVICE) * torch.rand(N, 1, device=DEVICE)
-    bits = 4 if fmt == "int4" else 8
+    bits = wa_gemm.W_BITS[fmt]
     q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1,
                                                                                                             sym))
     b = torch.randn(N, device=DEVICE).to(dtype) if bias else None
-    return QLinear.from_codes(q, s, z, b, bits=bits, group_size=-1, sym=sym, act_bits=bits, fp8=fmt == "fp8",
-                              dtype=dtype)
+    return QLinear.from_codes(q, s, z, b, bits=bits, group_size=-1, sym=sym, act_bits=4 if fmt == "int4" else 8,
+                              fp8=fmt == "fp8", dtype=dtype)
 
 
 def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
@@ -151,7 +151,7 @@ def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
     assert wa_format(lin) == fmt
     x = torch.randn(M, K, device=DEVICE).to(dtype)
     y = wa_gemm.linear(x, lin.qweight, lin.scales, lin.zeros, lin.bias, fmt, 1.0, None, config)
-    xq, sx, _ = act_quant.reference(x, fmt, 1.0)
+    xq, sx, _ = act_quant.reference(x, wa_gemm.ACT[fmt], 1.0)
     w = wa_gemm.weight_operand(lin.qweight, fmt)
     ref = wa_gemm.reference(xq, sx, w, lin.scales.double(), lin.zeros, fmt, K, lin.bias, torch.float64)
     err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
@@ -161,7 +161,7 @@ def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
 
 @pytest.mark.parametrize("i", range(len(wa_gemm.CONFIGS)))
 @pytest.mark.parametrize("fmt,sym", [("fp8", False), ("int8", False), ("int8", True), ("int4", False),
-                                     ("int4", True)])
+                                     ("int4", True), ("w4a8", False), ("w4a8", True)])
 def test_every_config_matches_float64(fmt, sym, i):
     for M, N, K in ODD:
         check(M, N, K, fmt, sym, torch.bfloat16, wa_gemm.CONFIGS[i], bias=M != 5)
@@ -174,7 +174,7 @@ def test_integer_formats_need_the_token_sums():
         wa_gemm.matmul(xq, sx, None, wa_gemm.weight_operand(lin.qweight, "int8"), lin.scales, lin.zeros, "int8", 64)
 
 
-@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "w4a8"])
 def test_fp16_activations(fmt):
     for M, N, K in ODD[:2]:
         check(M, N, K, fmt, False, torch.float16, wa_gemm.CONFIGS[2])
@@ -184,9 +184,10 @@ def test_which_layers_the_kernels_take():
     assert wa_format(QLinear(64, 32, 8, -1, act_bits=8)) == "int8"
     assert wa_format(QLinear(64, 32, 8, -1, act_bits=8, fp8=True)) == "fp8"
     assert wa_format(QLinear(64, 32, 4, -1, act_bits=4)) == "int4"
-    for other in (QLinear(64, 32, 4, 32, act_bits=4), QLinear(64, 32, 4, -1, act_bits=8),
-                  QLinear(64, 32, 4, -1), QLinear(64, 32, 4, -1, act_bits=4, act_sym=False)):
-        assert wa_format(other) is None  # groups, W4A8, weight-only, asymmetric activations
+    assert wa_format(QLinear(64, 32, 4, -1, act_bits=8)) == "w4a8"
+    for other in (QLinear(64, 32, 4, 32, act_bits=4), QLinear(64, 32, 4, 32, act_bits=8), QLinear(64, 32, 8, -1,
+                  act_bits=4), QLinear(64, 32, 4, -1), QLinear(64, 32, 4, -1, act_bits=4, act_sym=False)):
+        assert wa_format(other) is None  # groups, W8A4, weight-only, asymmetric activations
     again = build_layer(QLinear(64, 32, 8, -1, act_bits=8, fp8=True).config())
     assert again.fp8 and wa_format(again) == "fp8"
     with pytest.raises(ValueError, match="fp8 weights are 8 bits"):
@@ -199,7 +200,8 @@ def test_one_function_picks_each_layers_code():
     cuda, cpu, bf16 = torch.device("cuda"), torch.device("cpu"), torch.bfloat16
     w8a8, w4, fp8_w = QLinear(64, 32, 8, -1, act_bits=8), QLinear(64, 32, 4, 32), QLinear(64, 32, 8, -1, fp8=True)
     assert [code_path(m, cuda, bf16) for m in (w8a8, w4, fp8_w)] == ["wa", "wq", "torch"]
-    assert code_path(QLinear(64, 32, 4, -1, act_bits=8), cuda, torch.float16) == "wq"  # W4A8: torch rounds x first
+    assert code_path(QLinear(64, 32, 4, -1, act_bits=8), cuda, torch.float16) == "wa"  # W4A8 per channel: the kernels
+    assert code_path(QLinear(64, 32, 4, 32, act_bits=8), cuda, torch.float16) == "wq"  # in groups: torch rounds x
     assert {code_path(m, d, t) for m in (w8a8, w4) for d, t in ((cpu, bf16), (cuda, torch.float32))} == {"torch"}
     w4.dense = w4.weight()  # cache_weights: the dequantized weight, once
     assert code_path(w4, cuda, bf16) == "torch"
@@ -212,6 +214,7 @@ def test_one_function_picks_each_layers_code():
 @pytest.mark.slow
 @pytest.mark.parametrize("which,kw", [("llada", {"method": "quarot", "bits": 4}),
                                       ("dream", {"method": "quarot", "bits": 8}),
+                                      ("dream", {"method": "quarot", "wbits": 4, "abits": 8}),
                                       ("llada", {"method": "rtn", "wbits": 8, "abits": 8, "fp8": True})])
 def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, kw, as_if_cuda):
     """Every QLinear of a quantized tiny model through the dispatch's Triton path (act_quant + wa_gemm), eagerly and
@@ -241,8 +244,8 @@ def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, k
     assert err_compiled < 1.5 * err_twin + 1e-3 and (DEVICE == "cuda" or torch.equal(compiled, kernel))
 
 
-@pytest.mark.parametrize("fmt,rotated", [("fp8", False), ("int8", False), ("int4", False), ("int8", True),
-                                         ("w4", False)])
+@pytest.mark.parametrize("fmt,rotated", [("fp8", False), ("int8", False), ("int4", False), ("w4a8", False),
+                                         ("w4a8", True), ("int8", True), ("w4", False)])
 def test_compiled_layers_equal_the_eager_kernels(fmt, rotated, as_if_cuda):
     """Traced by torch.compile (kernels/ops.py), a W8A8 layer quantizes x with the twin (W4A4: with act_quant's kernel
     as an operator) and runs the GEMM as one custom operator, with no graph break: the eager kernels' output bit for
@@ -273,7 +276,8 @@ SHAPES = [(4096, 4096), (12288, 4096), (4096, 12288), (3584, 3584), (512, 3584),
 @pytest.mark.gpu
 @pytest.mark.parametrize("N,K", SHAPES)
 def test_real_shapes_autotuned(N, K):
-    for fmt, sym in (("fp8", False), ("int8", False), ("int8", True), ("int4", False)):
+    for fmt, sym in (("fp8", False), ("int8", False), ("int8", True), ("int4", False), ("w4a8", False),
+                     ("w4a8", True)):
         for M in (16, 1024):
             check(M, N, K, fmt, sym, torch.bfloat16)
     check(300, N, K, "int8", True, torch.float16)
