@@ -72,6 +72,9 @@ def cells():
         for m in ("awq", "gptq", "rtn"):
             c[f"w{b}-{m}"] = f"--method {m} --wbits {b}"
     c["w2-rtn"] = "--method rtn --wbits 2"
+    for m in ("rtn", "gptq", "awq"):  # W4A8: 4-bit weights per channel, 8-bit activations per token (wa_gemm's w4a8)
+        c[f"w4a8-{m}"] = f"--method {m} --wbits 4 --abits 8 {WA}"
+    c["w4a8-quarot-clean"] = "--method quarot --wbits 4 --abits 8 --calib_mode clean"
     for b in (8, 4):
         c[f"w{b}a{b}-rtn"] = f"--method rtn --wbits {b} --abits {b} {WA}"
     c["float"] = None
@@ -186,6 +189,8 @@ def versus_float(model, name):
 
 
 def cell(model, name, bits=False):
+    if name == "n/a":
+        return "n/a"
     r = load(folder_of(model), name)
     if r is None:
         return "n/m"
@@ -232,6 +237,14 @@ def tables():
                     continue  # QuaRot with RTN reads no calibration data
                 rows.append(f"| | {'W4A4' if i == 0 and mode == 'clean' else ''} | {label} | {mode} | "
                             f"{cell(model, name, True)} |")
+    rows += ["", "| model | method | W4 g128 (weight-only) | W4A8 (weights per channel) | W8A8 |", "|---" * 5 + "|"]
+    for model in MODELS:
+        rows.append(f"| {model} | float | " + " | ".join([cell(model, "float")] * 3) + " |")
+        rows += [f"| | {label} | {cell(model, w4)} | {cell(model, w4a8)} | {cell(model, w8a8)} |"
+                 for label, w4, w4a8, w8a8 in (("RTN", "w4-rtn", "w4a8-rtn", "w8a8-rtn"),
+                                               ("GPTQ", "w4-gptq", "w4a8-gptq", "n/a"),
+                                               ("AWQ", "w4-awq", "w4a8-awq", "n/a"),
+                                               ("QuaRot", "n/a", "w4a8-quarot-clean", "w8a8-quarot-clean"))]
     rows += ["", "| model | QuaRot W4A4, o_proj rotated within heads | across heads (QuaRot's) | "
              "trajectory calibration: QuaRot + GPTQ | QuaRot + DLLMQuant (CGQ) |", "|---" * 5 + "|"]
     names = ("w4a4-quarot-perhead-clean", "w4a4-quarot-clean", "w4a4-quarot-gptq-trajectory",
