@@ -78,6 +78,7 @@ def pack_path(steps, tokens):
 
 
 def unpack_path(text):
+    """pack_path's (steps, tokens) back as two lists."""
     values = np.frombuffer(zlib.decompress(base64.b64decode(text)), np.int32).tolist()
     return values[:len(values) // 2], values[len(values) // 2:]
 

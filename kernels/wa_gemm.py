@@ -101,12 +101,12 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
             a = tl.where(k_ok[None, :], _nibbles(a_ptr, rm, m_ok, k0, stride_am, a_words, BLOCK_M, BLOCK_K) - 8, 0)
             b = tl.trans(_nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8))
             acc = mma(a.to(tl.int8), b, acc, EMULATE)
-        elif FMT == 1:  # code c as c - 128: flip the top bit, read the byte as int8
-            w = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-            xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
-            acc = mma((w ^ 0x80).to(tl.int8, bitcast=True), xt, acc, EMULATE)
-        elif FMT == 3:  # 4-bit codes 0..15 as int8; channels past K meet activations loaded as 0
-            w = _nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8)
+        elif FMT == 1 or FMT == 3:  # int8 activations, the weight tile the register operand
+            if FMT == 1:  # 8-bit code c as c - 128: flip the top bit, read the byte as int8
+                w = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+                w = (w ^ 0x80).to(tl.int8, bitcast=True)
+            else:  # 4-bit codes 0..15 as int8; channels past K meet activations loaded as 0
+                w = _nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8)
             xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
             acc = mma(w, xt, acc, EMULATE)
         else:

@@ -189,7 +189,7 @@ def versus_float(model, name):
 
 
 def cell(model, name, bits=False):
-    if name == "n/a":
+    if name is None:  # a setting the table has no cell for
         return "n/a"
     r = load(folder_of(model), name)
     if r is None:
@@ -242,9 +242,9 @@ def tables():
         rows.append(f"| {model} | float | " + " | ".join([cell(model, "float")] * 3) + " |")
         rows += [f"| | {label} | {cell(model, w4)} | {cell(model, w4a8)} | {cell(model, w8a8)} |"
                  for label, w4, w4a8, w8a8 in (("RTN", "w4-rtn", "w4a8-rtn", "w8a8-rtn"),
-                                               ("GPTQ", "w4-gptq", "w4a8-gptq", "n/a"),
-                                               ("AWQ", "w4-awq", "w4a8-awq", "n/a"),
-                                               ("QuaRot", "n/a", "w4a8-quarot-clean", "w8a8-quarot-clean"))]
+                                               ("GPTQ", "w4-gptq", "w4a8-gptq", None),
+                                               ("AWQ", "w4-awq", "w4a8-awq", None),
+                                               ("QuaRot", None, "w4a8-quarot-clean", "w8a8-quarot-clean"))]
     rows += ["", "| model | QuaRot W4A4, o_proj rotated within heads | across heads (QuaRot's) | "
              "trajectory calibration: QuaRot + GPTQ | QuaRot + DLLMQuant (CGQ) |", "|---" * 5 + "|"]
     names = ("w4a4-quarot-perhead-clean", "w4a4-quarot-clean", "w4a4-quarot-gptq-trajectory",
