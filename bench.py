@@ -9,11 +9,13 @@ Speed and memory of dllmq models at real scale, with random weights (no checkpoi
     python bench.py --quantized               # GPU: bf16 vs W4A16 / W8A8-FP8 / W8A8-INT8 / W4A4 through the Triton
                                               # kernels: forward at 512/1024/2048 tokens and a 256-token generation,
                                               # eager and with compiled blocks (--models, --formats: some of them)
+    python bench.py --eval                    # GPU: eval.py's HumanEval generation and ARC-Easy likelihood, bf16 and
+                                              # FP8, eager / compiled / CUDA graph: tokens/s and MFU
     python bench.py --calibrate               # every method's calibrate.py at its headline setting on random
                                               # LLaDA-8B / Dream-7B-shaped checkpoints (written once in --dir): wall
                                               # time, time per block, peak GPU and host memory, output size
                                               # (--models, --cells: some of them)
-FLOPs of one forward over T tokens: 2*T*(linear weights + head) + 4*T^2*dim*layers (QK^T and PV).
+FLOPs of a forward: ModelArgs.flops (model.py), 2 per weight per token plus full attention's QK^T and PV.
 """
 import argparse
 import functools
@@ -60,7 +62,6 @@ def forward_bench():
     for name, args in SHAPES.items():
         torch.manual_seed(0)
         model = random_model(args, dev)
-        n_linear = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight"))
         for mode in ("eager", "compiled"):
             if mode == "compiled":  # one graph for the Block code, shared by every block (sample.py --compile)
                 for block in model.blocks:
@@ -74,8 +75,7 @@ def forward_bench():
                     first = time.time() - t0
                     torch.cuda.reset_peak_memory_stats()
                     ms = do_bench(functools.partial(model, ids), return_mode="median")
-                flops = 2 * T * (n_linear + args.dim * args.vocab_size) + 4 * T * T * args.dim * args.n_layers
-                tflops = flops / ms / 1e9
+                tflops = args.flops(1, T) / ms / 1e9
                 print(f"{name:10} {mode:9} {T:6d} {ms:8.2f} {T / ms * 1e3:8.0f} {tflops:8.0f} "
                       f"{100 * tflops / peak:6.1f}% {torch.cuda.max_memory_allocated() / 2**30:9.2f} "
                       f"{first:8.1f}", flush=True)
@@ -220,6 +220,74 @@ def write_sharded(args, path, n_shards=6):
         json.dump(args.to_config(), f)
 
 
+# ------------------------------------------------------------------------------------------------ eval
+def matmul_peak(device="cuda", n=8192):
+    """bf16 dense matmul TFLOP/s measured here (n^3, median): the denominator of every utilisation figure."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    if device == "cuda":
+        from triton.testing import do_bench
+        return 2 * n**3 / do_bench(lambda: a @ b, return_mode="median") / 1e9
+    t0 = time.perf_counter()
+    a @ b
+    return 2 * n**3 / (time.perf_counter() - t0) / 1e12
+
+
+@torch.no_grad()
+def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="cuda"):
+    """eval.py's own scorers on random models of the given shapes, in process: the HumanEval generation (its first
+    `prompts` prompts in one batch; 512 tokens, 512 steps, blocks of 32; no code is run) and ARC-Easy's Monte Carlo
+    likelihood (mc_items items, 128 samples per choice), per format eagerly, compiled (eval.py --compile) and
+    compiled with each step replayed from a CUDA graph (--cuda_graph, generation only; on a GPU). Generation is
+    reported as tokens/s and model FLOPs utilisation (eval.generation_flops over the bf16 matmul peak measured
+    here). Returns the rows."""
+    import eval as ev
+    cuda = device == "cuda"
+    peak = matmul_peak(device, 8192 if cuda else 512)
+    where = f"{torch.cuda.get_device_name()}  torch {torch.__version__}" if cuda else f"CPU, torch {torch.__version__}"
+    print(f"{where}; bf16 matmul peak {peak:.1f} TFLOP/s; HumanEval generation: {prompts} prompts in one batch, 512 "
+          f"tokens, 512 steps, blocks of 32; ARC-Easy: {mc_items} items x 128 Monte Carlo samples per choice\n")
+    print("| model | format | mode | generation s | tokens/s | model TFLOP/s | MFU | vs bf16 eager | ARC-Easy s | "
+          "items/s | peak GiB |\n" + "|---" * 11 + "|", flush=True)
+    rows = []
+    for name, args in shapes.items():
+        tok = stand_in_tokenizer(args)
+        texts = [p for _, p, _ in ev.humaneval_programs(ev.Args(limit=prompts))]
+        base = None
+        for fmt in dict.fromkeys(("bf16", *formats)):  # bf16 eager first: the baseline of every ratio
+            torch.manual_seed(0)
+            model = random_model(args, device)
+            if FORMATS[fmt] is not None:
+                quantize_random(model, FORMATS[fmt])
+            for mode in ("eager", "compiled", "compiled + CUDA graph") if cuda else ("eager",):
+                if mode == "compiled":
+                    torch._dynamo.reset()
+                    for block in model.blocks:
+                        block.compile()
+                run = ev.Args(limit=prompts, batch_size=prompts, device=device, cuda_graph="graph" in mode)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                _, _, speed = ev.completions(model, tok, texts, "humaneval", run, device)
+                mc = None
+                if "graph" not in mode:
+                    t0 = time.time()
+                    ev.multiple_choice("arc_easy")(model, tok, ev.Args(limit=mc_items, device=device), device)
+                    mc = time.time() - t0
+                base = base or speed["seconds"]
+                row = {"model": name, "format": fmt, "mode": mode, **speed, "mfu": speed["tflops"] / peak,
+                       "mc_s": mc, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+                rows.append(row)
+                print(f"| {name} | {fmt} | {mode} | {speed['seconds']:.1f} | {speed['tokens_per_s']:.0f} | "
+                      f"{speed['tflops']:.1f} | {row['mfu']:.0%} | {base / speed['seconds']:.2f}x | "
+                      + ("n/a | n/a" if mc is None else f"{mc:.1f} | {mc_items / mc:.1f}") +
+                      (f" | {row['peak_gib']:.1f} |" if cuda else " | n/a |"), flush=True)
+            model = None
+            torch._dynamo.reset()
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------ calibrate
 CALIBRATE = {  # cell: calibrate.py flags, each method at its headline setting (the papers' and the README's)
     "rtn-w4": "--method rtn --wbits 4 --group_size 128", "gptq-w4": "--method gptq --wbits 4 --group_size 128",
@@ -269,6 +337,14 @@ def write_tokenizer(args, path):
             config = json.load(f)
     with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
         json.dump(config, f, indent=1)
+
+
+def stand_in_tokenizer(args):
+    """The tokenizer write_tokenizer gives a checkpoint of this family, as a tokenizers.Tokenizer."""
+    from tokenizers import Tokenizer
+    with gzip.open(os.path.join(ROOT, "data", "qwen2.5", "tokenizer.json.gz"), "rt", encoding="utf-8") as f:
+        qwen = f.read()
+    return Tokenizer.from_str(qwen if args.family == "dream" else llada_tokenizer(qwen))
 
 
 def random_checkpoint(name, args, folder):
@@ -396,6 +472,8 @@ if __name__ == "__main__":
                    "a 15 GiB random checkpoint in --dir first, if it is not there)")
     p.add_argument("--gptq", action="store_true", help="GPTQ W4 of an LLaDA-8B-shaped model, 128 x 2048 tokens (CUDA)")
     p.add_argument("--quantized", action="store_true", help="bf16 vs quantized formats end to end at 8B shapes (CUDA)")
+    p.add_argument("--eval", action="store_true", help="eval.py's HumanEval generation and ARC-Easy likelihood at "
+                   "8B shapes: bf16 and FP8, eager / compiled / CUDA graph, tokens/s and MFU (CUDA)")
     p.add_argument("--calibrate", action="store_true", help="every method's calibrate.py at its headline setting on "
                    "random 8B-shaped checkpoints: time, memory, size against the goals (CUDA; writes 31 GiB to "
                    "--ckpt_dir)")
@@ -404,7 +482,8 @@ if __name__ == "__main__":
                    "once, about 15 GiB each) and each cell's output (removed once measured) go")
     p.add_argument("--models", default=",".join(SHAPES), help="--quantized, --calibrate: which of " +
                    ", ".join(SHAPES))
-    p.add_argument("--formats", default=",".join(FORMATS), help="--quantized: which of " + ", ".join(FORMATS))
+    p.add_argument("--formats", default=",".join(FORMATS), help="--quantized, --eval: which of " +
+                   ", ".join(FORMATS))
     p.add_argument("--dir", default="/tmp/llada8b-random", help="--load_memory: where the random LLaDA-8B checkpoint "
                    "lives (about 15 GiB; remove it when done)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
@@ -412,8 +491,8 @@ if __name__ == "__main__":
     opts = p.parse_args()
     if opts.probe:
         memory_probe(opts.probe, opts.device)
-    elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.calibrate):
-        p.error("give --forward, --load_memory, --gptq, --quantized and/or --calibrate")
+    elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.eval or opts.calibrate):
+        p.error("give --forward, --load_memory, --gptq, --quantized, --eval and/or --calibrate")
     for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", opts.formats, FORMATS),
                                ("--cells", opts.cells, CALIBRATE)):
         if set(given.split(",")) - set(known):
@@ -426,5 +505,7 @@ if __name__ == "__main__":
         gptq_bench()
     if opts.quantized:
         quantized_bench(opts.models.split(","), opts.formats.split(","))
+    if opts.eval:
+        eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.formats.split(","))
     if opts.calibrate:
         calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir)

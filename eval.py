@@ -50,7 +50,7 @@ from cli import InputError, InRepo, check_output_file, opt, parse, resolve_devic
 from data.prepare import ANSWER_WIDTH, arithmetic
 from model import load, load_tokenizer, read_args
 from quantizers.core import cache_weights
-from sample import DEFAULT_MODEL, generate, pad_left
+from sample import DEFAULT_MODEL, Graphed, generate, pad_left
 from stats import comparisons, pack_path, rate, table
 from train import diffusion_loss
 
@@ -89,6 +89,9 @@ class Args:
                              "is paired with it item by item (otherwise the first --model is the reference)")
     compare: str = opt("", "result files (--out), comma-separated: print their paired table, the first as the "
                            "reference, and score nothing")
+    compile: bool = opt(False, "torch.compile each block (GPU: fewer kernel launches; the first forwards compile)")
+    cuda_graph: bool = opt(False, "generation tasks: replay each denoising step's forward from a CUDA graph "
+                                  "(sample.Graphed, one capture per batch; no per-launch host cost)")
     device: str = opt("auto", "cpu or cuda (auto: cuda when available)")
     dtype: str = opt("auto", "float32 or bfloat16 (auto: bfloat16 on cuda, float32 on cpu)")
 
@@ -252,34 +255,52 @@ def completions(model, tok, prompts, task, args, device):
     pad = model.args.pad_id if model.args.pad_id is not None else model.args.eos_id
     encoded = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
     order = sorted(range(len(prompts)), key=lambda j: len(encoded[j]))  # batch similar lengths: less padding
-    texts, paths, t0 = [None] * len(prompts), [None] * len(prompts), time.time()
+    texts, paths, t0, flops = [None] * len(prompts), [None] * len(prompts), time.time(), 0
     for i in range(0, len(prompts), args.batch_size):
         rows = order[i:i + args.batch_size]
         ids, mask = pad_left([encoded[j] for j in rows], pad)
         on_step, unmasked, remasked = path_recorder(len(rows), gen_length, ids.shape[1], model.args.mask_id, device)
-        out = generate(model, ids.to(device), mask.to(device), gen_length, steps, block, alg,
+        runner = Graphed(model) if args.cuda_graph else model  # captured at this batch's shape, freed after it
+        out = generate(runner, ids.to(device), mask.to(device), gen_length, steps, block, alg,
                        generator=torch.Generator(device).manual_seed(args.seed), on_step=on_step)
         if remasked.item() or (unmasked == 0).any():  # the paths' premise: a position, once shown, stays
             raise RuntimeError(f"{task}: the sampler re-masked a position or left one masked; paths not recorded")
+        flops += generation_flops(model.args, ids.shape[1], gen_length, steps, block, unmasked)
         for j, row, when in zip(rows, out[:, ids.shape[1]:].tolist(), unmasked.tolist(), strict=True):
             text = tok.decode(row[:next((k for k, t in enumerate(row) if t in stop_ids), len(row))])
             texts[j] = min((text[:text.find(s)] for s in STOP[task] if s in text), key=len, default=text)
             paths[j] = pack_path(when, row)
         progress(task, i + len(rows), len(prompts), t0)
-    return texts, paths
+    seconds = time.time() - t0
+    speed = {"seconds": seconds, "tokens_per_s": len(prompts) * gen_length / seconds, "tflops": flops / seconds / 1e12}
+    print(f"  {task}: generated {len(prompts)} x {gen_length} tokens ({steps} steps, blocks of {block}) in "
+          f"{seconds:.1f} s: {speed['tokens_per_s']:.1f} tokens/s, {speed['tflops']:.1f} TFLOP/s of model FLOPs "
+          "(ModelArgs.flops)", file=sys.stderr, flush=True)
+    return texts, paths, speed
+
+
+def generation_flops(a, P, gen_length, steps, block, unmasked):
+    """Model FLOPs of one batch's decode: every step runs the whole canvas (P + gen_length) through the trunk, and
+    the head at the still-masked positions of the current block, each of which was one from its block's first step
+    until the step that showed it (unmasked: that step, 1-based)."""
+    B, per_block = unmasked.shape[0], steps // (gen_length // block)
+    start = (torch.arange(gen_length, device=unmasked.device) // block) * per_block  # each position's block's start
+    head_rows = int((unmasked - start).sum())
+    return steps * a.flops(B, P + gen_length, 0) + a.flops(0, 0, head_rows)
 
 
 def arithmetic_em(model, tok, args, device):
     """Exact match of the answer field written after 'Q: a+b= A: ' (held-out problems only)."""
     problems = arithmetic(args.limit or 500, seed=1, heldout=True)
-    answers, paths = completions(model, tok, [q for q, _ in problems], "arithmetic", args, device)
+    answers, paths, speed = completions(model, tok, [q for q, _ in problems], "arithmetic", args, device)
     hits = [a.strip() == gold for a, (_, gold) in zip(answers, problems, strict=True)]
-    return with_paths({"exact_match": rate(hits, [q.strip() for q, _ in problems])}, paths)
+    return with_paths({"exact_match": rate(hits, [q.strip() for q, _ in problems])}, paths, speed)
 
 
-def with_paths(metrics, paths):
-    """The decoding paths go with the task's first metric (once per task)."""
-    next(iter(metrics.values()))["items"]["paths"] = paths
+def with_paths(metrics, paths, speed):
+    """The decoding paths and the generation's speed go with the task's first metric (once per task)."""
+    first_metric = next(iter(metrics.values()))
+    first_metric["items"]["paths"], first_metric["generation"] = paths, speed
     return metrics
 
 
@@ -300,13 +321,13 @@ def gsm8k(model, tok, args, device):
     train = read_jsonl(os.path.join(args.data_dir, "gsm8k", "train.jsonl"))[:k]
     test = first(read_jsonl(os.path.join(args.data_dir, "gsm8k", "test.jsonl")), args, "gsm8k")
     shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in train)
-    outputs, paths = completions(model, tok, [f"{shots}Question: {r['question']}\nAnswer:" for r in test], "gsm8k",
-                                 args, device)
+    outputs, paths, speed = completions(model, tok, [f"{shots}Question: {r['question']}\nAnswer:" for r in test],
+                                        "gsm8k", args, device)
     gold, ids = [gsm8k_extract(r["answer"])[0] for r in test], [f"gsm8k/{i}" for i in range(len(test))]
     found = [gsm8k_extract(o) for o in outputs]
     return with_paths({"exact_match,strict-match": rate([s == g for (s, _), g in zip(found, gold, strict=True)], ids),
                        "exact_match,flexible-extract": rate([f == g for (_, f), g in zip(found, gold, strict=True)],
-                                                            ids)}, paths)
+                                                            ids)}, paths, speed)
 
 
 # ---------------------------------------------------------------------------------------------------- code
@@ -342,11 +363,11 @@ def code_task(task):
         if sandbox.unavailable():  # before any completion is generated
             raise InputError(sandbox.unavailable())
         items = humaneval_programs(args) if task == "humaneval" else mbpp_programs(args)
-        texts, paths = completions(model, tok, [p for _, p, _ in items], task, args, device)
+        texts, paths, speed = completions(model, tok, [p for _, p, _ in items], task, args, device)
         with ThreadPoolExecutor(args.workers) as pool:
             results = list(pool.map(lambda pc: sandbox.run(*pc[0][2](pc[1]), args.code_timeout),
                                     zip(items, texts, strict=True)))
-        return with_paths({"pass@1": rate([r.passed for r in results], [i for i, _, _ in items])}, paths)
+        return with_paths({"pass@1": rate([r.passed for r in results], [i for i, _, _ in items])}, paths, speed)
     return score
 
 
@@ -463,6 +484,8 @@ def evaluate(args):
              "bfloat16": torch.bfloat16}.get(args.dtype)
     if dtype is None:
         raise InputError(f"--dtype {args.dtype!r} is unknown (expected auto, float32 or bfloat16)")
+    if args.cuda_graph and not device.startswith("cuda"):
+        raise InputError(f"--cuda_graph needs a CUDA device, not --device {device}")
     names = args.tasks.split(",")
     for name in names:
         if name not in TASKS:
@@ -475,6 +498,8 @@ def evaluate(args):
             raise InputError(f"{path}: no tokenizer.json (eval needs text)")
         if args.cache_weights:
             cache_weights(model)
+        for block in model.blocks if args.compile else []:
+            block.compile()
         digest = model_hash(path)
         for n, name in enumerate(names):
             t0 = time.time()

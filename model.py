@@ -101,6 +101,17 @@ class ModelArgs:
     def head_dim(self):
         return self.dim // self.n_heads
 
+    def flops(self, batch, length, head_rows=None):
+        """Model FLOPs of one forward of `batch` sequences of `length` tokens: 2 per weight of every block Linear per
+        token, 4 * length * dim per token per layer for Q K^T and P V (full, bidirectional attention), and 2 per
+        head weight per row the head computes (head_rows; all of them when None). Norms, RoPE and softmax omitted."""
+        kv = self.n_kv_heads * self.head_dim
+        linear = 2 * self.dim * self.dim + 2 * self.dim * kv + 3 * self.dim * self.hidden_dim
+        tokens = batch * length
+        rows = tokens if head_rows is None else head_rows
+        return 2 * tokens * self.n_layers * linear + 4 * tokens * length * self.dim * self.n_layers + \
+            2 * rows * self.dim * self.vocab_size
+
     @classmethod
     def from_config(cls, cfg, where="config.json"):
         """Map the family's Hugging Face config.json keys to ModelArgs; reject variants we do not implement."""

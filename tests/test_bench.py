@@ -1,5 +1,6 @@
 """bench.py --calibrate on tiny shapes with the 8B models' vocabularies and special ids: the stand-in LLaDA tokenizer,
 the random checkpoints in both real layouts, and the measured calibrate.py runs (the GPU numbers come from a GPU)."""
+import dataclasses
 import json
 
 import pytest
@@ -41,3 +42,19 @@ def test_calibrate_bench_measures_each_cell_on_random_checkpoints_of_both_layout
         m = load(str(path))
         assert m.args == args and load_tokenizer(str(path)).token_to_id("<|endoftext|>") in (126081, 151643)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(TINY_SHAPES)  # each cell's output removed
+
+
+@pytest.mark.slow
+def test_eval_bench_times_eval_s_scorers_on_random_models(capsys):
+    """bench.py --eval on a tiny LLaDA shape on the CPU (eager only; compile and CUDA graphs are GPU modes): a row per
+    format with eval.completions' own measurements, and FLOPs of at least the 512 full-canvas trunk forwards."""
+    shapes = {"llada-shaped": dataclasses.replace(TINY_SHAPES["llada-shaped"], max_seq_len=1024)}  # 512 tokens fit
+    rows = B.eval_bench(shapes, ("bf16", "W8A8-FP8"), prompts=2, mc_items=2, device="cpu")
+    assert [(r["model"], r["format"], r["mode"]) for r in rows] == [
+        (m, f, "eager") for m in shapes for f in ("bf16", "W8A8-FP8")]
+    for r in rows:
+        args = shapes[r["model"]]
+        assert r["tokens_per_s"] == pytest.approx(2 * 512 / r["seconds"])
+        assert r["tflops"] * r["seconds"] * 1e12 > 512 * args.flops(2, 512, 0) and r["mc_s"] > 0
+    out = capsys.readouterr().out
+    assert out.count("| eager |") == 2 and "MFU" in out

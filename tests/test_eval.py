@@ -135,9 +135,49 @@ def test_completions_batched_by_length_come_back_in_prompt_order():
     assert sorted(prompts, key=lambda p: len(tok.encode(p).ids)) != prompts  # the batches differ from the order
     args = E.Args(batch_size=2, gen_length=8, steps=8, block_length=8)
     with torch.no_grad():
-        texts, paths = E.completions(m, tok, prompts, "arithmetic", args, "cpu")
+        texts, paths, _ = E.completions(m, tok, prompts, "arithmetic", args, "cpu")
         alone = [E.completions(m, tok, [p], "arithmetic", args, "cpu") for p in prompts]
-    assert texts == [t[0] for t, _ in alone] and paths == [p[0] for _, p in alone] and len(set(texts)) > 1
+    assert texts == [t[0] for t, _, _ in alone] and paths == [p[0] for _, p, _ in alone] and len(set(texts)) > 1
+
+
+class Counting(torch.nn.Module):
+    """The model, noting the model FLOPs of every forward it is asked for, from what it is actually given: the
+    canvas's shape and how many rows the head computes (all without select)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.args, self.flops = model, model.args, 0
+
+    def forward(self, ids, attn_mask=None, select=None):
+        rows = ids.numel() if select is None else int(select.sum())
+        self.flops += self.args.flops(*ids.shape, head_rows=rows)
+        return self.model(ids, attn_mask, select=select)
+
+
+@pytest.mark.parametrize("family,block", [("llada", 4), ("dream", 8)])
+def test_generation_flops_count_every_forward_the_sampler_makes(family, block):
+    """generation_flops (from the decoding paths) equals the sum over the forwards generate() really ran."""
+    m, tok = M.load(TINY[family]), M.load_tokenizer(TINY[family])
+    counting = Counting(m)
+    args = E.Args(batch_size=3, gen_length=8, steps=8, block_length=block)
+    prompts = ["Q: 12+7= A: ", "The", "Q: 3+45= A: and then some", "x = 1\n"]
+    with torch.no_grad():
+        texts, _, speed = E.completions(counting, tok, prompts, "arithmetic", args, "cpu")
+        again, _, _ = E.completions(m, tok, prompts, "arithmetic", args, "cpu")
+    assert texts == again
+    assert speed["tflops"] * speed["seconds"] * 1e12 == pytest.approx(counting.flops, rel=1e-12)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_model_flops_are_two_per_weight_plus_attention(family):
+    """ModelArgs.flops against the weights counted off a real model (Dream's has grouped K/V): 2 per block-Linear
+    weight per token, 2 per head weight per head row, 4 L dim per token per layer for attention."""
+    m = M.load(TINY[family])
+    a, B, L = m.args, 3, 11
+    linear = sum(p.numel() for n, p in m.named_parameters() if n.startswith("blocks.") and n.endswith("proj.weight"))
+    head = a.dim * a.vocab_size
+    assert a.flops(B, L) == 2 * B * L * linear + 2 * B * L * head + 4 * B * L * L * a.dim * a.n_layers
+    assert a.flops(B, L, head_rows=5) == 2 * B * L * linear + 2 * 5 * head + 4 * B * L * L * a.dim * a.n_layers
 
 
 @pytest.mark.parametrize("L,b", [(2, 4), (8, 16), (5, 30), (3, 2), (12, 8)])
