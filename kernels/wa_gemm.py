@@ -25,7 +25,10 @@ of BLOCK_K; each step loads a tile of x codes and a tile of weight codes and add
 into an accumulator held in registers. Programs are numbered so that GROUP_M neighbouring row tiles run one after
 another down a column of tiles: they read the same weight tile while it sits in L2. The INT8 kernel computes the
 transposed product W x^T: the left operand is the one Hopper's tensor cores read from registers, so the flipped
-weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings).
+weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings). At
+M <= 64 there are too few tiles to fill the GPU (a 4096-wide layer: 32 programs for 132 SMs), so K is split too:
+SPLIT_K programs per tile each walk 1/SPLIT_K of it and add their scaled fp32 partial sums atomically into a
+zeroed fp32 output, cast to the activation dtype afterwards.
 
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
 """
@@ -60,11 +63,12 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
     return (y if bias is None else y + bias.float()).to(dtype)
 
 
-def _configs():  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): tokens x outputs x inputs
-    shapes = [(128, 256, 128, 8, 3), (128, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4),
-              (256, 128, 128, 8, 3), (128, 128, 64, 4, 4)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
-            for m, n, k, w, s in shapes]
+def _configs(few):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs, K split
+    shapes = [(64, 128, 128, 4, 4, 4), (64, 64, 128, 4, 4, 4), (64, 128, 128, 8, 4, 4), (64, 64, 128, 2, 4, 4)] \
+        if few else [(128, 256, 128, 1, 8, 3), (128, 128, 128, 1, 8, 4), (64, 128, 128, 1, 4, 4),
+                     (64, 64, 128, 1, 4, 4), (256, 128, 128, 1, 8, 3), (128, 128, 64, 1, 4, 4)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "SPLIT_K": sk}, num_warps=w,
+                          num_stages=s) for m, n, k, sk, w, s in shapes]
 
 
 @triton.jit
@@ -80,9 +84,11 @@ def _nibbles(ptr, rows, rows_ok, k0, stride, n_words, BLOCK_R: tl.constexpr, BLO
 def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, N, K, stride_am, stride_bn, stride_cm,
              a_words, b_words, M_BUCKET, FMT: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
              HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)  # programs walk GROUP_M row tiles down a column before moving on: the tiles of W they
-    grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)  # share stay in L2
+             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+    # programs walk GROUP_M row tiles down a column before moving on (the tiles of W they share stay in L2);
+    # pid_k is this program's part of K (0 unless SPLIT_K > 1)
+    pid, pid_k = tl.program_id(0), tl.program_id(1)
+    grid_m, grid_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     first_m = pid // (GROUP_M * grid_n) * GROUP_M
     size_m = tl.minimum(grid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % (GROUP_M * grid_n)) % size_m
@@ -94,7 +100,10 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)  # the end
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FMT == 0 else tl.int32)
-    for k0 in range(0, K, BLOCK_K):
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(k_tiles, SPLIT_K)
+    for t in range(pid_k * per_split, tl.minimum((pid_k + 1) * per_split, k_tiles)):
+        k0 = t * BLOCK_K
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         if FMT == 2:
@@ -115,44 +124,58 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
             acc = mma(a, b, acc, EMULATE)
     if FMT == 1 or FMT == 3:
         acc = tl.trans(acc)
+    # the zero-point correction and the bias are added once, by the first part of K (masks as vectors: the
+    # interpreter takes no scalar in a mask)
+    m_first, n_first = m_ok & (rm * 0 + pid_k == 0), n_ok & (rn * 0 + pid_k == 0)
     if HAS_ZERO:  # sum_k x_k (c_k - z) = sum_k x_k (c_k - offset) - (z - offset) sum_k x_k
         z = tl.load(zb_ptr + rn, mask=n_ok, other=0.0).to(tl.float32).to(tl.int32) - OFFSET
-        acc -= tl.load(sum_ptr + rm, mask=m_ok, other=0)[:, None] * z[None, :]
+        acc -= tl.load(sum_ptr + rm, mask=m_first, other=0)[:, None] * z[None, :]
     sa = tl.load(sa_ptr + rm, mask=m_ok, other=0.0)
     sb = tl.load(sb_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)  # (in the layer's dtype: no cast kernel per call)
     y = acc.to(tl.float32) * sa[:, None] * sb[None, :]
     if HAS_BIAS:
-        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], to_dtype(y, c_ptr.dtype.element_ty, EMULATE),
-             mask=m_ok[:, None] & n_ok[None, :])
+        y += tl.load(bias_ptr + rn, mask=n_first, other=0.0).to(tl.float32)[None, :]
+    out, ok = c_ptr + rm[:, None] * stride_cm + rn[None, :], m_ok[:, None] & n_ok[None, :]
+    if SPLIT_K > 1:  # fp32 partial sums, added atomically into a zeroed output
+        tl.atomic_add(out, y, mask=ok)
+    else:
+        tl.store(out, to_dtype(y, c_ptr.dtype.element_ty, EMULATE), mask=ok)
 
 
-CONFIGS = _configs()
+CONFIGS, FEW_CONFIGS = _configs(False), _configs(True)  # many tokens / M <= 64 (K split, atomic fp32 sums)
 _tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "N", "K", "FMT"])(_wa_gemm)
+_few = triton.autotune(FEW_CONFIGS, key=["M_BUCKET", "N", "K", "FMT"], reset_to_zero=["c_ptr"])(_wa_gemm)
+
+
+def _grid(M, N, meta):
+    return triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"]
 
 
 def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=None):
     """Quantized activations (codes xq, scales sx, sums: act_quant's three; sums None for fp8) times the weight
     operand w (weight_operand), with per-channel scales sw and zeros zw (N,) or (N, 1) -> (M, N) in dtype.
-    config: a triton.Config of CONFIGS instead of the autotuned one (the tests run each; the interpreter cannot
-    time)."""
+    config: a triton.Config of CONFIGS or FEW_CONFIGS instead of the autotuned one (the tests run each; the
+    interpreter cannot time). At M <= 64 K is split over 2 to 8 programs (FEW_CONFIGS) that add fp32 partial sums
+    atomically: a down projection at M = 16 is otherwise 32 programs for 132 SMs, each walking all of K."""
     M, N = sx.shape[0], w.shape[0]
     if (sums is None) != (fmt == "fp8"):  # fp8 has no zero point to correct
         raise ValueError(f"wa_gemm: {fmt} needs {'no sums' if fmt == 'fp8' else 'the token sums act_quant gives'}")
     sw = sw.reshape(-1)
     zw = zw.reshape(-1) if fmt != "fp8" else sw
-    y = torch.empty(M, N, device=xq.device, dtype=dtype)
+    config = (FEW_CONFIGS if M <= 64 else CONFIGS)[0] if config is None and INTERPRET else config
+    few = M <= 64 if config is None else config.kwargs["SPLIT_K"] > 1
+    y = torch.zeros(M, N, device=xq.device, dtype=torch.float32) if few else \
+        torch.empty(M, N, device=xq.device, dtype=dtype)
     args = (xq, w, sx, sx if sums is None else sums, sw, zw, bias if bias is not None else sw, y, M, N, K,
             xq.stride(0), w.stride(0), y.stride(0), xq.shape[1], w.shape[1], triton.next_power_of_2(M))
     flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",
                  HAS_BIAS=bias is not None, EMULATE=INTERPRET)
-    config = CONFIGS[0] if config is None and INTERPRET else config
     if config is None:
-        _tuned[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](*args, **flags)
+        (_few if few else _tuned)[lambda meta: _grid(M, N, meta)](*args, **flags)
     else:
-        grid = (triton.cdiv(M, config.kwargs["BLOCK_M"]) * triton.cdiv(N, config.kwargs["BLOCK_N"]),)
-        _wa_gemm[grid](*args, **flags, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-    return y
+        _wa_gemm[_grid(M, N, config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
+                                             num_stages=config.num_stages)
+    return y.to(dtype) if few else y
 
 
 def linear(x, qweight, scales, zeros, bias, fmt, clip=1.0, form=None, config=None):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import act_quant, ops, wa_gemm, wq_gemm
+from kernels import act_quant, gptq_cols, ops, wa_gemm, wq_gemm
 from quantizers.format import dequantize, fp8_tokens, n_groups, pack, quantize_channels, quantize_tokens, unpack
 
 LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
@@ -233,6 +233,15 @@ def code_path(layer, device, dtype):
     if layer.fp8 or layer.dense is not None:
         return "torch"
     return "wq_op" if traced else "wq"
+
+
+def gptq_columns(W1, U1, S, Z, groups, bits):
+    """Which code runs GPTQ's column loop over a block whose grids are all known (quantizers/gptq.py): on CUDA the
+    Triton kernel (kernels/gptq_cols.py) -> (codes, errors); elsewhere None, and gptq.py runs its own loop (the
+    kernel's twin) -- on a GPU that loop is ~10 launches a column, 12.5 s per LLaDA-8B block on an H100."""
+    if not W1.is_cuda:
+        return None
+    return gptq_cols.columns(W1, U1, S, Z, groups, bits)
 
 
 def _wa(layer, x):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from cli import opt
-from quantizers.core import qlinear, swap
+from quantizers.core import gptq_columns, qlinear, swap
 from quantizers.format import fit_grid, group_width
 from quantizers.walk import INPUT_GROUPS, gram, input_stats, inverse_hessian_factor, pin_dead, walk_blocks
 
@@ -47,23 +47,39 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
     S, Z = S.clone(), Z.clone()
     W, H = W[:, perm], H[perm][:, perm]
     U, damp = inverse_hessian_factor(H, damp)
-    group_of = (perm // g).tolist()  # on the host: indexing by a GPU scalar would wait for the GPU every column
+    group_of = perm // g
     Q = torch.zeros(N, K, dtype=torch.uint8, device=W.device)
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
-        W1, E1, U1 = W[:, i1:i2].clone(), torch.zeros(N, i2 - i1, device=W.device), U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if not act_order and col % g == 0:  # this group's grid, from the weights as updated so far
-                S[:, col // g], Z[:, col // g] = (t[:, 0] for t in fit_grid(
-                    torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym, clip, dtype))
-            s, z = S[:, group_of[col]], Z[:, group_of[col]]
-            q = torch.clamp(torch.round(W1[:, i] / s) + z, 0, 2 ** bits - 1)
-            Q[:, col] = q.to(torch.uint8)
-            E1[:, i] = (W1[:, i] - (q - z) * s) / U1[i, i]
-            W1[:, i:] -= E1[:, i:i + 1] @ U1[i:i + 1, i:]  # spread the error over this block's later columns
-        W[:, i2:] -= E1 @ U[i1:i2, i2:]  # ... and, lazily, once per block over the columns after it
+        done = None
+        if act_order or g % block_size == 0:  # every grid this block uses is known at its start: one kernel on CUDA
+            if not act_order and i1 % g == 0:
+                S[:, i1 // g], Z[:, i1 // g] = (t[:, 0] for t in fit_grid(W[:, i1:i1 + g], bits, -1, sym, clip, dtype))
+            done = gptq_columns(W[:, i1:i2], U[i1:i2, i1:i2], S, Z, group_of[i1:i2], bits)
+        Q[:, i1:i2], E1 = done if done is not None else round_columns(W, U, S, Z, group_of, i1, i2, g, bits, sym,
+                                                                      clip, dtype, act_order)
+        W[:, i2:] -= E1 @ U[i1:i2, i2:]  # spread the block's errors, lazily, over the columns after it
     return Q[:, torch.argsort(perm)], S, Z, damp
+
+
+def round_columns(W, U, S, Z, group_of, i1, i2, g, bits, sym, clip, dtype, act_order):
+    """Columns i1..i2 of W one at a time (Algorithm 1's inner loop) -> their codes and scaled errors E1 (N, i2 - i1).
+    A group's grid is fitted to the weights as updated so far when its first column comes up (act_order: fitted
+    beforehand). The twin of kernels/gptq_cols.py, which runs it on CUDA when no grid is fitted mid-block."""
+    W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
+    Q1, E1 = torch.zeros(W.shape[0], i2 - i1, dtype=torch.uint8, device=W.device), torch.zeros_like(W1)
+    groups = group_of[i1:i2].tolist()  # on the host: indexing by a GPU scalar would wait for the GPU every column
+    for i in range(i2 - i1):
+        col = i1 + i
+        if not act_order and col % g == 0:  # this group's grid, from the weights as updated so far
+            S[:, col // g], Z[:, col // g] = (t[:, 0] for t in fit_grid(
+                torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym, clip, dtype))
+        s, z = S[:, groups[i]], Z[:, groups[i]]
+        q = torch.clamp(torch.round(W1[:, i] / s) + z, 0, 2 ** bits - 1)
+        Q1[:, i] = q.to(torch.uint8)
+        E1[:, i] = (W1[:, i] - (q - z) * s) / U1[i, i]
+        W1[:, i:] -= E1[:, i:i + 1] @ U1[i:i + 1, i:]  # spread the error over this block's later columns
+    return Q1, E1
 
 
 def gptq_block(block, inputs, args, token_weights=None):

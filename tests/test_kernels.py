@@ -121,3 +121,45 @@ def test_qlinear_on_cuda_runs_the_kernel_and_matches_the_twin():
     x = torch.randn(2, 300, 1024, device=DEVICE, dtype=torch.bfloat16)
     ref = exact(x.view(-1, 1024), qw, s, z, 4, 1024).view(2, 300, 512)
     assert (lin(x).double() - ref).abs().max() / ref.abs().max() < TOL[torch.bfloat16]
+
+
+# ------------------------------------------------------------------------------------------ GPTQ's column loop
+def gptq_problem(N, K, seed=0):
+    """A weight and the U factor of a real (correlated, damped) Hessian, as quantizers/gptq.py makes them."""
+    from quantizers.walk import inverse_hessian_factor
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(4 * K, K, generator=g) @ (torch.eye(K) + 0.3 * torch.randn(K, K, generator=g) / K**0.5)
+    W = torch.randn(N, K, generator=g) * torch.rand(N, 1, generator=g)
+    return W.to(DEVICE), inverse_hessian_factor((X.T @ X).to(DEVICE), 0.01)[0]
+
+
+@pytest.mark.parametrize("N,K,i1,i2,bits,sym", [(37, 256, 0, 128, 4, False), (37, 256, 128, 256, 3, True),
+                                                (20, 200, 128, 200, 4, False), (5, 96, 0, 96, 2, False)])
+def test_gptq_kernel_matches_its_twin_loop(N, K, i1, i2, bits, sym):
+    """kernels/gptq_cols.columns against gptq.round_columns (the loop it replaces) on one block, grids fixed: the
+    same codes, the same errors up to the order of float32 rounding."""
+    from kernels import gptq_cols
+    from quantizers.gptq import round_columns
+    W, U = gptq_problem(N, K)
+    S, Z = fit_grid(W, bits, 64, sym)
+    group_of = torch.arange(K, device=DEVICE) // 64
+    Q, E = gptq_cols.columns(W[:, i1:i2].contiguous(), U[i1:i2, i1:i2], S, Z, group_of[i1:i2], bits)
+    Qt, Et = round_columns(W, U, S.clone(), Z.clone(), group_of, i1, i2, 64, bits, sym, 1.0, None, act_order=True)
+    assert (Q == Qt).float().mean() > 0.999 and torch.allclose(E, Et, rtol=1e-4, atol=1e-5 * Et.abs().max())
+
+
+@pytest.mark.parametrize("group_size,act_order", [(128, False), (-1, False), (64, True)])
+def test_gptq_with_the_kernel_equals_gptq_without(group_size, act_order, monkeypatch):
+    """gptq() taking the kernel for every block it can (its grids fitted at the block's start, before the call)
+    gives what its own loop gives."""
+    from kernels import gptq_cols
+    from quantizers import gptq as G
+    W, _ = gptq_problem(24, 256, seed=1)
+    X = torch.randn(512, 256, device=DEVICE)
+    H = X.T @ X
+    want = G.gptq(W, H, 4, group_size, act_order=act_order)
+    calls = []
+    monkeypatch.setattr(G, "gptq_columns", lambda *a: calls.append(1) or gptq_cols.columns(*a))
+    got = G.gptq(W, H, 4, group_size, act_order=act_order)
+    assert len(calls) == 2 and (got[0] == want[0]).float().mean() > 0.999
+    assert torch.allclose(got[1], want[1]) and torch.equal(got[2], want[2])

@@ -159,12 +159,15 @@ def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
         f"{M}x{N}x{K} {fmt}: {err:.2e}"
 
 
-@pytest.mark.parametrize("i", range(len(wa_gemm.CONFIGS)))
+@pytest.mark.parametrize("config", wa_gemm.CONFIGS + wa_gemm.FEW_CONFIGS, ids=lambda c: "x".join(
+    str(c.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K")))
 @pytest.mark.parametrize("fmt,sym", [("fp8", False), ("int8", False), ("int8", True), ("int4", False),
                                      ("int4", True), ("w4a8", False), ("w4a8", True)])
-def test_every_config_matches_float64(fmt, sym, i):
+def test_every_config_matches_float64(fmt, sym, config):
+    """Every config of both paths (FEW_CONFIGS: K split, partial sums added atomically; the zero-point correction
+    and bias once) on odd shapes, K ragged against the tiles and the splits."""
     for M, N, K in ODD:
-        check(M, N, K, fmt, sym, torch.bfloat16, wa_gemm.CONFIGS[i], bias=M != 5)
+        check(M, N, K, fmt, sym, torch.bfloat16, config, bias=M != 5)
 
 
 def test_integer_formats_need_the_token_sums():
