@@ -87,7 +87,8 @@ def forward_bench():
 
 # format: QLinear settings of every block Linear (RTN of the random weights); W4A4 rotates down_proj online (QuaRot)
 FORMATS = {"bf16": None, "W4A16 g128": dict(bits=4, group_size=128), "W8A8-FP8": dict(bits=8, act_bits=8, fp8=True),
-           "W8A8-INT8": dict(bits=8, act_bits=8, sym=True), "W4A4 + Hadamard": dict(bits=4, act_bits=4, sym=True)}
+           "W8A8-INT8": dict(bits=8, act_bits=8, sym=True), "W4A8": dict(bits=4, act_bits=8, sym=True),
+           "W4A4 + Hadamard": dict(bits=4, act_bits=4, sym=True)}
 
 
 @torch.no_grad()
@@ -232,52 +233,58 @@ def matmul_peak(device="cuda", n=8192):
     return 2 * n**3 / (time.perf_counter() - t0) / 1e12
 
 
+MODES = ("eager", "compiled", "graph")  # eval_bench: eval.py plain, with --compile, with --compile --cuda_graph
+
+
 @torch.no_grad()
-def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="cuda"):
+def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="cuda", modes=MODES):
     """eval.py's own scorers on random models of the given shapes, in process: the HumanEval generation (its first
     `prompts` prompts in one batch; 512 tokens, 512 steps, blocks of 32; no code is run) and ARC-Easy's Monte Carlo
     likelihood (mc_items items, 128 samples per choice), per format eagerly, compiled (eval.py --compile) and
     compiled with each step replayed from a CUDA graph (--cuda_graph, generation only; on a GPU). Generation is
     reported as tokens/s and model FLOPs utilisation (eval.generation_flops over the bf16 matmul peak measured
-    here). Returns the rows."""
+    here); modes: which of MODES (graph: compiled, each generation step replayed from a CUDA graph). Returns the
+    rows."""
     import eval as ev
     cuda = device == "cuda"
     peak = matmul_peak(device, 8192 if cuda else 512)
     where = f"{torch.cuda.get_device_name()}  torch {torch.__version__}" if cuda else f"CPU, torch {torch.__version__}"
     print(f"{where}; bf16 matmul peak {peak:.1f} TFLOP/s; HumanEval generation: {prompts} prompts in one batch, 512 "
           f"tokens, 512 steps, blocks of 32; ARC-Easy: {mc_items} items x 128 Monte Carlo samples per choice\n")
-    print("| model | format | mode | generation s | tokens/s | model TFLOP/s | MFU | vs bf16 eager | ARC-Easy s | "
+    print("| model | format | mode | generation s | tokens/s | model TFLOP/s | MFU | vs bf16 | ARC-Easy s | "
           "items/s | peak GiB |\n" + "|---" * 11 + "|", flush=True)
     rows = []
     for name, args in shapes.items():
         tok = stand_in_tokenizer(args)
         texts = [p for _, p, _ in ev.humaneval_programs(ev.Args(limit=prompts))]
-        base = None
-        for fmt in dict.fromkeys(("bf16", *formats)):  # bf16 eager first: the baseline of every ratio
+        base = {}  # mode: bf16's generation seconds, the baseline of every ratio
+        for fmt in dict.fromkeys(("bf16", *formats)):
             torch.manual_seed(0)
             model = random_model(args, device)
             if FORMATS[fmt] is not None:
                 quantize_random(model, FORMATS[fmt])
-            for mode in ("eager", "compiled", "compiled + CUDA graph") if cuda else ("eager",):
-                if mode == "compiled":
+            compiled = False
+            for mode in modes if cuda else ("eager",):
+                if mode != "eager" and not compiled:
                     torch._dynamo.reset()
                     for block in model.blocks:
                         block.compile()
-                run = ev.Args(limit=prompts, batch_size=prompts, device=device, cuda_graph="graph" in mode)
+                    compiled = True
+                run = ev.Args(limit=prompts, batch_size=prompts, device=device, cuda_graph=mode == "graph")
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 _, _, speed = ev.completions(model, tok, texts, "humaneval", run, device)
                 mc = None
-                if "graph" not in mode:
+                if mode != "graph" and mc_items:
                     t0 = time.time()
                     ev.multiple_choice("arc_easy")(model, tok, ev.Args(limit=mc_items, device=device), device)
                     mc = time.time() - t0
-                base = base or speed["seconds"]
+                base.setdefault(mode, speed["seconds"])
                 row = {"model": name, "format": fmt, "mode": mode, **speed, "mfu": speed["tflops"] / peak,
                        "mc_s": mc, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
                 rows.append(row)
                 print(f"| {name} | {fmt} | {mode} | {speed['seconds']:.1f} | {speed['tokens_per_s']:.0f} | "
-                      f"{speed['tflops']:.1f} | {row['mfu']:.0%} | {base / speed['seconds']:.2f}x | "
+                      f"{speed['tflops']:.1f} | {row['mfu']:.0%} | {base[mode] / speed['seconds']:.2f}x | "
                       + ("n/a | n/a" if mc is None else f"{mc:.1f} | {mc_items / mc:.1f}") +
                       (f" | {row['peak_gib']:.1f} |" if cuda else " | n/a |"), flush=True)
             model = None
@@ -477,6 +484,10 @@ if __name__ == "__main__":
     p.add_argument("--calibrate", action="store_true", help="every method's calibrate.py at its headline setting on "
                    "random 8B-shaped checkpoints: time, memory, size against the goals (CUDA; writes 31 GiB to "
                    "--ckpt_dir)")
+    p.add_argument("--modes", default=",".join(MODES), help="--eval: which of " + ", ".join(MODES) + " (graph: "
+                   "compiled, each generation step replayed from a CUDA graph)")
+    p.add_argument("--prompts", type=int, default=8, help="--eval: HumanEval prompts generated in one batch")
+    p.add_argument("--mc_items", type=int, default=50, help="--eval: ARC-Easy items scored by likelihood (0: none)")
     p.add_argument("--cells", default=",".join(CALIBRATE), help="--calibrate: which of " + ", ".join(CALIBRATE))
     p.add_argument("--ckpt_dir", default="/tmp/dllmq-bench", help="--calibrate: where the random checkpoints (written "
                    "once, about 15 GiB each) and each cell's output (removed once measured) go")
@@ -494,7 +505,7 @@ if __name__ == "__main__":
     elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.eval or opts.calibrate):
         p.error("give --forward, --load_memory, --gptq, --quantized, --eval and/or --calibrate")
     for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", opts.formats, FORMATS),
-                               ("--cells", opts.cells, CALIBRATE)):
+                               ("--cells", opts.cells, CALIBRATE), ("--modes", opts.modes, MODES)):
         if set(given.split(",")) - set(known):
             p.error(f"{flag}: {', '.join(sorted(set(given.split(',')) - set(known)))} not in {', '.join(known)}")
     if opts.forward:
@@ -506,6 +517,7 @@ if __name__ == "__main__":
     if opts.quantized:
         quantized_bench(opts.models.split(","), opts.formats.split(","))
     if opts.eval:
-        eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.formats.split(","))
+        eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.formats.split(","), opts.prompts,
+                   opts.mc_items, modes=opts.modes.split(","))
     if opts.calibrate:
         calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir)

@@ -9,6 +9,10 @@ and its values v = x / s become
   int8  clamp(round(v), -128, 127) (QMAX 127): (M, K) int8;
   int4  clamp(round(v), -8, 7) (QMAX 7), stored as codes v + 8 packed by quantizers/format.pack (8 to an int32
         word, code j in bits 4j .. 4j + 3, chunks of 32 channels padded with code 0): (M, ceil(K / 32) * 4) int32.
+  int8x the int8 codes in the order the W4A8 GEMM reads them (kernels/wa_gemm.py): in each chunk of 256 channels,
+        channel 8j + i (the i-th code of the chunk's j-th packed weight word) at position 32i + j, so that the
+        weight codes held in bits 4i .. 4i + 3 of 32 neighbouring words meet 32 neighbouring activations:
+        (M, ceil(K / 256) * 256) int8, zeros past K. The order costs nothing here: only the store address moves.
 The integer formats also give each token's sum of its values, sum_k v_k, (M,) int32: the GEMM's zero-point
 correction needs it (kernels/wa_gemm.py), and it costs nothing here, where the values are made. The integer grids
 are exactly format.quantize_tokens' symmetric grid, so a dequantized int8 / int4 output equals the fake quantization
@@ -42,8 +46,22 @@ from kernels.shims import INTERPRET, dot, rint, round_bf16, round_fp8
 from quantizers.format import pack, unpack
 from quantizers.hadamard import hadamard_factors, sylvester
 
-QMAX = {"fp8": 448.0, "int8": 127.0, "int4": 7.0}
-FMT = {"fp8": 0, "int8": 1, "int4": 2}
+QMAX = {"fp8": 448.0, "int8": 127.0, "int4": 7.0, "int8x": 127.0}
+FMT = {"fp8": 0, "int8": 1, "int4": 2, "int8x": 3}
+CHUNK_X = 256  # int8x: the channels one cycle of its order spans (32 weight words of 8 codes)
+
+
+def order_x(q, K):
+    """int8 codes (M, K) -> int8x's order (M, ceil(K / 256) * 256): channel 256c + 8j + i at 256c + 32i + j."""
+    M, Kp = q.shape[0], -(-K // CHUNK_X) * CHUNK_X
+    q = torch.nn.functional.pad(q[:, :K], (0, Kp - K))
+    return q.view(M, Kp // CHUNK_X, CHUNK_X // 8, 8).transpose(-1, -2).reshape(M, Kp)
+
+
+def unorder_x(q, K):
+    """order_x's inverse: (M, ceil(K / 256) * 256) -> (M, K)."""
+    M, Kp = q.shape
+    return q.view(M, Kp // CHUNK_X, 8, CHUNK_X // 8).transpose(-1, -2).reshape(M, Kp)[:, :K]
 
 
 class Form(NamedTuple):
@@ -73,16 +91,20 @@ def reference(x, fmt, clip=1.0, form=None):
     v = x / s[:, None]
     if fmt == "fp8":
         return v.clamp(-448, 448).to(torch.float8_e4m3fn), s, None
-    lo = -128 if fmt == "int8" else -8
+    lo = -8 if fmt == "int4" else -128
     q = torch.clamp(torch.round(v), lo, -lo - 1)
     sums = q.sum(-1, dtype=torch.int32)  # (float ints summed as int32: exact, whatever the order)
-    return (q.to(torch.int8) if fmt == "int8" else pack((q + 8).to(torch.uint8), 4)), s, sums
+    if fmt == "int4":
+        return pack((q + 8).to(torch.uint8), 4), s, sums
+    return (q.to(torch.int8) if fmt == "int8" else order_x(q.to(torch.int8), q.shape[1])), s, sums
 
 
 def dequantize(q, s, fmt, K):
     """codes and scales -> the float32 values (M, K) they stand for."""
     if fmt == "int4":
         q = unpack(q, 4, K).float() - 8
+    elif fmt == "int8x":
+        q = unorder_x(q, K)
     return q.float() * s[:, None]
 
 
@@ -214,10 +236,12 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
         tl.store(q_row + k, v.to(tl.float8e4nv), mask=ok)
         total = 0
     else:
-        lo = -128 if FMT == 1 else -8
+        lo = -8 if FMT == 2 else -128
         v = tl.minimum(tl.maximum(rint(v, EMULATE), lo), -lo - 1)
         if FMT == 1:
             tl.store(q_row + k, v.to(tl.int8), mask=ok)
+        elif FMT == 3:  # int8x: channel 256c + 8j + i at 256c + 32i + j
+            tl.store(q_row + k // 256 * 256 + k % 8 * 32 + k % 256 // 8, v.to(tl.int8), mask=ok)
         else:
             c = tl.reshape(tl.where(ok, v + 8, 0), (NUMEL // 8, 8)) << (tl.arange(0, 8) * 4)[None, :]
             r = word0 + tl.arange(0, NUMEL // 8)
@@ -251,8 +275,9 @@ def quantize(x, fmt, clip=1.0, form=None, config=None):
     x2 = x.reshape(-1, K)
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
     M = x2.shape[0]
-    dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32}[fmt]
-    q = torch.empty(M, -(-K // 32) * 4 if fmt == "int4" else K, device=x.device, dtype=dtype)
+    dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32, "int8x": torch.int8}[fmt]
+    width = {"int4": -(-K // 32) * 4, "int8x": -(-K // CHUNK_X) * CHUNK_X}.get(fmt, K)
+    q = (torch.zeros if width > K and fmt == "int8x" else torch.empty)(M, width, device=x.device, dtype=dtype)
     s = torch.empty(M, device=x.device, dtype=torch.float32)
     sums = torch.empty(M, device=x.device, dtype=torch.int32)  # (fp8 leaves them unwritten and returns None)
     out = q, s, None if fmt == "fp8" else sums

@@ -12,10 +12,15 @@ Formats (the twin `reference` below defines the product; quantizers/format.py th
         instruction, so both operands are unpacked in registers to int8 and multiplied on the int8 tensor cores:
         int4 here saves memory and bandwidth, not arithmetic. The codes c (0..15) enter as they are and the zero
         point is corrected in the epilogue, as for int8.
-  w4a8  x: int8 per token (act_quant "int8"); W: 4-bit codes per output channel, packed 8 to a word as for int4.
-        The weight tile is unpacked in registers to int8 (codes 0..15 as they are) and is the register operand of
-        the transposed product, as for int8; the zero point is corrected in the epilogue. Half int8's weight bytes
-        for the same tensor-core arithmetic.
+  w4a8  x: int8 per token in act_quant's "int8x" order; W: 4-bit codes per output channel, packed 8 to a word as
+        for int4 (the checkpoint's own layout). Codes 0..15 enter the int8 tensor cores as they are and the zero
+        point is corrected in the epilogue. Half int8's weight bytes for the same tensor-core arithmetic.
+        Unpacking a word tile into channel order takes a reshape that moves every code between threads (through
+        shared memory): the GEMM ran at 0.55x bf16 that way (H100, M = 256). Instead, a chunk of 256 channels is
+        32 words per output channel, and (word >> 4i) & 15 over those 32 words is a (BLOCK_N, 32) operand by
+        itself, made in place: the channels 8j + i, j = 0..31. act_quant's int8x order stores exactly those
+        channels' activations next to each other (at 32i .. 32i + 31), so each chunk is 8 products of 32 channels
+        with no data moved between threads, and the weights keep the layout every other path reads.
 The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
 the activation dtype. Weights must be per output channel (one group); quantizers/core.py decides which layers come
 here.
@@ -40,8 +45,8 @@ from kernels import act_quant
 from kernels.shims import INTERPRET, mma, to_dtype
 from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 
-FMT = {**act_quant.FMT, "w4a8": 3}  # fp8 0, int8 1, int4 2, w4a8 3
-ACT = {"fp8": "fp8", "int8": "int8", "int4": "int4", "w4a8": "int8"}  # each format's activations (act_quant)
+FMT = {"fp8": 0, "int8": 1, "int4": 2, "w4a8": 3}
+ACT = {"fp8": "fp8", "int8": "int8", "int4": "int4", "w4a8": "int8x"}  # each format's activations (act_quant)
 W_BITS = {"fp8": 8, "int8": 8, "int4": 4, "w4a8": 4}
 
 
@@ -63,10 +68,15 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
     return (y if bias is None else y + bias.float()).to(dtype)
 
 
-def _configs(few):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs, K split
-    shapes = [(64, 128, 128, 4, 4, 4), (64, 64, 128, 4, 4, 4), (64, 128, 128, 8, 4, 4), (64, 64, 128, 2, 4, 4)] \
-        if few else [(128, 256, 128, 1, 8, 3), (128, 128, 128, 1, 8, 4), (64, 128, 128, 1, 4, 4),
-                     (64, 64, 128, 1, 4, 4), (256, 128, 128, 1, 8, 3), (128, 128, 64, 1, 4, 4)]
+def _configs(few, w4a8=False):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs,
+    if w4a8:  # K split; w4a8 walks K in whole chunks of int8x's order (256)
+        shapes = [(64, 128, 256, 4, 4, 3), (64, 64, 256, 2, 4, 3), (64, 128, 256, 8, 4, 3)] if few else \
+            [(128, 128, 256, 1, 8, 3), (128, 256, 256, 1, 8, 3), (256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3),
+             (128, 64, 256, 1, 4, 3)]
+    else:
+        shapes = [(64, 128, 128, 4, 4, 4), (64, 64, 128, 4, 4, 4), (64, 128, 128, 8, 4, 4), (64, 64, 128, 2, 4, 4)] \
+            if few else [(128, 256, 128, 1, 8, 3), (128, 128, 128, 1, 8, 4), (64, 128, 128, 1, 4, 4),
+                         (64, 64, 128, 1, 4, 4), (256, 128, 128, 1, 8, 3), (128, 128, 64, 1, 4, 4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "SPLIT_K": sk}, num_warps=w,
                           num_stages=s) for m, n, k, sk, w, s in shapes]
 
@@ -110,14 +120,23 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
             a = tl.where(k_ok[None, :], _nibbles(a_ptr, rm, m_ok, k0, stride_am, a_words, BLOCK_M, BLOCK_K) - 8, 0)
             b = tl.trans(_nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8))
             acc = mma(a.to(tl.int8), b, acc, EMULATE)
-        elif FMT == 1 or FMT == 3:  # int8 activations, the weight tile the register operand
-            if FMT == 1:  # 8-bit code c as c - 128: flip the top bit, read the byte as int8
-                w = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-                w = (w ^ 0x80).to(tl.int8, bitcast=True)
-            else:  # 4-bit codes 0..15 as int8; channels past K meet activations loaded as 0
-                w = _nibbles(b_ptr, rn, n_ok, k0, stride_bn, b_words, BLOCK_N, BLOCK_K).to(tl.int8)
+        elif FMT == 1:  # int8 activations, the weight tile the register operand; 8-bit code c as c - 128: flip
+            w = tl.load(b_ptr + rn[:, None] * stride_bn + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+            w = (w ^ 0x80).to(tl.int8, bitcast=True)  # the top bit, read the byte as int8
             xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
             acc = mma(w, xt, acc, EMULATE)
+        elif FMT == 3:  # w4a8: per 256 channels, 32 words of codes; their nibble i meets 32 int8x activations
+            for c in tl.static_range(BLOCK_K // 256):
+                j = tl.arange(0, 32)
+                rw = k0 // 8 + c * 32 + j
+                words = tl.load(b_ptr + rn[:, None] * stride_bn + rw[None, :],
+                                mask=n_ok[:, None] & (rw < b_words)[None, :], other=0)
+                for i in tl.static_range(8):  # codes 0..15 as int8 (padding past K meets activations of 0)
+                    w = ((words >> 4 * i) & 15).to(tl.int8)
+                    pk = k0 + c * 256 + 32 * i + j
+                    xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
+                                 mask=m_ok[None, :] & (pk < a_words)[:, None], other=0)
+                    acc = mma(w, xt, acc, EMULATE)
         else:
             a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
@@ -143,8 +162,16 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
 
 
 CONFIGS, FEW_CONFIGS = _configs(False), _configs(True)  # many tokens / M <= 64 (K split, atomic fp32 sums)
-_tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "N", "K", "FMT"])(_wa_gemm)
-_few = triton.autotune(FEW_CONFIGS, key=["M_BUCKET", "N", "K", "FMT"], reset_to_zero=["c_ptr"])(_wa_gemm)
+W4A8_CONFIGS, W4A8_FEW = _configs(False, True), _configs(True, True)
+_TUNED = {(few, w4a8): triton.autotune(c, key=["M_BUCKET", "N", "K", "FMT"], reset_to_zero=["c_ptr"] if few else None)(
+    _wa_gemm) for few, w4a8, c in ((False, False, CONFIGS), (True, False, FEW_CONFIGS), (False, True, W4A8_CONFIGS),
+                                   (True, True, W4A8_FEW))}
+
+
+def configs(fmt, few):
+    """The configs the autotuner chooses among for this format, at M <= 64 (few) or above."""
+    return {(False, False): CONFIGS, (True, False): FEW_CONFIGS, (False, True): W4A8_CONFIGS,
+            (True, True): W4A8_FEW}[few, fmt == "w4a8"]
 
 
 def _grid(M, N, meta):
@@ -162,7 +189,7 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
         raise ValueError(f"wa_gemm: {fmt} needs {'no sums' if fmt == 'fp8' else 'the token sums act_quant gives'}")
     sw = sw.reshape(-1)
     zw = zw.reshape(-1) if fmt != "fp8" else sw
-    config = (FEW_CONFIGS if M <= 64 else CONFIGS)[0] if config is None and INTERPRET else config
+    config = configs(fmt, M <= 64)[0] if config is None and INTERPRET else config
     few = M <= 64 if config is None else config.kwargs["SPLIT_K"] > 1
     y = torch.zeros(M, N, device=xq.device, dtype=torch.float32) if few else \
         torch.empty(M, N, device=xq.device, dtype=dtype)
@@ -171,7 +198,7 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",
                  HAS_BIAS=bias is not None, EMULATE=INTERPRET)
     if config is None:
-        (_few if few else _tuned)[lambda meta: _grid(M, N, meta)](*args, **flags)
+        _TUNED[few, fmt == "w4a8"][lambda meta: _grid(M, N, meta)](*args, **flags)
     else:
         _wa_gemm[_grid(M, N, config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
                                              num_stages=config.num_stages)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+import triton
 from triton.runtime.errors import OutOfResources
 
 import calibrate as C
@@ -39,7 +40,7 @@ def value_sums(q, fmt, K):
     return act_quant.dequantize(q, torch.ones(q.shape[0], device=q.device), fmt, K).sum(-1).to(torch.int32)
 
 
-@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "int8x"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_quantizer_equals_the_twin_bit_for_bit(fmt, dtype):
     for K in (100, 200, 592, 1024, act_quant.CHUNK + 452):  # the last: two chunks, the second one part full
@@ -55,7 +56,7 @@ def test_quantizer_equals_the_twin_bit_for_bit(fmt, dtype):
 
 def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
     x = torch.randn(9, 200) * 3
-    for fmt, bits in (("int8", 8), ("int4", 4)):
+    for fmt, bits in (("int8", 8), ("int4", 4), ("int8x", 8)):
         for clip in (1.0, 0.7):
             q, s, _ = act_quant.reference(x, fmt, clip)
             assert torch.equal(act_quant.dequantize(q, s, fmt, 200), quantize_tokens(x, bits, True, clip))
@@ -63,8 +64,22 @@ def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
     assert torch.equal(act_quant.dequantize(q, s, "fp8", 200), fp8_tokens(x, 0.9))
 
 
+def test_int8x_puts_each_code_where_its_weight_nibble_is():
+    """int8x's order, position by position against its definition (act_quant's docstring): in chunk c of 256
+    channels, position 32 i + j holds channel 8 j + i, the channel of nibble i of the chunk's packed word j."""
+    K = 600
+    q = torch.arange(K).remainder(251).to(torch.int8)[None]  # distinct neighbours: a misplaced channel shows
+    x = act_quant.order_x(q, K)[0]
+    assert x.shape == (768,)
+    for p in range(768):
+        c, i, j = p // 256, p % 256 // 32, p % 32
+        k = 256 * c + 8 * j + i
+        assert x[p] == (q[0, k] if k < K else 0), p
+    assert torch.equal(act_quant.unorder_x(x[None], K), q)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "int8x"])
 @pytest.mark.parametrize("n,fused", [(768, True), (3072, True), (2048, True), (2368, True), (592, False), (96, False)])
 def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused):
     """768 = 12 x 64 (tiny-llada's MLP: 24 x 32 tiles, rows 16 + 8), 3072 = 12 x 256, 2048 (no mix) and
@@ -159,10 +174,13 @@ def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
         f"{M}x{N}x{K} {fmt}: {err:.2e}"
 
 
-@pytest.mark.parametrize("config", wa_gemm.CONFIGS + wa_gemm.FEW_CONFIGS, ids=lambda c: "x".join(
-    str(c.kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K")))
-@pytest.mark.parametrize("fmt,sym", [("fp8", False), ("int8", False), ("int8", True), ("int4", False),
-                                     ("int4", True), ("w4a8", False), ("w4a8", True)])
+EVERY = [(fmt, sym, c) for fmt, sym in [("fp8", False), ("int8", False), ("int8", True), ("int4", False),
+                                        ("int4", True), ("w4a8", False), ("w4a8", True)]
+         for c in wa_gemm.configs(fmt, False) + wa_gemm.configs(fmt, True)]
+
+
+@pytest.mark.parametrize("fmt,sym,config", EVERY, ids=lambda v: "x".join(str(v.kwargs[k]) for k in (
+    "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K")) if isinstance(v, triton.Config) else str(v))
 def test_every_config_matches_float64(fmt, sym, config):
     """Every config of both paths (FEW_CONFIGS: K split, partial sums added atomically; the zero-point correction
     and bias once) on odd shapes, K ragged against the tiles and the splits."""
@@ -180,7 +198,7 @@ def test_integer_formats_need_the_token_sums():
 @pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "w4a8"])
 def test_fp16_activations(fmt):
     for M, N, K in ODD[:2]:
-        check(M, N, K, fmt, False, torch.float16, wa_gemm.CONFIGS[2])
+        check(M, N, K, fmt, False, torch.float16, wa_gemm.configs(fmt, False)[2])
 
 
 def test_which_layers_the_kernels_take():
