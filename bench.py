@@ -390,24 +390,34 @@ class DeviceMemory:
         return max(self.high - self.base, 0.0) if self.ok else None
 
 
-def calibrate_cell(ckpt, flags, out, extra=()):
+def calibrate_cell(ckpt, flags, out, extra=(), limit_s=0):
     """Runs calibrate.py as a user would (its own process, its progress echoed to stderr) and measures it: wall
     seconds, seconds per block, peak GPU memory (torch's allocator, as calibrate.py prints it, and the device's
     view), the process's peak RSS (wait4's ru_maxrss: at least this small parent's RSS at the fork, well under the
-    model's) and the output checkpoint's size."""
+    model's) and the output checkpoint's size. limit_s > 0 stops the run after that many seconds; the row then
+    says how many blocks it finished and at what pace."""
     cmd = [sys.executable, os.path.join(ROOT, "calibrate.py"), "--model", ckpt, "--out", out, "--overwrite",
            *flags.split(), *extra]
     device, t0, lines = DeviceMemory(), time.time(), []
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(limit_s, p.kill) if limit_s > 0 else None
+    if timer:
+        timer.start()
     for line in p.stdout:
         lines.append(line)
         print(f"    {line}", end="", file=sys.stderr, flush=True)
     _, status, usage = os.wait4(p.pid, 0)
+    stopped = timer is not None and not timer.is_alive() and os.waitstatus_to_exitcode(status) < 0
+    if timer:
+        timer.cancel()
     p.returncode, wall, log = os.waitstatus_to_exitcode(status), time.time() - t0, "".join(lines)
-    blocks = re.findall(r"block\s+(\d+)/(\d+) \|.*?\|\s+([\d.]+) s", log)
+    blocks = re.findall(r"block\s+(\d+)/(\d+) \|.*?\|\s+([\d.]+) s", log)  # done/total, seconds since the first
     gpu = re.search(r"peak GPU memory ([\d.]+) GiB", log)
-    return {"ok": p.returncode == 0, "error": "" if p.returncode == 0 else lines[-1].strip() if lines else "",
-            "wall_s": wall, "block_s": float(blocks[-1][2]) / int(blocks[-1][1]) if blocks else None,
+    error = "" if p.returncode == 0 else f"stopped after {limit_s:g} s" if stopped else \
+        lines[-1].strip() if lines else ""
+    return {"ok": p.returncode == 0, "error": error, "stopped": stopped, "wall_s": wall,
+            "blocks": (int(blocks[-1][0]), int(blocks[-1][1])) if blocks else None,
+            "block_s": float(blocks[-1][2]) / int(blocks[-1][0]) if blocks else None,
             "gpu_gib": float(gpu.group(1)) if gpu else None, "device_gib": device.peak(),
             "rss_gib": usage.ru_maxrss / 2**20, "out_gib": dir_gib(out) if p.returncode == 0 else None}
 
@@ -416,8 +426,9 @@ def dir_gib(path):
     return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path)) / 2**30
 
 
-def calibrate_bench(shapes, cells, folder, extra=()):
-    """One markdown row per (model, cell) against GOALS; the random checkpoints are written once into folder."""
+def calibrate_bench(shapes, cells, folder, extra=(), limit_s=0):
+    """One markdown row per (model, cell) against GOALS; the random checkpoints are written once into folder. A
+    cell stopped at limit_s seconds reads 'stopped' with the blocks it finished and their pace."""
     fmt = lambda v, spec, unit: "n/a" if v is None else format(v, spec) + unit  # noqa: E731
     print("| model | cell | flags | wall | per block | peak GPU, allocated | peak GPU, device | peak host RSS "
           "(x checkpoint) | output | goals |\n" + "|---" * 10 + "|", flush=True)
@@ -426,19 +437,22 @@ def calibrate_bench(shapes, cells, folder, extra=()):
         ckpt = random_checkpoint(name, args, folder)
         size = sum(os.path.getsize(os.path.join(ckpt, n)) for n in os.listdir(ckpt) if n.endswith(".safetensors"))
         for cell in cells:
-            r = calibrate_cell(ckpt, CALIBRATE[cell], os.path.join(folder, f"{name}-{cell}"), extra)
+            r = calibrate_cell(ckpt, CALIBRATE[cell], os.path.join(folder, f"{name}-{cell}"), extra, limit_s)
             ratio = r["rss_gib"] / (size / 2**30)
             missed = [g for g, bad in (("time", r["wall_s"] > GOALS["wall_s"]), ("GPU", (r["gpu_gib"] or 0) > GOALS[
                 "gpu_gib"]), ("host", ratio > GOALS["rss_ratio"])) if bad]
             goals = ("met" if not missed else "missed: " + ", ".join(missed)) if r["ok"] else f"FAILED: {r['error']}"
+            if r["stopped"]:
+                done = "before its first block" if not r["blocks"] else "at block {}/{}".format(*r["blocks"])
+                goals = f"stopped after {limit_s:g} s {done}" + (", missed: " + ", ".join(missed) if missed else "")
             row = (f"| {name} | {cell} | `{CALIBRATE[cell]}` | {r['wall_s']:.0f} s | "
                    f"{fmt(r['block_s'], '.1f', ' s')} | {fmt(r['gpu_gib'], '.1f', ' GiB')} | "
                    f"{fmt(r['device_gib'], '.1f', ' GiB')} | "
                    f"{r['rss_gib']:.1f} GiB ({ratio:.2f}x) | {fmt(r['out_gib'], '.2f', ' GiB')} | {goals} |")
             print(row, flush=True)
             rows.append({"model": name, "cell": cell, **r, "rss_ratio": ratio})
-            if os.path.isdir(os.path.join(folder, f"{name}-{cell}")):  # the output was measured; free the disk
-                shutil.rmtree(os.path.join(folder, f"{name}-{cell}"))
+            for done in (f"{name}-{cell}", f"{name}-{cell}.partial"):  # measured (or stopped): free the disk
+                shutil.rmtree(os.path.join(folder, done), ignore_errors=True)
     return rows
 
 
@@ -489,6 +503,8 @@ if __name__ == "__main__":
     p.add_argument("--prompts", type=int, default=8, help="--eval: HumanEval prompts generated in one batch")
     p.add_argument("--mc_items", type=int, default=50, help="--eval: ARC-Easy items scored by likelihood (0: none)")
     p.add_argument("--cells", default=",".join(CALIBRATE), help="--calibrate: which of " + ", ".join(CALIBRATE))
+    p.add_argument("--cell_limit", type=float, default=0, help="--calibrate: stop a cell after this many seconds "
+                   "and report the blocks it finished (0: no limit)")
     p.add_argument("--ckpt_dir", default="/tmp/dllmq-bench", help="--calibrate: where the random checkpoints (written "
                    "once, about 15 GiB each) and each cell's output (removed once measured) go")
     p.add_argument("--models", default=",".join(SHAPES), help="--quantized, --calibrate: which of " +
@@ -520,4 +536,5 @@ if __name__ == "__main__":
         eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.formats.split(","), opts.prompts,
                    opts.mc_items, modes=opts.modes.split(","))
     if opts.calibrate:
-        calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir)
+        calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir,
+                        limit_s=opts.cell_limit)

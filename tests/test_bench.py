@@ -44,6 +44,14 @@ def test_calibrate_bench_measures_each_cell_on_random_checkpoints_of_both_layout
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(TINY_SHAPES)  # each cell's output removed
 
 
+def test_a_cell_past_its_time_limit_is_stopped_and_reported_as_such(tmp_path, capsys):
+    shapes = {"llada-shaped": TINY_SHAPES["llada-shaped"]}
+    rows = B.calibrate_bench(shapes, ["rtn-w4"], str(tmp_path), ("--device", "cpu"), limit_s=0.5)
+    assert [(r["ok"], r["stopped"], r["out_gib"]) for r in rows] == [(False, True, None)]  # python alone takes longer
+    assert "| stopped after 0.5 s before its first block" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llada-shaped"]  # nothing half-written left
+
+
 @pytest.mark.slow
 def test_eval_bench_times_eval_s_scorers_on_random_models(capsys):
     """bench.py --eval on a tiny LLaDA shape on the CPU (eager only; compile and CUDA graphs are GPU modes): a row per

@@ -127,8 +127,17 @@ def run(args):
     return subprocess.run([sys.executable, "export.py", *args], cwd=ROOT, capture_output=True, text=True)
 
 
+def run_here(args, capsys, monkeypatch):
+    """export.py's main in this process (the same code as `run`, without starting Python): (status, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["export.py", *args])
+    with pytest.raises(SystemExit) as e:
+        X.main()
+    return e.value.code, capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_what_cannot_be_expressed_is_refused_in_one_line_and_nothing_is_written(tmp_path):
+def test_what_cannot_be_expressed_is_refused_in_one_line_and_nothing_is_written(tmp_path, capsys, monkeypatch):
+    """The first refusal through a real process (status 2, one line on stderr), the rest through main() here."""
     cases = [("quarot", dict(method="quarot", bits=8, sym=True), "compressed-tensors", "rotates its input online"),
              ("w3", dict(wbits=3), "gptq", "3-bit codes"),
              ("binary", dict(method="quantdllm", wbits=2, group_size=128), "compressed-tensors", "binary-residual"),
@@ -138,8 +147,13 @@ def test_what_cannot_be_expressed_is_refused_in_one_line_and_nothing_is_written(
     for name, flags, fmt, message in cases:
         src = str(tmp_path / name)
         C.calibrate(C.Args(**{**FAST, "model": TINY["llada"], "out": src, **flags}))
-        r = run(["--model", src, "--format", fmt, "--out", str(tmp_path / f"{name}-out")])
-        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (name, r.stderr)
+        args = ["--model", src, "--format", fmt, "--out", str(tmp_path / f"{name}-out")]
+        if name == cases[0][0]:
+            r = run(args)
+            status, err = r.returncode, r.stderr
+        else:
+            status, err = run_here(args, capsys, monkeypatch)
+        assert status == 2 and message in err and err.count("\n") == 1, (name, err)
         assert not os.path.exists(tmp_path / f"{name}-out") and not os.path.exists(tmp_path / f"{name}-out.partial")
     w4 = str(tmp_path / "w3")
     for args, message in ((["--model", TINY["llada"], "--out", str(tmp_path / "f")], "a float checkpoint"),
@@ -147,8 +161,8 @@ def test_what_cannot_be_expressed_is_refused_in_one_line_and_nothing_is_written(
                           (["--model", w4, "--out", w4], "exists"),
                           (["--model", w4, "--out", os.path.join(w4, "x")], "inside --model"),
                           (["--model", w4], "--out: name the folder")):
-        r = run(args)
-        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        status, err = run_here(args, capsys, monkeypatch)
+        assert status == 2 and message in err and err.count("\n") == 1, (args, err)
 
 
 def test_gptq_v1_stores_a_zero_point_of_zero_by_shifting_codes_or_refuses():
