@@ -411,7 +411,7 @@ def calibrate_cell(ckpt, flags, out, extra=(), limit_s=0):
     if timer:
         timer.cancel()
     p.returncode, wall, log = os.waitstatus_to_exitcode(status), time.time() - t0, "".join(lines)
-    blocks = re.findall(r"block\s+(\d+)/(\d+) \|.*?\|\s+([\d.]+) s", log)  # done/total, seconds since the first
+    blocks = re.findall(r"block\s+(\d+)/(\d+) \|.*?\|\s+([\d.]+) s", log)  # done, total, seconds since the walk began
     gpu = re.search(r"peak GPU memory ([\d.]+) GiB", log)
     error = "" if p.returncode == 0 else f"stopped after {limit_s:g} s" if stopped else \
         lines[-1].strip() if lines else ""
