@@ -400,22 +400,20 @@ def calibrate_cell(ckpt, flags, out, extra=(), limit_s=0):
            *flags.split(), *extra]
     device, t0, lines = DeviceMemory(), time.time(), []
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    timer = threading.Timer(limit_s, p.kill) if limit_s > 0 else None
-    if timer:
+    stopped = threading.Event()
+    timer = threading.Timer(limit_s, lambda: stopped.set() or p.kill())
+    if limit_s > 0:
         timer.start()
     for line in p.stdout:
         lines.append(line)
         print(f"    {line}", end="", file=sys.stderr, flush=True)
     _, status, usage = os.wait4(p.pid, 0)
-    stopped = timer is not None and not timer.is_alive() and os.waitstatus_to_exitcode(status) < 0
-    if timer:
-        timer.cancel()
+    timer.cancel()
     p.returncode, wall, log = os.waitstatus_to_exitcode(status), time.time() - t0, "".join(lines)
     blocks = re.findall(r"block\s+(\d+)/(\d+) \|.*?\|\s+([\d.]+) s", log)  # done, total, seconds since the walk began
     gpu = re.search(r"peak GPU memory ([\d.]+) GiB", log)
-    error = "" if p.returncode == 0 else f"stopped after {limit_s:g} s" if stopped else \
-        lines[-1].strip() if lines else ""
-    return {"ok": p.returncode == 0, "error": error, "stopped": stopped, "wall_s": wall,
+    return {"ok": p.returncode == 0, "error": "" if p.returncode == 0 else lines[-1].strip() if lines else "",
+            "stopped": stopped.is_set() and p.returncode != 0, "wall_s": wall,
             "blocks": (int(blocks[-1][0]), int(blocks[-1][1])) if blocks else None,
             "block_s": float(blocks[-1][2]) / int(blocks[-1][0]) if blocks else None,
             "gpu_gib": float(gpu.group(1)) if gpu else None, "device_gib": device.peak(),
