@@ -366,28 +366,37 @@ def random_checkpoint(name, args, folder):
 
 
 class DeviceMemory:
-    """The GPU's used memory as nvidia-smi reports it (every process, the CUDA context and the allocator's cache
-    included), polled in a thread: peak() is the highest reading above the one at start, in GiB."""
+    """The GPU memory nvidia-smi reports for one process (its CUDA context and the allocator's cache included),
+    polled in a thread: peak() is its highest reading in GiB. Where nvidia-smi lists no process of that id (another
+    PID namespace), the whole GPU's used memory above the reading at start stands in: right only while no other
+    process uses the GPU."""
 
-    def __init__(self, every=0.5):
-        self.ok, self.high, self.stop = shutil.which("nvidia-smi") is not None, 0.0, threading.Event()
-        self.base = self.read() if self.ok else 0.0
+    def __init__(self, pid, every=0.5):
+        self.pid, self.ok, self.stop = str(pid), shutil.which("nvidia-smi") is not None, threading.Event()
+        self.own, self.whole = 0.0, 0.0
+        self.base = self.read()[1] if self.ok else 0.0
         self.thread = threading.Thread(target=self.poll, args=(every,), daemon=True)
         self.thread.start()
 
     def read(self):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                             capture_output=True, text=True).stdout
-        return float(out.split()[0]) / 1024 if out.strip() else 0.0
+        """(this process's MiB, or None if nvidia-smi does not list it; the whole GPU's MiB)."""
+        q = lambda what: subprocess.run(["nvidia-smi", what, "--format=csv,noheader,nounits", "-i", "0"],  # noqa: E731
+                                        capture_output=True, text=True).stdout.split("\n")
+        own = [float(r.split(",")[1]) for r in q("--query-compute-apps=pid,used_memory") if r.split(",")[0] == self.pid]
+        whole = q("--query-gpu=memory.used")[0]
+        return (own[0] if own else None), (float(whole) if whole.strip() else 0.0)
 
     def poll(self, every):
         while self.ok and not self.stop.wait(every):
-            self.high = max(self.high, self.read())
+            own, whole = self.read()
+            self.own, self.whole = max(self.own, own or 0.0), max(self.whole, whole)
 
     def peak(self):
         self.stop.set()
         self.thread.join()
-        return max(self.high - self.base, 0.0) if self.ok else None
+        if not self.ok:
+            return None, False
+        return (self.own if self.own else max(self.whole - self.base, 0.0)) / 1024, not self.own
 
 
 def calibrate_cell(ckpt, flags, out, extra=(), limit_s=0):
@@ -398,8 +407,9 @@ def calibrate_cell(ckpt, flags, out, extra=(), limit_s=0):
     says how many blocks it finished and at what pace."""
     cmd = [sys.executable, os.path.join(ROOT, "calibrate.py"), "--model", ckpt, "--out", out, "--overwrite",
            *flags.split(), *extra]
-    device, t0, lines = DeviceMemory(), time.time(), []
+    t0, lines = time.time(), []
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    device = DeviceMemory(p.pid)
     stopped = threading.Event()
     timer = threading.Timer(limit_s, lambda: stopped.set() or p.kill())
     if limit_s > 0:
@@ -416,7 +426,8 @@ def calibrate_cell(ckpt, flags, out, extra=(), limit_s=0):
             "stopped": stopped.is_set() and p.returncode != 0, "wall_s": wall,
             "blocks": (int(blocks[-1][0]), int(blocks[-1][1])) if blocks else None,
             "block_s": float(blocks[-1][2]) / int(blocks[-1][0]) if blocks else None,
-            "gpu_gib": float(gpu.group(1)) if gpu else None, "device_gib": device.peak(),
+            "gpu_gib": float(gpu.group(1)) if gpu else None,
+            **dict(zip(("device_gib", "device_whole"), device.peak(), strict=True)),
             "rss_gib": usage.ru_maxrss / 2**20, "out_gib": dir_gib(out) if p.returncode == 0 else None}
 
 
@@ -445,7 +456,7 @@ def calibrate_bench(shapes, cells, folder, extra=(), limit_s=0):
                 goals = f"stopped after {limit_s:g} s {done}" + (", missed: " + ", ".join(missed) if missed else "")
             row = (f"| {name} | {cell} | `{CALIBRATE[cell]}` | {r['wall_s']:.0f} s | "
                    f"{fmt(r['block_s'], '.1f', ' s')} | {fmt(r['gpu_gib'], '.1f', ' GiB')} | "
-                   f"{fmt(r['device_gib'], '.1f', ' GiB')} | "
+                   f"{fmt(r['device_gib'], '.1f', ' GiB')}{' (whole GPU)' * r['device_whole']} | "
                    f"{r['rss_gib']:.1f} GiB ({ratio:.2f}x) | {fmt(r['out_gib'], '.2f', ' GiB')} | {goals} |")
             print(row, flush=True)
             rows.append({"model": name, "cell": cell, **r, "rss_ratio": ratio})

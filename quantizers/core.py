@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import act_quant, gptq_cols, ops, wa_gemm, wq_gemm
+from kernels import act_quant, binary_cols, gptq_cols, ops, wa_gemm, wq_gemm
 from quantizers.format import dequantize, fp8_tokens, n_groups, pack, quantize_channels, quantize_tokens, unpack
 
 LINEARS = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
@@ -242,6 +242,15 @@ def gptq_columns(W1, U1, S, Z, groups, bits):
     if not W1.is_cuda:
         return None
     return gptq_cols.columns(W1, U1, S, Z, groups, bits)
+
+
+def binary_columns(W1, ar, ac, U1):
+    """Which code runs Quant-dLLM's column loop over one group (quantizers/quantdllm.py): on CUDA the Triton kernel
+    (kernels/binary_cols.py) -> (signs, errors); elsewhere None, and quantdllm.py runs its own loop (the kernel's
+    twin) -- on a GPU that loop is about a dozen launches a column."""
+    if not W1.is_cuda:
+        return None
+    return binary_cols.columns(W1, ar, ac, U1)
 
 
 def _wa(layer, x):

@@ -18,8 +18,9 @@ released; this follows its equations and a public reproduction's reading of them
         of H^-1, after group g is fitted its error is spread over the later columns, W[:, later] -= E U_g,later,
         as in GPTQ's lazy block update. --daq_compensate column (default) also goes column by column inside the
         group, as GPTQ does: each column takes the sign pattern nearest to its updated weights on the grid the DAQ
-        fit defines, E[:, j] = (w_j - q_j) / U_jj, and the later columns of the group absorb it. On the tiny
-        model's real layer inputs this halves the output error of `group` (tests/test_dllm_methods.py).
+        fit defines, E[:, j] = (w_j - q_j) / U_jj, and the later columns of the group absorb it (on a GPU in one
+        launch per group: kernels/binary_cols.py). On the tiny model's real layer inputs this halves the output
+        error of `group` (tests/test_dllm_methods.py).
 
     python calibrate.py --method quantdllm --wbits 2 --calib_mode masked
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from cli import InputError, opt
-from quantizers.core import BinaryLinear, swap
+from quantizers.core import BinaryLinear, binary_columns, swap
 from quantizers.format import group_width
 from quantizers.walk import INPUT_GROUPS, gram, input_stats, inverse_hessian_factor, pin_dead, walk_blocks
 
@@ -88,7 +89,7 @@ def sign_patterns(K, like):
 
 
 def weighted_loss(W, L2, ar, ac, B):
-    return (L2 * (W - rebuild(ar, ac, B)).pow(2)).sum().item()
+    return (L2 * (W - rebuild(ar, ac, B)).pow(2)).sum()  # a tensor: read once per group, not once per round
 
 
 def fit_scales(R, L2, B, ac):
@@ -120,7 +121,7 @@ def daq(W, K, L2, iters=10):
         err = (W[None] - torch.einsum("pk,kng->png", patterns, A)).pow(2)
         B = patterns[err.argmin(0)].permute(2, 0, 1).contiguous()  # the best of 2^K sign patterns, per weight
         history.append(weighted_loss(W, L2, ar, ac, B))
-    return ar, ac, B, history
+    return ar, ac, B, torch.stack(history).tolist()
 
 
 @torch.no_grad()
@@ -150,11 +151,12 @@ def quantdllm(W, H, bits=2, group_size=128, k=0.05, lam=2.0, iters=10, damp=0.01
     signs, rows, cols = [], [], []
     for i, K in enumerate(orders):
         i1, i2 = i * g, (i + 1) * g
-        ar, ac, B, _ = daq(W[:, i1:i2], K, L2[:, i1:i2], iters)
-        B, E = round_columns(W[:, i1:i2], ar, ac, U[i1:i2, i1:i2]) if per_column else (B, None)
-        if E is None:  # group-level compensation only: E U_gg = the group's error
-            err = W[:, i1:i2] - rebuild(ar, ac, B)
-            E = torch.linalg.solve_triangular(U[i1:i2, i1:i2], err, upper=True, left=False)
+        Wg, Ug = W[:, i1:i2], U[i1:i2, i1:i2]
+        ar, ac, B, _ = daq(Wg, K, L2[:, i1:i2], iters)
+        if per_column:  # on a GPU the Triton kernel (kernels/binary_cols.py), elsewhere its twin
+            B, E = binary_columns(Wg, ar, ac, Ug) or round_columns(Wg, ar, ac, Ug)
+        else:  # group-level compensation only: E U_gg = the group's error
+            E = torch.linalg.solve_triangular(Ug, Wg - rebuild(ar, ac, B), upper=True, left=False)
         W[:, i2:] -= E @ U[i1:i2, i2:]
         signs.append(B), rows.append(ar), cols.append(ac)
     return torch.cat(signs), torch.cat(rows), torch.cat(cols), orders

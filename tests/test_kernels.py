@@ -163,3 +163,34 @@ def test_gptq_with_the_kernel_equals_gptq_without(group_size, act_order, monkeyp
     got = G.gptq(W, H, 4, group_size, act_order=act_order)
     assert len(calls) == 2 and (got[0] == want[0]).float().mean() > 0.999
     assert torch.allclose(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
+# ------------------------------------------------------------------------------- Quant-dLLM's column loop
+@pytest.mark.parametrize("N,width,K", [(37, 128, 2), (20, 74, 3), (5, 96, 1), (16, 64, 4)])
+def test_binary_kernel_matches_its_twin_loop(N, width, K):
+    """kernels/binary_cols.columns against quantdllm.round_columns (the loop it replaces) on one group with its DAQ
+    fit: the same signs, the same errors up to the order of float32 rounding."""
+    from kernels import binary_cols
+    from quantizers import quantdllm as Q
+    W, U = gptq_problem(N, width, seed=K)
+    ar, ac, _, _ = Q.daq(W, K, torch.ones_like(W), 3)
+    S, E = binary_cols.columns(W, ar, ac, U)
+    St, Et = Q.round_columns(W, ar, ac, U)
+    assert S.shape == (K, N, width) and set(S.unique().tolist()) <= {-1.0, 1.0}
+    assert (S == St).float().mean() > 0.999 and torch.allclose(E, Et, rtol=1e-4, atol=1e-5 * Et.abs().max())
+
+
+def test_quantdllm_with_the_kernel_equals_quantdllm_without(monkeypatch):
+    """quantdllm() taking the kernel for every group (ABMP's orders 1 to 3 among them) gives what its own loop
+    gives."""
+    from kernels import binary_cols
+    from quantizers import quantdllm as Q
+    W, _ = gptq_problem(24, 512, seed=2)
+    X = torch.randn(1024, 512, device=DEVICE)
+    monkeypatch.setattr(Q, "binary_columns", lambda *a: None)
+    want = Q.quantdllm(W, X.T @ X, 2, 64, k=0.25, iters=3)
+    calls = []
+    monkeypatch.setattr(Q, "binary_columns", lambda *a: calls.append(1) or binary_cols.columns(*a))
+    got = Q.quantdllm(W, X.T @ X, 2, 64, k=0.25, iters=3)
+    assert len(calls) == 8 and got[3] == want[3] and sorted(set(got[3])) == [1, 2, 3]
+    assert (got[0] == want[0]).float().mean() > 0.999 and torch.allclose(got[1], want[1], rtol=1e-4)
