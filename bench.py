@@ -378,12 +378,17 @@ class DeviceMemory:
         self.thread = threading.Thread(target=self.poll, args=(every,), daemon=True)
         self.thread.start()
 
+    @staticmethod
+    def query(what):
+        """nvidia-smi's csv answer to one --query-* flag on GPU 0, line by line."""
+        return subprocess.run(["nvidia-smi", what, "--format=csv,noheader,nounits", "-i", "0"],
+                              capture_output=True, text=True).stdout.split("\n")
+
     def read(self):
         """(this process's MiB, or None if nvidia-smi does not list it; the whole GPU's MiB)."""
-        q = lambda what: subprocess.run(["nvidia-smi", what, "--format=csv,noheader,nounits", "-i", "0"],  # noqa: E731
-                                        capture_output=True, text=True).stdout.split("\n")
-        own = [float(r.split(",")[1]) for r in q("--query-compute-apps=pid,used_memory") if r.split(",")[0] == self.pid]
-        whole = q("--query-gpu=memory.used")[0]
+        own = [float(r.split(",")[1]) for r in self.query("--query-compute-apps=pid,used_memory")
+               if r.split(",")[0] == self.pid]
+        whole = self.query("--query-gpu=memory.used")[0]
         return (own[0] if own else None), (float(whole) if whole.strip() else 0.0)
 
     def poll(self, every):

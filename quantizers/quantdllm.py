@@ -100,8 +100,9 @@ def fit_scales(R, L2, B, ac):
     return ar, ac
 
 
-def daq(W, K, L2, iters=10):
-    """W (N, g), order K, weights L2 = L^2 -> a_r (K, N), a_c (K, g), B (K, N, g) in {-1, +1}, loss history."""
+def daq(W, K, L2, iters=10, track=False):
+    """W (N, g), order K, weights L2 = L^2 -> a_r (K, N), a_c (K, g), B (K, N, g) in {-1, +1}, and with track the
+    weighted loss before the rounds and after each (None without: it costs launches the search does not need)."""
     W = W.float()
     N, g = W.shape
     ar, ac, B = torch.zeros(K, N), torch.ones(K, g), torch.ones(K, N, g)
@@ -111,7 +112,7 @@ def daq(W, K, L2, iters=10):
         B[k] = torch.where(R >= 0, 1.0, -1.0)
         ar[k], ac[k] = fit_scales(R, L2, B[k], ac[k])
         R -= ar[k, :, None] * ac[k] * B[k]
-    history = [weighted_loss(W, L2, ar, ac, B)]
+    history = [weighted_loss(W, L2, ar, ac, B)] if track else None
     patterns = sign_patterns(K, W)
     for _ in range(iters):
         for k in range(K):
@@ -120,8 +121,9 @@ def daq(W, K, L2, iters=10):
         A = ar[:, :, None] * ac[:, None, :]  # (K, N, g): every order's magnitude at every weight
         err = (W[None] - torch.einsum("pk,kng->png", patterns, A)).pow(2)
         B = patterns[err.argmin(0)].permute(2, 0, 1).contiguous()  # the best of 2^K sign patterns, per weight
-        history.append(weighted_loss(W, L2, ar, ac, B))
-    return ar, ac, B, torch.stack(history).tolist()
+        if track:
+            history.append(weighted_loss(W, L2, ar, ac, B))
+    return ar, ac, B, torch.stack(history).tolist() if track else None
 
 
 @torch.no_grad()

@@ -66,3 +66,18 @@ def test_eval_bench_times_eval_s_scorers_on_random_models(capsys):
         assert r["tflops"] * r["seconds"] * 1e12 > 512 * args.flops(2, 512, 0) and r["mc_s"] > 0
     out = capsys.readouterr().out
     assert out.count("| eager |") == 2 and "MFU" in out
+
+
+def test_device_memory_reads_its_own_process_and_falls_back_to_the_whole_gpu_marked(monkeypatch):
+    """nvidia-smi's per-process list gives the cell's own memory; where the process is not listed (another PID
+    namespace) the whole GPU's growth stands in and peak() says so."""
+    answers = {"--query-compute-apps=pid,used_memory": ["17, 100", "42, 3072", ""], "--query-gpu=memory.used": ["500"]}
+    monkeypatch.setattr(B.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(B.DeviceMemory, "query", staticmethod(lambda what: answers[what]))
+    own = B.DeviceMemory(42, every=0.01)
+    B.time.sleep(0.05)
+    assert own.read() == (3072.0, 500.0) and own.peak() == (3.0, False)
+    other = B.DeviceMemory(7, every=0.01)  # starts at 500 MiB on the whole GPU, then the GPU fills to 2548
+    answers["--query-gpu=memory.used"] = ["2548"]
+    B.time.sleep(0.05)
+    assert other.peak() == (2.0, True)
