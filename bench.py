@@ -425,15 +425,21 @@ def calibrate_cell(ckpt, flags, out, extra=(), limit_s=0):
     _, status, usage = os.wait4(p.pid, 0)
     timer.cancel()
     p.returncode, wall, log = os.waitstatus_to_exitcode(status), time.time() - t0, "".join(lines)
-    blocks = re.findall(r"block\s+(\d+)/(\d+) \|.*?\|\s+([\d.]+) s", log)  # done, total, seconds since the walk began
-    gpu = re.search(r"peak GPU memory ([\d.]+) GiB", log)
     return {"ok": p.returncode == 0, "error": "" if p.returncode == 0 else lines[-1].strip() if lines else "",
-            "stopped": stopped.is_set() and p.returncode != 0, "wall_s": wall,
-            "blocks": (int(blocks[-1][0]), int(blocks[-1][1])) if blocks else None,
-            "block_s": float(blocks[-1][2]) / int(blocks[-1][0]) if blocks else None,
-            "gpu_gib": float(gpu.group(1)) if gpu else None,
+            "stopped": stopped.is_set() and p.returncode != 0, "wall_s": wall, **read_log(log),
             **dict(zip(("device_gib", "device_whole"), device.peak(), strict=True)),
             "rss_gib": usage.ru_maxrss / 2**20, "out_gib": dir_gib(out) if p.returncode == 0 else None}
+
+
+def read_log(log):
+    """What calibrate.py's output says: blocks done of all, seconds a block, torch's peak GPU memory allocated and
+    the most its allocator held (GiB; None where absent: on the CPU, or a run stopped before its last line)."""
+    blocks = re.findall(r"block\s+(\d+)/(\d+) \|.*?\|\s+([\d.]+) s", log)  # done, total, seconds since the walk began
+    gpu = re.search(r"peak GPU memory ([\d.]+) GiB(?: \(the allocator held ([\d.]+) GiB\))?", log)
+    return {"blocks": (int(blocks[-1][0]), int(blocks[-1][1])) if blocks else None,
+            "block_s": float(blocks[-1][2]) / int(blocks[-1][0]) if blocks else None,
+            "gpu_gib": float(gpu.group(1)) if gpu else None,
+            "held_gib": float(gpu.group(2)) if gpu and gpu.group(2) else None}
 
 
 def dir_gib(path):
@@ -444,7 +450,7 @@ def calibrate_bench(shapes, cells, folder, extra=(), limit_s=0):
     """One markdown row per (model, cell) against GOALS; the random checkpoints are written once into folder. A
     cell stopped at limit_s seconds reads 'stopped' with the blocks it finished and their pace."""
     fmt = lambda v, spec, unit: "n/a" if v is None else format(v, spec) + unit  # noqa: E731
-    print("| model | cell | flags | wall | per block | peak GPU, allocated | peak GPU, device | peak host RSS "
+    print("| model | cell | flags | wall | per block | peak GPU, allocated (held) | peak GPU, device | peak host RSS "
           "(x checkpoint) | output | goals |\n" + "|---" * 10 + "|", flush=True)
     rows = []
     for name, args in shapes.items():
@@ -459,8 +465,9 @@ def calibrate_bench(shapes, cells, folder, extra=(), limit_s=0):
             if r["stopped"]:
                 done = "before its first block" if not r["blocks"] else "at block {}/{}".format(*r["blocks"])
                 goals = f"stopped after {limit_s:g} s {done}" + (", missed: " + ", ".join(missed) if missed else "")
+            held = "" if r["held_gib"] is None else f" (held {r['held_gib']:.1f})"  # the allocator's reserve
             row = (f"| {name} | {cell} | `{CALIBRATE[cell]}` | {r['wall_s']:.0f} s | "
-                   f"{fmt(r['block_s'], '.1f', ' s')} | {fmt(r['gpu_gib'], '.1f', ' GiB')} | "
+                   f"{fmt(r['block_s'], '.1f', ' s')} | {fmt(r['gpu_gib'], '.1f', ' GiB')}{held} | "
                    f"{fmt(r['device_gib'], '.1f', ' GiB')}{' (whole GPU)' * r['device_whole']} | "
                    f"{r['rss_gib']:.1f} GiB ({ratio:.2f}x) | {fmt(r['out_gib'], '.2f', ' GiB')} | {goals} |")
             print(row, flush=True)
@@ -519,6 +526,8 @@ if __name__ == "__main__":
     p.add_argument("--cells", default=",".join(CALIBRATE), help="--calibrate: which of " + ", ".join(CALIBRATE))
     p.add_argument("--cell_limit", type=float, default=0, help="--calibrate: stop a cell after this many seconds "
                    "and report the blocks it finished (0: no limit)")
+    p.add_argument("--gpu_cap", type=float, default=0, help="--calibrate: run each cell under calibrate.py "
+                   "--gpu_memory_gib GIB, as on a card of that size (0: the whole GPU)")
     p.add_argument("--ckpt_dir", default="/tmp/dllmq-bench", help="--calibrate: where the random checkpoints (written "
                    "once, about 15 GiB each) and each cell's output (removed once measured) go")
     p.add_argument("--models", default=",".join(SHAPES), help="--quantized, --calibrate: which of " +
@@ -534,6 +543,8 @@ if __name__ == "__main__":
         memory_probe(opts.probe, opts.device)
     elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.eval or opts.calibrate):
         p.error("give --forward, --load_memory, --gptq, --quantized, --eval and/or --calibrate")
+    if opts.gpu_cap < 0:
+        p.error(f"--gpu_cap {opts.gpu_cap:g}: expected GiB > 0, or 0 for the whole GPU")
     for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", opts.formats, FORMATS),
                                ("--cells", opts.cells, CALIBRATE), ("--modes", opts.modes, MODES)):
         if set(given.split(",")) - set(known):
@@ -550,5 +561,6 @@ if __name__ == "__main__":
         eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.formats.split(","), opts.prompts,
                    opts.mc_items, modes=opts.modes.split(","))
     if opts.calibrate:
-        calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir,
+        cap = ("--gpu_memory_gib", str(opts.gpu_cap)) if opts.gpu_cap else ()
+        calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir, cap,
                         limit_s=opts.cell_limit)

@@ -100,6 +100,8 @@ class Shared:
     seed: int = opt(0, "seed of the calibration windows, masks and trajectories")
     device: str = opt("auto", "where blocks are quantized: cuda or cpu (auto: cuda when available)")
     dtype: str = opt("auto", "model dtype: float32, bfloat16 (auto: bfloat16 on cuda, float32 on cpu)")
+    gpu_memory_gib: float = opt(0.0, "cuda: let torch's allocator hold at most this many GiB, to check that a run fits "
+                                     "a smaller card (the CUDA context, about 0.5 GiB, comes on top; 0 = no cap)")
 
 
 def with_method_flags(shared):
@@ -135,7 +137,8 @@ def chain_of(method):
 RANGES = [("bits", lambda v: v >= 0, ">= 0; 0 = use --wbits / --abits"), ("damp", lambda v: v > 0, "> 0"),
           ("a_clip", lambda v: 0 < v <= 1, "in (0, 1]"), ("w_clip", lambda v: 0 < v <= 1, "in (0, 1]"),
           ("nll_windows", lambda v: v >= 0, ">= 0; 0 = skip"), ("mcs_gamma", lambda v: 0 <= v < 1, "in [0, 1)"),
-          ("mcs_steps", lambda v: v >= 1, ">= 1")]  # shared flags; each method checks its own in its resolve()
+          ("mcs_steps", lambda v: v >= 1, ">= 1"),
+          ("gpu_memory_gib", lambda v: v >= 0, ">= 0; 0 = no cap")]  # shared flags; each method checks its own
 
 
 def resolve(args):
@@ -168,6 +171,8 @@ def resolve(args):
     if args.calib_mode not in ("clean", "masked", "trajectory"):
         raise InputError(f"--calib_mode {args.calib_mode!r} is unknown (expected clean, masked or trajectory)")
     args.device = resolve_device(args.device)
+    if args.gpu_memory_gib and not args.device.startswith("cuda"):
+        raise InputError(f"--gpu_memory_gib {args.gpu_memory_gib:g}: caps a CUDA device's memory, not {args.device}")
     args.dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if args.device == "cuda" else "float32")
     if args.dtype not in ("float32", "bfloat16"):
         raise InputError(f"--dtype {args.dtype!r} is unknown (expected float32 or bfloat16)")
@@ -406,6 +411,9 @@ def calibrate(args):
     t0 = time.time()
     resolve(args)
     check_out(args)
+    if args.gpu_memory_gib:  # the allocator frees its cache and retries before it fails at the cap, as on such a card
+        total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_gib * 2**30 / total), args.device)
     # no autograd: a scale computed from a weight that requires grad would carry its graph into the saved buffer
     model = load(args.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]).requires_grad_(False)
     tok = load_tokenizer(args.model)
@@ -427,7 +435,8 @@ def calibrate(args):
         print(f"held-out masked-diffusion NLL ({args.nll_windows} windows x 2 masks): {before:.4f} -> {after:.4f} "
               f"nats/token ({after / before - 1:+.2%})")
     cuda = args.device.startswith("cuda")
-    gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else ""
+    gpu = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB (the allocator held "
+           f"{torch.cuda.max_memory_reserved() / 2**30:.1f} GiB)") if cuda else ""
     print(f"weights: {float_bytes / 2**20:.1f} MiB -> {model_bytes(model) / 2**20:.1f} MiB; "
           f"{time.time() - t0:.0f} s in all{gpu}")
     write(model, args.model, args, (before, after))

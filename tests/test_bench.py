@@ -81,3 +81,15 @@ def test_device_memory_reads_its_own_process_and_falls_back_to_the_whole_gpu_mar
     answers["--query-gpu=memory.used"] = ["2548"]
     B.time.sleep(0.05)
     assert other.peak() == (2.0, True)
+
+
+def test_the_log_reader_takes_calibrate_s_own_lines():
+    """Lines as calibrate.py and quantizers/walk.py print them: the last block line gives the pace, the summary line
+    torch's peaks (the held figure absent in logs from before it was printed)."""
+    log = ("    block   1/28 | output error 0.0041 |    9.0 s | ETA  243.0 s\n"
+           "    block   2/28 | output error 0.0032 |   17.6 s | ETA  228.8 s\n"
+           "weights: 14525.6 MiB -> 3834.2 MiB; 265 s in all, peak GPU memory 19.8 GiB (the allocator held 25.9 GiB)\n")
+    assert B.read_log(log) == {"blocks": (2, 28), "block_s": 8.8, "gpu_gib": 19.8, "held_gib": 25.9}
+    older = B.read_log(log.replace(" (the allocator held 25.9 GiB)", ""))
+    assert older["gpu_gib"] == 19.8 and older["held_gib"] is None
+    assert B.read_log("") == {"blocks": None, "block_s": None, "gpu_gib": None, "held_gib": None}

@@ -142,7 +142,8 @@ def test_cgq_weighs_masked_tokens_1_and_visible_07_on_real_trajectories(trajecto
 BAD = [({"wbits": 1}, "--wbits 1 is out of range"), ({"bits": 9}, "--wbits 9 is out of range"),
        ({"method": "hqq"}, "--method 'hqq' is unknown"), ({"calib_mode": "noisy"}, "--calib_mode 'noisy'"),
        ({"group_size": -5}, "--group_size -5 must be positive or -1"),
-       ({"abits": 3}, "--abits 3 is out of range")]
+       ({"abits": 3}, "--abits 3 is out of range"), ({"gpu_memory_gib": -1}, "--gpu_memory_gib -1 is out of range"),
+       ({"gpu_memory_gib": 24, "device": "cpu"}, "--gpu_memory_gib 24: caps a CUDA device's memory, not cpu")]
 
 
 @pytest.mark.parametrize("kw,message", BAD)
