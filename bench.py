@@ -393,8 +393,12 @@ class DeviceMemory:
 
     def poll(self, every):
         while self.ok and not self.stop.wait(every):
-            own, whole = self.read()
-            self.own, self.whole = max(self.own, own or 0.0), max(self.whole, whole)
+            self.sample()
+
+    def sample(self):
+        """One reading folded into the peaks."""
+        own, whole = self.read()
+        self.own, self.whole = max(self.own, own or 0.0), max(self.whole, whole)
 
     def peak(self):
         self.stop.set()

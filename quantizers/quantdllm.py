@@ -89,7 +89,7 @@ def sign_patterns(K, like):
 
 
 def weighted_loss(W, L2, ar, ac, B):
-    return (L2 * (W - rebuild(ar, ac, B)).pow(2)).sum()  # a tensor: read once per group, not once per round
+    return (L2 * (W - rebuild(ar, ac, B)).pow(2)).sum()  # a tensor: daq reads its history once, at the end
 
 
 def fit_scales(R, L2, B, ac):

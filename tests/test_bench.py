@@ -74,12 +74,12 @@ def test_device_memory_reads_its_own_process_and_falls_back_to_the_whole_gpu_mar
     answers = {"--query-compute-apps=pid,used_memory": ["17, 100", "42, 3072", ""], "--query-gpu=memory.used": ["500"]}
     monkeypatch.setattr(B.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
     monkeypatch.setattr(B.DeviceMemory, "query", staticmethod(lambda what: answers[what]))
-    own = B.DeviceMemory(42, every=0.01)
-    B.time.sleep(0.05)
+    own = B.DeviceMemory(42, every=3600)  # the thread waits; the readings are taken here, so no timing is involved
+    own.sample()
     assert own.read() == (3072.0, 500.0) and own.peak() == (3.0, False)
-    other = B.DeviceMemory(7, every=0.01)  # starts at 500 MiB on the whole GPU, then the GPU fills to 2548
+    other = B.DeviceMemory(7, every=3600)  # starts at 500 MiB on the whole GPU, then the GPU fills to 2548
     answers["--query-gpu=memory.used"] = ["2548"]
-    B.time.sleep(0.05)
+    other.sample()
     assert other.peak() == (2.0, True)
 
 
