@@ -280,3 +280,15 @@ def test_rotations_a_group_shares_are_stored_once_and_shared_again(tmp_path):
     M.save(again, str(tmp_path / "again"))  # and saved again: the same tensors, tied the same way
     with safe_open(str(tmp_path / "again" / "model.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["tied"]) == tied
+
+
+def test_send_home_returns_the_gpu_cache_only_after_a_cuda_device(monkeypatch):
+    """The held-out NLL and trajectory sampling leave the GPU through send_home: the model is on its home device
+    after it, and the CUDA cache is emptied when (and only when) the work ran on CUDA."""
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    net = torch.nn.Linear(4, 4)
+    C.send_home(net, "cpu", "cpu")
+    assert emptied == [] and net.weight.device.type == "cpu"
+    C.send_home(net, "cpu", "cuda:0")
+    assert emptied == [True] and net.weight.device.type == "cpu"
