@@ -417,14 +417,24 @@ def write(model, tok_dir, args, nll=(None, None)):
     publish(partial, out)
 
 
+def cap_gpu_memory(gib, device):
+    """Let torch's allocator hold at most `gib` GiB of the CUDA device, as a card of that size would: at the cap it
+    frees its cache and retries before it raises out-of-memory. The device's index is resolved first: torch refuses
+    a bare "cuda" there."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), index)
+    return index
+
+
 def calibrate(args):
     """Quantize args.model with args.method and save to args.out; returns the quantized model."""
     t0 = time.time()
     resolve(args)
     check_out(args)
-    if args.gpu_memory_gib:  # the allocator frees its cache and retries before it fails at the cap, as on such a card
-        total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory_gib * 2**30 / total), args.device)
+    if args.gpu_memory_gib:
+        cap_gpu_memory(args.gpu_memory_gib, args.device)
     # no autograd: a scale computed from a weight that requires grad would carry its graph into the saved buffer
     model = load(args.model, {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]).requires_grad_(False)
     tok = load_tokenizer(args.model)

@@ -292,3 +292,14 @@ def test_send_home_returns_the_gpu_cache_only_after_a_cuda_device(monkeypatch):
     assert emptied == [] and net.weight.device.type == "cpu"
     C.send_home(net, "cpu", "cuda:0")
     assert emptied == [True] and net.weight.device.type == "cpu"
+
+
+def test_cap_gpu_memory_gives_torch_an_index_and_a_fraction_of_the_card(monkeypatch):
+    """--gpu_memory_gib with the default --device cuda: set_per_process_memory_fraction gets the current device's
+    index (torch refuses a bare "cuda" there) and the cap as a fraction of that card, at most the whole card."""
+    calls, card = [], types.SimpleNamespace(total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: card if isinstance(i, int) else 1 / 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, i: calls.append((f, i)))
+    assert C.cap_gpu_memory(24, "cuda") == 2 and C.cap_gpu_memory(100, "cuda:1") == 1
+    assert calls == [(0.3, 2), (1.0, 1)]
