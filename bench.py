@@ -15,6 +15,8 @@ Speed and memory of dllmq models at real scale, with random weights (no checkpoi
                                               # LLaDA-8B / Dream-7B-shaped checkpoints (written once in --dir): wall
                                               # time, time per block, peak GPU and host memory, output size
                                               # (--models, --cells: some of them)
+    python bench.py --step_profile            # GPU: a 256-token LLaDA-8B generation's step, per format, split into
+                                              # GPU kernel categories (quantized GEMM, attention, ...) and idle time
 FLOPs of a forward: ModelArgs.flops (model.py), 2 per weight per token plus full attention's QK^T and PV.
 """
 import argparse
@@ -481,6 +483,83 @@ def calibrate_bench(shapes, cells, folder, extra=(), limit_s=0):
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ step profile
+KERNELS = (  # (category, pattern of the GPU kernel's name), first match wins
+    ("quantized GEMM", r"_wa_gemm|_wq_gemm|_factored|_dequant"),  # kernels/wa_gemm.py, wq_gemm.py, wq_factored.py
+    ("activation quantizer", r"_quant_rows|_rotate_quant"),  # kernels/act_quant.py
+    ("attention", r"flash|fmha|attention|sdpa|efficient"),
+    ("dense GEMM", r"gemm|gemv|splitKreduce|nvjet|cutlass|xmma|sm90_|ampere_"),  # bf16 Linears; the head in all
+    ("compiled fusions", r"^triton_"),  # torch.compile's own: RMSNorm, RoPE, SwiGLU, residual adds
+    ("other", r""))  # the sampler (argmax, top-k, masks), copies into the graph's buffers, eager elementwise
+
+
+def kernel_category(name):
+    return next(c for c, pattern in KERNELS if re.search(pattern, name, re.IGNORECASE))
+
+
+def step_breakdown(kernels, steps, wall_s):
+    """kernels: (name, microseconds) of every GPU kernel in a generation of `steps` steps that took wall_s seconds
+    unprofiled -> ms per step: the wall, each category's kernel time, their sum (busy) and wall - busy (idle: the
+    GPU waits on the host). Kernels of one stream do not overlap, so their sum is the time the GPU was busy."""
+    ms = {c: 0.0 for c, _ in KERNELS}
+    for name, us in kernels:
+        ms[kernel_category(name)] += us / 1e3 / steps
+    busy = sum(ms.values())
+    return {"wall": wall_s * 1e3 / steps, **ms, "busy": busy, "idle": wall_s * 1e3 / steps - busy}
+
+
+@torch.no_grad()
+def profile_bench(formats=("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"), gen_length=256, prompt=64, block=32):
+    """Where a denoising step's time goes: one LLaDA-8B-shaped generation (gen_length tokens, as many steps, blocks
+    of `block`) per format with compiled blocks, launched from Python and replayed from CUDA graphs (sample.Graphed),
+    timed, then run again with torch.profiler recording the steps of one block (steps 35-66: past the first block and
+    two warm-up steps); every GPU kernel it records is put in a KERNELS category. The rows give ms per step; idle is
+    the unprofiled wall per step minus the kernels' sum, the time the GPU waits on the host."""
+    from sample import Graphed, generate
+    dev, args = torch.device("cuda"), SHAPES["LLaDA-8B"]
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    cols = [c for c, _ in KERNELS]
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}; LLaDA-8B shape, batch 1, prompt {prompt}, "
+          f"gen {gen_length}, {gen_length} steps, blocks of {block}, low confidence; compiled blocks; ms per step\n")
+    print("| format | mode | generation s | step | " + " | ".join(cols) + " | busy | idle |\n" + "|---" *
+          (len(cols) + 6) + "|", flush=True)
+    ids = torch.randint(0, args.vocab_size - 1, (1, prompt), device=dev)
+    rows, per_block = [], block  # steps = gen_length: one token a step, `block` steps a block
+    for fmt in formats:
+        torch.manual_seed(0)
+        model = random_model(args, dev)
+        if FORMATS[fmt] is not None:
+            quantize_random(model, FORMATS[fmt])
+        torch._dynamo.reset()
+        for b in model.blocks:
+            b.compile(dynamic=False)
+        for mode, runner in (("compiled", model), ("compiled + CUDA graph", Graphed(model))):
+            run = functools.partial(generate, runner, ids, gen_length=gen_length, steps=gen_length,
+                                    block_length=block)
+            run()  # compilation, autotuning and graph capture outside the timed region
+            torch.cuda.synchronize()
+            t0 = time.time()
+            run()
+            torch.cuda.synchronize()
+            wall = time.time() - t0
+            window = torch.profiler.schedule(wait=per_block, warmup=2, active=per_block, repeat=1)
+            with torch.profiler.profile(activities=acts, schedule=window) as prof:  # the second block's steps
+                run(on_step=lambda *_: prof.step())
+                torch.cuda.synchronize()
+            kernels = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+                       if e.device_type == torch.autograd.DeviceType.CUDA]
+            r = step_breakdown(kernels, per_block, wall / gen_length * per_block)
+            rows.append({"format": fmt, "mode": mode, "seconds": wall, **r})
+            cells = " | ".join(f"{r[c]:.2f}" for c in [*cols, "busy", "idle"]) if kernels else \
+                " | ".join(["n/a"] * len(cols)) + " | n/a (the profiler recorded no kernels) | n/a"
+            print(f"| {fmt} | {mode} | {wall:.2f} | {r['wall']:.2f} | {cells} |", flush=True)
+        model = runner = None
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
 def peak_rss_gib():
     """This process's high-water RSS (VmHWM): anonymous memory plus the mapped file pages the weights sit in.
     Unlike ru_maxrss, which Linux carries over from the parent across fork + exec, it starts fresh at exec."""
@@ -520,6 +599,8 @@ if __name__ == "__main__":
     p.add_argument("--quantized", action="store_true", help="bf16 vs quantized formats end to end at 8B shapes (CUDA)")
     p.add_argument("--eval", action="store_true", help="eval.py's HumanEval generation and ARC-Easy likelihood at "
                    "8B shapes: bf16 and FP8, eager / compiled / CUDA graph, tokens/s and MFU (CUDA)")
+    p.add_argument("--step_profile", action="store_true", help="where a 256-token LLaDA-8B generation step's time "
+                   "goes, per --formats (default bf16, W8A8-FP8, W4A8, W4A16 g128), by GPU kernel category (CUDA)")
     p.add_argument("--calibrate", action="store_true", help="every method's calibrate.py at its headline setting on "
                    "random 8B-shaped checkpoints: time, memory, size against the goals (CUDA; writes 31 GiB to "
                    "--ckpt_dir)")
@@ -536,7 +617,7 @@ if __name__ == "__main__":
                    "once, about 15 GiB each) and each cell's output (removed once measured) go")
     p.add_argument("--models", default=",".join(SHAPES), help="--quantized, --calibrate: which of " +
                    ", ".join(SHAPES))
-    p.add_argument("--formats", default=",".join(FORMATS), help="--quantized, --eval: which of " +
+    p.add_argument("--formats", default=",".join(FORMATS), help="--quantized, --eval, --step_profile: which of " +
                    ", ".join(FORMATS))
     p.add_argument("--dir", default="/tmp/llada8b-random", help="--load_memory: where the random LLaDA-8B checkpoint "
                    "lives (about 15 GiB; remove it when done)")
@@ -545,8 +626,9 @@ if __name__ == "__main__":
     opts = p.parse_args()
     if opts.probe:
         memory_probe(opts.probe, opts.device)
-    elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.eval or opts.calibrate):
-        p.error("give --forward, --load_memory, --gptq, --quantized, --eval and/or --calibrate")
+    elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.eval or opts.calibrate or
+              opts.step_profile):
+        p.error("give --forward, --load_memory, --gptq, --quantized, --eval, --step_profile and/or --calibrate")
     if opts.gpu_cap < 0:
         p.error(f"--gpu_cap {opts.gpu_cap:g}: expected GiB > 0, or 0 for the whole GPU")
     for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", opts.formats, FORMATS),
@@ -564,6 +646,9 @@ if __name__ == "__main__":
     if opts.eval:
         eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.formats.split(","), opts.prompts,
                    opts.mc_items, modes=opts.modes.split(","))
+    if opts.step_profile:
+        profile_bench(opts.formats.split(",") if opts.formats != ",".join(FORMATS) else
+                      ("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"))
     if opts.calibrate:
         cap = ("--gpu_memory_gib", str(opts.gpu_cap)) if opts.gpu_cap else ()
         calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir, cap,

@@ -93,3 +93,23 @@ def test_the_log_reader_takes_calibrate_s_own_lines():
     older = B.read_log(log.replace(" (the allocator held 25.9 GiB)", ""))
     assert older["gpu_gib"] == 19.8 and older["held_gib"] is None
     assert B.read_log("") == {"blocks": None, "block_s": None, "gpu_gib": None, "held_gib": None}
+
+
+def test_the_step_profile_sorts_real_kernel_names_and_sums_them_per_step():
+    """Kernel names as CUDA traces print them (dllmq's Triton kernels, cuBLAS, flash attention, torch.compile's
+    fusions, the sampler's reductions) fall in their categories, and the per-step sums add up to the wall."""
+    names = {"_wa_gemm": "quantized GEMM", "_wq_gemm": "quantized GEMM", "_quant_rows": "activation quantizer",
+             "_rotate_quant": "activation quantizer", "nvjet_tst_128x256_64x4_2x1_v_bz_coopB_TNT": "dense GEMM",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "dense GEMM",
+             "gemv2T_kernel_val<int, int, __nv_bfloat16, float, 128, 16, 4, 4, false>": "dense GEMM",
+             "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64>>": "attention",
+             "fmha_cutlassF_bf16_aligned_64x64_rf_sm80": "attention",
+             "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0": "compiled fusions",
+             "void at::native::reduce_kernel<512, 1, ReduceOp<float, ArgMaxOps<float>>>": "other",
+             "void at::native::vectorized_elementwise_kernel<4, FillFunctor<bool>>": "other"}
+    assert {n: B.kernel_category(n) for n in names} == names
+    kernels = [("_wa_gemm", 3000.0), ("_quant_rows", 400.0), ("nvjet_x", 200.0), ("flash_fwd", 600.0),
+               ("triton_poi_fused_1", 300.0), ("argmax", 100.0)] * 4
+    r = B.step_breakdown(kernels, steps=2, wall_s=0.024)
+    assert r["quantized GEMM"] == pytest.approx(6.0) and r["activation quantizer"] == pytest.approx(0.8)
+    assert r["busy"] == pytest.approx(9.2) and r["wall"] == pytest.approx(12.0) and r["idle"] == pytest.approx(2.8)
