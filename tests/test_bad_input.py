@@ -120,14 +120,17 @@ def broken(tmp_path_factory):
     return tmp
 
 
-def one_line(args, tmp):
-    out = tmp / "out" / "_".join(args[:1])
-    if args[0] == "calibrate.py":
-        args = args + ["--out", str(out)]
-    r = subprocess.run([sys.executable, *[a.format(tmp=tmp) for a in args]], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
-    assert not os.path.exists(out) and not os.path.exists(f"{out}.partial"), "a failed run left output behind"
-    return r
+def one_line(cases, tmp):
+    """Runs the command lines (tests/run_clis.py: one process for all, one torch import) -> [(status, stderr)], and
+    checks that none left its --out (or its .partial) behind."""
+    outs = [tmp / "out" / f"{i}_{args[0]}" for i, args in enumerate(cases)]
+    argvs = [[a.format(tmp=tmp) for a in args] + (["--out", str(out)] if args[0] == "calibrate.py" else [])
+             for args, out in zip(cases, outs, strict=True)]
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "run_clis.py")], input=json.dumps(argvs),
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, check=True)
+    left = [str(o) for o in outs if os.path.exists(o) or os.path.exists(f"{o}.partial")]
+    assert left == [], "a failed run left output behind"
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -138,11 +141,13 @@ def test_every_bad_input_is_one_line(broken):
                 for n, (_, _, m) in QUANT.items()},
              "calibrate a NaN model": (CALIBRATE + ["--model", str(broken / "NaN weight")], "holds NaN"),
              "eval a NaN model": (EVAL + ["--model", str(broken / "NaN weight")], "holds NaN"), **FLAGS}
+    halves = [list(cases.values())[i::2] for i in (0, 1)]  # two processes, one per core
     with ThreadPoolExecutor(2) as pool:
-        results = dict(zip(cases, pool.map(lambda c: one_line(c[0], broken), cases.values()), strict=True))
+        a, b = pool.map(lambda half: one_line([args for args, _ in half], broken), halves)
+    results = dict(zip(list(cases)[0::2] + list(cases)[1::2], a + b, strict=True))
     wrong = []
-    for name, r in results.items():
-        lines = r.stderr.strip().splitlines()
-        if r.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or cases[name][1] not in lines[0]:
-            wrong.append(f"{name}: exit {r.returncode}, {lines[-3:]}")
+    for name, (status, stderr) in results.items():
+        lines = stderr.strip().splitlines()
+        if status != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or cases[name][1] not in lines[0]:
+            wrong.append(f"{name}: exit {status}, {lines[-3:]}")
     assert wrong == []
