@@ -6,6 +6,7 @@ transformers, which both import, finds dllmq's kernels/ package in place of Hugg
 project's root is on the path.
 
     python tests/engine_oracle.py {compressed-tensors,gptq} EXPORTED_DIR OUT.safetensors [INPUTS.safetensors]
+    python tests/engine_oracle.py --jobs '[[FORMAT, EXPORTED_DIR, OUT, INPUTS or null], ...]'   # many, one import
 
 OUT gets, for every quantized layer P: P.weight, the (N, K) weight the library dequantizes (GPTQ: for K <= 4096), and
 with INPUTS (tensors named by their width K) P.out, the layer's output on the input of its width.
@@ -72,14 +73,17 @@ def gptq(folder, tensors, inputs):
     return out
 
 
+def run(fmt, folder, dest, inputs=None):
+    x = {}
+    if inputs:
+        with safe_open(inputs, "pt") as f:
+            x = {k: f.get_tensor(k) for k in f.keys()}
+    save_file({"compressed-tensors": compressed_tensors, "gptq": gptq}[fmt](folder, read(folder), x), dest)
+
+
 def main():
-    fmt, folder, dest = sys.argv[1:4]
-    inputs = {}
-    if len(sys.argv) > 4:
-        with safe_open(sys.argv[4], "pt") as f:
-            inputs = {k: f.get_tensor(k) for k in f.keys()}
-    out = {"compressed-tensors": compressed_tensors, "gptq": gptq}[fmt](folder, read(folder), inputs)
-    save_file(out, dest)
+    for job in json.loads(sys.argv[2]) if sys.argv[1] == "--jobs" else [sys.argv[1:5]]:
+        run(*job)
 
 
 if __name__ == "__main__":
