@@ -82,6 +82,8 @@ def run(fmt, folder, dest, inputs=None):
 
 
 def main():
+    if len(sys.argv) < 3 or (sys.argv[1] != "--jobs" and len(sys.argv) < 4):
+        sys.exit(__doc__)
     for job in json.loads(sys.argv[2]) if sys.argv[1] == "--jobs" else [sys.argv[1:5]]:
         run(*job)
 
