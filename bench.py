@@ -493,70 +493,82 @@ KERNELS = (  # (category, pattern of the GPU kernel's name), first match wins
     ("other", r""))  # the sampler (argmax, top-k, masks), copies into the graph's buffers, eager elementwise
 
 
+SYNCS = ("aten::_local_scalar_dense", "aten::nonzero")  # .item() / int(tensor), and boolean indexing: the host waits
+
+
 def kernel_category(name):
     return next(c for c, pattern in KERNELS if re.search(pattern, name, re.IGNORECASE))
 
 
-def step_breakdown(kernels, steps, wall_s):
+def step_breakdown(kernels, steps, wall_s, ops=()):
     """kernels: (name, microseconds) of every GPU kernel in a generation of `steps` steps that took wall_s seconds
     unprofiled -> ms per step: the wall, each category's kernel time, their sum (busy) and wall - busy (idle: the
-    GPU waits on the host). Kernels of one stream do not overlap, so their sum is the time the GPU was busy."""
+    GPU waits on the host). Kernels of one stream do not overlap, so their sum is the time the GPU was busy. ops:
+    the names of the torch operators the host ran, of which SYNCS make it wait for the GPU (syncs: per step)."""
     ms = {c: 0.0 for c, _ in KERNELS}
     for name, us in kernels:
         ms[kernel_category(name)] += us / 1e3 / steps
     busy = sum(ms.values())
-    return {"wall": wall_s * 1e3 / steps, **ms, "busy": busy, "idle": wall_s * 1e3 / steps - busy}
+    return {"wall": wall_s * 1e3 / steps, **ms, "busy": busy, "idle": wall_s * 1e3 / steps - busy,
+            "syncs": sum(op in SYNCS for op in ops) / steps}
 
 
 @torch.no_grad()
-def profile_bench(formats=("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"), gen_length=256, prompt=64, block=32):
-    """Where a denoising step's time goes: one LLaDA-8B-shaped generation (gen_length tokens, as many steps, blocks
-    of `block`) per format with compiled blocks, launched from Python and replayed from CUDA graphs (sample.Graphed),
-    timed, then run again with torch.profiler recording the steps of one block (steps 35-66: past the first block and
-    two warm-up steps); every GPU kernel it records is put in a KERNELS category. The rows give ms per step; idle is
-    the unprofiled wall per step minus the kernels' sum, the time the GPU waits on the host."""
+def profile_bench(formats=("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"), gen_length=256, prompt=64, block=32,
+                  args=SHAPES["LLaDA-8B"], device="cuda"):
+    """Where a denoising step's time goes: one generation of the LLaDA-8B shape (gen_length tokens, as many steps,
+    blocks of `block`) per format with compiled blocks, launched from Python and replayed from CUDA graphs
+    (sample.Graphed), timed, then run again with torch.profiler recording the steps of one block (from step
+    block + 3 on: past the first block and two warm-up steps); every GPU kernel it records is put in a KERNELS
+    category. The rows give ms per step; idle is the unprofiled wall per step minus the kernels' sum, the time the
+    GPU waits on the host, and host syncs counts the operators per step that make the host wait for the GPU
+    (SYNCS), after which it launches the next work. On the CPU (tests): eager only, and no kernel times."""
     from sample import Graphed, generate
-    dev, args = torch.device("cuda"), SHAPES["LLaDA-8B"]
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    cols = [c for c, _ in KERNELS]
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}; LLaDA-8B shape, batch 1, prompt {prompt}, "
-          f"gen {gen_length}, {gen_length} steps, blocks of {block}, low confidence; compiled blocks; ms per step\n")
-    print("| format | mode | generation s | step | " + " | ".join(cols) + " | busy | idle |\n" + "|---" *
-          (len(cols) + 6) + "|", flush=True)
-    ids = torch.randint(0, args.vocab_size - 1, (1, prompt), device=dev)
-    rows, per_block = [], block  # steps = gen_length: one token a step, `block` steps a block
+    cuda, cols = device == "cuda", [c for c, _ in KERNELS]
+    acts = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
+    where = f"{torch.cuda.get_device_name()}  torch {torch.__version__}" if cuda else f"CPU, torch {torch.__version__}"
+    shape = next((n for n, a in SHAPES.items() if a == args), f"a small {args.family}")
+    print(f"{where}; {shape} shape, batch 1, prompt {prompt}, gen {gen_length}, {gen_length} steps, blocks of "
+          f"{block}, low confidence; ms per step\n")
+    print("| format | mode | generation s | step | " + " | ".join(cols) + " | busy | idle | host syncs |\n" +
+          "|---" * (len(cols) + 7) + "|", flush=True)
+    ids, rows = torch.randint(0, args.vocab_size - 1, (1, prompt), device=device), []
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for fmt in formats:
         torch.manual_seed(0)
-        model = random_model(args, dev)
+        model = random_model(args, device)
         if FORMATS[fmt] is not None:
             quantize_random(model, FORMATS[fmt])
         torch._dynamo.reset()
-        for b in model.blocks:
+        for b in model.blocks if cuda else ():
             b.compile(dynamic=False)
-        for mode, runner in (("compiled", model), ("compiled + CUDA graph", Graphed(model))):
+        modes = (("compiled", model), ("compiled + CUDA graph", Graphed(model))) if cuda else (("eager", model),)
+        for mode, runner in modes:
             run = functools.partial(generate, runner, ids, gen_length=gen_length, steps=gen_length,
                                     block_length=block)
             run()  # compilation, autotuning and graph capture outside the timed region
-            torch.cuda.synchronize()
+            sync()
             t0 = time.time()
             run()
-            torch.cuda.synchronize()
+            sync()
             wall = time.time() - t0
-            window = torch.profiler.schedule(wait=per_block, warmup=2, active=per_block, repeat=1)
-            with torch.profiler.profile(activities=acts, schedule=window) as prof:  # the second block's steps
+            window = torch.profiler.schedule(wait=block, warmup=2, active=block, repeat=1)  # one token a step
+            with torch.profiler.profile(activities=acts, schedule=window) as prof:
                 run(on_step=lambda *_: prof.step())
-                torch.cuda.synchronize()
-            kernels = [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+                sync()
+            events = prof.events()
+            kernels = [(e.name, e.time_range.elapsed_us()) for e in events
                        if e.device_type == torch.autograd.DeviceType.CUDA]
-            r = step_breakdown(kernels, per_block, wall / gen_length * per_block)
+            r = step_breakdown(kernels, block, wall / gen_length * block, [e.name for e in events])
             rows.append({"format": fmt, "mode": mode, "seconds": wall, **r})
             cells = " | ".join(f"{r[c]:.2f}" for c in [*cols, "busy", "idle"]) if kernels else \
                 " | ".join(["n/a"] * len(cols)) + " | n/a (the profiler recorded no kernels) | n/a"
-            print(f"| {fmt} | {mode} | {wall:.2f} | {r['wall']:.2f} | {cells} |", flush=True)
-        model = runner = None
+            print(f"| {fmt} | {mode} | {wall:.2f} | {r['wall']:.2f} | {cells} | {r['syncs']:.1f} |", flush=True)
+        model = runner = modes = None
         torch._dynamo.reset()
         gc.collect()
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     return rows
 
 

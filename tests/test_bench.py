@@ -110,6 +110,19 @@ def test_the_step_profile_sorts_real_kernel_names_and_sums_them_per_step():
     assert {n: B.kernel_category(n) for n in names} == names
     kernels = [("_wa_gemm", 3000.0), ("_quant_rows", 400.0), ("nvjet_x", 200.0), ("flash_fwd", 600.0),
                ("triton_poi_fused_1", 300.0), ("argmax", 100.0)] * 4
-    r = B.step_breakdown(kernels, steps=2, wall_s=0.024)
+    r = B.step_breakdown(kernels, steps=2, wall_s=0.024, ops=["aten::item", "aten::_local_scalar_dense",
+                                                               "aten::nonzero", "aten::index", "aten::nonzero"])
     assert r["quantized GEMM"] == pytest.approx(6.0) and r["activation quantizer"] == pytest.approx(0.8)
     assert r["busy"] == pytest.approx(9.2) and r["wall"] == pytest.approx(12.0) and r["idle"] == pytest.approx(2.8)
+    assert r["syncs"] == 1.5  # .item() counted once (its _local_scalar_dense), each boolean index's nonzero
+
+
+def test_the_step_profile_runs_a_generation_under_the_profiler(capsys):
+    """bench.py --step_profile's own loop on a tiny LLaDA shape on the CPU (eager; no GPU kernels to time): a row per
+    format, its step the generation's wall over its steps, and the host's syncs counted in the recorded window."""
+    args = dataclasses.replace(TINY_SHAPES["llada-shaped"], max_seq_len=256)
+    rows = B.profile_bench(("bf16", "W8A8-FP8"), gen_length=32, prompt=8, block=8, args=args, device="cpu")
+    assert [(r["format"], r["mode"]) for r in rows] == [("bf16", "eager"), ("W8A8-FP8", "eager")]
+    for r in rows:
+        assert r["wall"] == pytest.approx(r["seconds"] * 1e3 / 32) and r["busy"] == 0 and r["syncs"] >= 1
+    assert capsys.readouterr().out.count("the profiler recorded no kernels") == 2
