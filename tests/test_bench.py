@@ -117,6 +117,7 @@ def test_the_step_profile_sorts_real_kernel_names_and_sums_them_per_step():
     assert r["syncs"] == 1.5  # .item() counted once (its _local_scalar_dense), each boolean index's nonzero
 
 
+@pytest.mark.slow
 def test_the_step_profile_runs_a_generation_under_the_profiler(capsys):
     """bench.py --step_profile's own loop on a tiny LLaDA shape on the CPU (eager; no GPU kernels to time): a row per
     format, its step the generation's wall over its steps, and the host's syncs counted in the recorded window."""
