@@ -82,9 +82,7 @@ def forward_bench():
                       f"{100 * tflops / peak:6.1f}% {torch.cuda.max_memory_allocated() / 2**30:9.2f} "
                       f"{first:8.1f}", flush=True)
         model = None  # free this model's weights before building the next; compiled code holds references too
-        torch._dynamo.reset()
-        gc.collect()
-        torch.cuda.empty_cache()
+        release()
 
 
 # format: QLinear settings of every block Linear (RTN of the random weights); W4A4 rotates down_proj online (QuaRot)
@@ -116,6 +114,24 @@ def quantize_random(model, cfg):
     torch.cuda.empty_cache()
 
 
+def format_model(args, fmt, device):
+    """A random model of this shape (seed 0), its block Linears in format fmt (FORMATS; bf16: as built)."""
+    torch.manual_seed(0)
+    model = random_model(args, device)
+    if FORMATS[fmt] is not None:
+        quantize_random(model, FORMATS[fmt])
+    return model
+
+
+def release(device="cuda"):
+    """After the caller dropped its last reference to a model: compiled code, then the cached GPU memory, let go of
+    its weights before the next one is built."""
+    torch._dynamo.reset()
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256, prompt=64):
     """Forward at 512/1024/2048 tokens and one LLaDA generation (gen 256, steps 256, block 32) per format at 8B
     shapes with random weights, every quantized layer through the Triton kernels (QLinear on CUDA): eagerly, then
@@ -135,10 +151,7 @@ def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256
     for name in models:
         args = SHAPES[name]
         for fmt in dict.fromkeys(("bf16", *formats)):  # bf16 first: the baseline of every ratio
-            torch.manual_seed(0)
-            model, rows = random_model(args, dev), {}
-            if FORMATS[fmt] is not None:
-                quantize_random(model, FORMATS[fmt])
+            model, rows = format_model(args, fmt, dev), {}
             gib = model_bytes(model) / 2**30
             tokens = {T: torch.randint(0, args.vocab_size - 1, (1, T), device=dev) for T in (512, 1024, 2048)}
             gen_ids = torch.randint(0, args.vocab_size - 1, (1, prompt), device=dev)
@@ -175,9 +188,7 @@ def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256
                     f"{m}{' + CUDA graph' * gr} {rows[m, gr]:.2f} s, {g[m, gr] / rows[m, gr]:.2f}x"
                     for m in ("eager", "compiled") for gr in (False, True)) + " |", flush=True)
             model = None
-            torch._dynamo.reset()
-            gc.collect()
-            torch.cuda.empty_cache()
+            release()
 
 
 def gptq_bench(nsamples=128, seqlen=2048):
@@ -261,11 +272,7 @@ def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="c
         texts = [p for _, p, _ in ev.humaneval_programs(ev.Args(limit=prompts))]
         base = {}  # mode: bf16's generation seconds, the baseline of every ratio
         for fmt in dict.fromkeys(("bf16", *formats)):
-            torch.manual_seed(0)
-            model = random_model(args, device)
-            if FORMATS[fmt] is not None:
-                quantize_random(model, FORMATS[fmt])
-            compiled = False
+            model, compiled = format_model(args, fmt, device), False
             for mode in modes if cuda else ("eager",):
                 if mode != "eager" and not compiled:
                     torch._dynamo.reset()
@@ -290,10 +297,7 @@ def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="c
                       + ("n/a | n/a" if mc is None else f"{mc:.1f} | {mc_items / mc:.1f}") +
                       (f" | {row['peak_gib']:.1f} |" if cuda else " | n/a |"), flush=True)
             model = None
-            torch._dynamo.reset()
-            gc.collect()
-            if cuda:
-                torch.cuda.empty_cache()
+            release(device)
     return rows
 
 
@@ -513,9 +517,11 @@ def step_breakdown(kernels, steps, wall_s, ops=()):
             "syncs": sum(op in SYNCS for op in ops) / steps}
 
 
+PROFILED = ("bf16", "W8A8-FP8", "W4A8", "W4A16 g128")  # --step_profile's formats unless --formats names others
+
+
 @torch.no_grad()
-def profile_bench(formats=("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"), gen_length=256, prompt=64, block=32,
-                  args=SHAPES["LLaDA-8B"], device="cuda"):
+def profile_bench(formats=PROFILED, gen_length=256, prompt=64, block=32, args=SHAPES["LLaDA-8B"], device="cuda"):
     """Where a denoising step's time goes: one generation of the LLaDA-8B shape (gen_length tokens, as many steps,
     blocks of `block`) per format with compiled blocks, launched from Python and replayed from CUDA graphs
     (sample.Graphed), timed, then run again with torch.profiler recording the steps of one block (from step
@@ -524,6 +530,8 @@ def profile_bench(formats=("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"), gen_length
     GPU waits on the host, and host syncs counts the operators per step that make the host wait for the GPU
     (SYNCS), after which it launches the next work. On the CPU (tests): eager only, and no kernel times."""
     from sample import Graphed, generate
+    if gen_length < 2 * block + 2:  # the recorded window: a first block skipped, two warm-up steps, a block
+        raise ValueError(f"profile_bench: gen_length {gen_length} < 2 x block {block} + 2 steps")
     cuda, cols = device == "cuda", [c for c, _ in KERNELS]
     acts = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
     where = f"{torch.cuda.get_device_name()}  torch {torch.__version__}" if cuda else f"CPU, torch {torch.__version__}"
@@ -535,10 +543,7 @@ def profile_bench(formats=("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"), gen_length
     ids, rows = torch.randint(0, args.vocab_size - 1, (1, prompt), device=device), []
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for fmt in formats:
-        torch.manual_seed(0)
-        model = random_model(args, device)
-        if FORMATS[fmt] is not None:
-            quantize_random(model, FORMATS[fmt])
+        model = format_model(args, fmt, device)
         torch._dynamo.reset()
         for b in model.blocks if cuda else ():
             b.compile(dynamic=False)
@@ -564,11 +569,8 @@ def profile_bench(formats=("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"), gen_length
             cells = " | ".join(f"{r[c]:.2f}" for c in [*cols, "busy", "idle"]) if kernels else \
                 " | ".join(["n/a"] * len(cols)) + " | n/a (the profiler recorded no kernels) | n/a"
             print(f"| {fmt} | {mode} | {wall:.2f} | {r['wall']:.2f} | {cells} | {r['syncs']:.1f} |", flush=True)
-        model = runner = modes = None
-        torch._dynamo.reset()
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
+        model = runner = modes = run = None  # run and runner hold the model and its CUDA graphs
+        release(device)
     return rows
 
 
@@ -659,8 +661,7 @@ if __name__ == "__main__":
         eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.formats.split(","), opts.prompts,
                    opts.mc_items, modes=opts.modes.split(","))
     if opts.step_profile:
-        profile_bench(opts.formats.split(",") if opts.formats != ",".join(FORMATS) else
-                      ("bf16", "W8A8-FP8", "W4A8", "W4A16 g128"))
+        profile_bench(opts.formats.split(",") if opts.formats != ",".join(FORMATS) else PROFILED)
     if opts.calibrate:
         cap = ("--gpu_memory_gib", str(opts.gpu_cap)) if opts.gpu_cap else ()
         calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir, cap,

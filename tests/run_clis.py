@@ -19,8 +19,10 @@ def run(argv):
         try:
             runpy.run_path(os.path.join(ROOT, argv[0]), run_name="__main__")
             status = 0
-        except SystemExit as e:  # sys.exit(2) after one line; sys.exit("text") prints the text, status 1
-            status = e.code if isinstance(e.code, int) else 0 if e.code is None else print(e.code, file=sys.stderr) or 1
+        except SystemExit as e:  # as the interpreter reads it: None is 0; sys.exit("text") prints the text, status 1
+            status = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+            if not isinstance(e.code, int | None):
+                print(e.code, file=sys.stderr)
         except Exception:
             traceback.print_exc()
             status = 1

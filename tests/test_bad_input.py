@@ -151,3 +151,18 @@ def test_every_bad_input_is_one_line(broken):
         if status != 2 or len(lines) != 1 or not lines[0].startswith("error: ") or cases[name][1] not in lines[0]:
             wrong.append(f"{name}: exit {status}, {lines[-3:]}")
     assert wrong == []
+
+
+def test_the_shared_process_reads_exits_as_the_interpreter_does(tmp_path):
+    """tests/run_clis.py: a script's sys.exit(2), sys.exit("text"), an escaping exception and a normal end give the
+    status and stderr that running it alone would give."""
+    scripts = {"two.py": "import sys\nprint('error: x', file=sys.stderr)\nsys.exit(2)\n",
+               "text.py": "import sys\nsys.exit('bad thing')\n", "boom.py": "raise RuntimeError('boom')\n",
+               "fine.py": "print('hello')\n"}
+    for name, code in scripts.items():
+        (tmp_path / name).write_text(code)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "run_clis.py")], capture_output=True, text=True,
+                       input=json.dumps([[str(tmp_path / n)] for n in scripts]), check=True)
+    (s2, e2), (s_text, e_text), (s_boom, e_boom), (s_fine, e_fine) = json.loads(r.stdout)
+    assert (s2, e2) == (2, "error: x\n") and (s_text, e_text) == (1, "bad thing\n") and (s_fine, e_fine) == (0, "")
+    assert s_boom == 1 and e_boom.startswith("Traceback") and "RuntimeError: boom" in e_boom

@@ -73,9 +73,10 @@ def exported(tmp_path_factory):
                 except M.InputError as e:
                     case["refused"][fmt] = str(e)
                     continue
-                jobs.append((fmt, out, str(folder / f"{fmt}.safetensors"), str(folder / "x.safetensors")))
-    for (fmt, out, _, _), theirs in zip(jobs, oracles(jobs), strict=True):
-        next(c for c in cases.values() if c["out"].get(fmt) == out)["theirs"][fmt] = theirs
+                job = (fmt, out, str(folder / f"{fmt}.safetensors"), str(folder / "x.safetensors"))
+                jobs.append((case, job))
+    for (case, job), theirs in zip(jobs, oracles([job for _, job in jobs]), strict=True):
+        case["theirs"][job[0]] = theirs
     return cases
 
 
