@@ -500,6 +500,14 @@ KERNELS = (  # (category, pattern of the GPU kernel's name), first match wins
 SYNCS = ("aten::_local_scalar_dense", "aten::nonzero")  # .item() / int(tensor), and boolean indexing: the host waits
 
 
+def gpu_kernels(events):
+    """(name, microseconds) of the work a profile saw on the GPU: kernels, copies and fills. The GPU rows also carry
+    user annotations (ProfilerStep#n, compiled regions) spanning whole steps: counted, they made "other" larger
+    than the step itself (H200, 2026-12-06), so they are left out."""
+    return [(e.name, e.time_range.elapsed_us()) for e in events
+            if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+
+
 def kernel_category(name):
     return next(c for c, pattern in KERNELS if re.search(pattern, name, re.IGNORECASE))
 
@@ -562,8 +570,7 @@ def profile_bench(formats=PROFILED, gen_length=256, prompt=64, block=32, args=SH
                 run(on_step=lambda *_: prof.step())
                 sync()
             events = prof.events()
-            kernels = [(e.name, e.time_range.elapsed_us()) for e in events
-                       if e.device_type == torch.autograd.DeviceType.CUDA]
+            kernels = gpu_kernels(events)
             r = step_breakdown(kernels, block, wall / gen_length * block, [e.name for e in events])
             rows.append({"format": fmt, "mode": mode, "seconds": wall, **r})
             cells = " | ".join(f"{r[c]:.2f}" for c in [*cols, "busy", "idle"]) if kernels else \

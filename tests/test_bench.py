@@ -2,8 +2,10 @@
 the random checkpoints in both real layouts, and the measured calibrate.py runs (the GPU numbers come from a GPU)."""
 import dataclasses
 import json
+import types
 
 import pytest
+import torch
 from tokenizers import Tokenizer
 
 import bench as B
@@ -115,6 +117,18 @@ def test_the_step_profile_sorts_real_kernel_names_and_sums_them_per_step():
     assert r["quantized GEMM"] == pytest.approx(6.0) and r["activation quantizer"] == pytest.approx(0.8)
     assert r["busy"] == pytest.approx(9.2) and r["wall"] == pytest.approx(12.0) and r["idle"] == pytest.approx(2.8)
     assert r["syncs"] == 1.5  # .item() counted once (its _local_scalar_dense), each boolean index's nonzero
+
+
+def test_the_step_profile_counts_gpu_work_but_not_annotations():
+    """A profile's GPU rows: kernels and copies count; a user annotation (ProfilerStep#n, a compiled region) spans a
+    whole step and would count the step twice; CPU operators are not GPU time."""
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    event = lambda name, t0, t1, dev, note=False: types.SimpleNamespace(  # noqa: E731
+        name=name, device_type=dev, is_user_annotation=note,
+        time_range=torch.autograd.profiler_util.Interval(t0, t1))
+    events = [event("ProfilerStep#3", 0, 10000, cuda, True), event("_wa_gemm", 10, 60, cuda),
+              event("Memcpy HtoD (Pageable -> Device)", 60, 62, cuda), event("aten::mm", 0, 70, cpu)]
+    assert B.gpu_kernels(events) == [("_wa_gemm", 50), ("Memcpy HtoD (Pageable -> Device)", 2)]
 
 
 @pytest.mark.slow
