@@ -267,7 +267,7 @@ def completions(model, tok, prompts, task, args, device):
                        generator=torch.Generator(device).manual_seed(args.seed), on_step=on_step)
         if remasked.item() or (unmasked == 0).any():  # the paths' premise: a position, once shown, stays
             raise RuntimeError(f"{task}: the sampler re-masked a position or left one masked; paths not recorded")
-        flops += generation_flops(model.args, ids.shape[1], gen_length, steps, block, unmasked)
+        flops += generation_flops(model.args, ids.shape[1], gen_length, steps, block, len(rows))
         for j, row, when in zip(rows, out[:, ids.shape[1]:].tolist(), unmasked.tolist(), strict=True):
             text = tok.decode(row[:next((k for k, t in enumerate(row) if t in stop_ids), len(row))])
             texts[j] = min((text[:text.find(s)] for s in STOP[task] if s in text), key=len, default=text)
@@ -281,14 +281,10 @@ def completions(model, tok, prompts, task, args, device):
     return texts, paths, speed
 
 
-def generation_flops(a, P, gen_length, steps, block, unmasked):
-    """Model FLOPs of one batch's decode: every step runs the whole canvas (P + gen_length) through the trunk, and
-    the head at the still-masked positions of the current block, each of which was one from its block's first step
-    until the step that showed it (unmasked: that step, 1-based)."""
-    B, per_block = unmasked.shape[0], steps // (gen_length // block)
-    start = (torch.arange(gen_length, device=unmasked.device) // block) * per_block  # each position's block's start
-    head_rows = int((unmasked - start).sum())
-    return steps * a.flops(B, P + gen_length, 0) + a.flops(0, 0, head_rows)
+def generation_flops(a, P, gen_length, steps, block, B):
+    """Model FLOPs of one batch's decode of B rows: every step runs the whole canvas (P + gen_length) through the
+    trunk, and the head at every position of the current block (sample.cfg_logits)."""
+    return steps * a.flops(B, P + gen_length, head_rows=B * block)
 
 
 def arithmetic_em(model, tok, args, device):

@@ -272,8 +272,9 @@ class Model(nn.Module):
         return self.norm(x)
 
     def forward(self, ids, attn_mask=None, select=None):
-        """ids (B, T) -> logits (B, T, vocab) with logits[:, i] predicting token i, for both families; with select
-        (B, T) bool, only the selected rows (N, vocab), the ones a training loss reads (a 150k vocab makes it pay)."""
+        """ids (B, T) -> logits (B, T, vocab) with logits[:, i] predicting token i, for both families; with select,
+        only the rows it indexes: a (B, T) bool gives (N, vocab), the rows a training loss reads, and an index such
+        as (slice(None), slice(lo, hi)) gives (B, hi - lo, vocab), a sampler's block (a 150k vocab makes it pay)."""
         return self.head(self.hidden(ids, attn_mask), select)
 
     def head(self, h, select=None):

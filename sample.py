@@ -94,16 +94,18 @@ def check(model, prompt_len, gen_length, steps, block_length, alg, dream_only=()
                          f"of {model.args.max_seq_len} tokens")
 
 
-def cfg_logits(model, x, attn_mask, prompt_len, cfg_scale, cand):
-    """Logits (n, V) at the candidates cand (B, T) only (a 150k-vocab head is a quarter of a 0.5B model's FLOPs and
-    its (B, T, V) logits the largest tensor of a step), with LLaDA's unsupervised classifier-free guidance when
-    cfg_scale > 0: un + (cfg+1)(cond - un), where the unconditional input is x with the prompt replaced by [MASK]."""
+def cfg_logits(model, x, attn_mask, prompt_len, cfg_scale, select):
+    """Logits at the rows `select` picks only (a 150k-vocab head is a quarter of a 0.5B model's FLOPs and its (B, T, V)
+    logits the largest tensor of a step): the sampler's block, (slice(None), block) -> (B, w, V), or a (B, T) bool
+    mask -> (n, V). With LLaDA's unsupervised classifier-free guidance when cfg_scale > 0: un + (cfg+1)(cond - un),
+    where the unconditional input is x with the prompt replaced by [MASK]."""
     if cfg_scale == 0:
-        return model(x, attn_mask, select=cand)
+        return model(x, attn_mask, select=select)
     un = x.clone()
     un[:, :prompt_len] = model.args.mask_id
     mask2 = None if attn_mask is None else attn_mask.repeat(2, 1)
-    cond, un = model(torch.cat([x, un]), mask2, select=cand.repeat(2, 1)).chunk(2)  # rows of x, then of un
+    both = select.repeat(2, 1) if isinstance(select, torch.Tensor) else select  # a slice spans both halves
+    cond, un = model(torch.cat([x, un]), mask2, select=both).chunk(2)  # rows of x, then of un
     return un + (cfg_scale + 1) * (cond - un)
 
 
@@ -112,7 +114,7 @@ class Graphed:
     once per input shape (a padded batch, cfg's doubled one). Every step of generate runs the whole canvas at one
     shape, so after the first a forward is one replay instead of thousands of kernel launches from Python, which at
     these sizes cost more host time than the kernels take (a quantized layer launches two Triton kernels; bench.py).
-    The LM head runs eagerly on the selected rows, whose number changes every step. Inputs are copied into the
+    The LM head runs eagerly on the current block's rows, which move with the block. Inputs are copied into the
     captured buffers; the hidden states live in the graph's memory, overwritten by the next replay."""
 
     def __init__(self, model):
@@ -192,23 +194,23 @@ def n_commit(alg, n_start, n_now, i, steps, t):
     return frac if alg == "origin" else (n_now.float() * frac).long()
 
 
-def commit(x, cand, x0, conf, count, alg, alg_temp, generator):
-    """Write x0 at the chosen candidate positions of x, in place. conf (B, T) is -inf off the candidates."""
-    proposal = x.clone()
-    proposal[cand] = x0
+def commit(x, cand, x0, conf, count, alg, alg_temp, generator, noise):
+    """Write x0 at the chosen candidates of the block x (B, w), in place. conf (B, w) is -inf off the candidates.
+    The top-`count` choice is made by rank, without a host sync (ties, which the samplers leave to torch.topk's
+    order, go to the earlier position); sampling positions (alg_temp > 0) takes a row's count to the host.
+    noise: `origin`'s uniform draws for the block."""
     if alg == "origin":  # each candidate is revealed independently with probability `count`
-        reveal = cand & (torch.rand(x.shape, device=x.device, generator=generator) < count)
-        x[reveal] = proposal[reveal]
+        x.copy_(torch.where(cand & (noise < count), x0, x))
         return
-    for r in range(x.shape[0]):
-        k = int(count[r])
-        if k == 0:
-            continue
-        if alg_temp > 0:
-            idx = torch.multinomial((conf[r] / alg_temp).softmax(-1), k, generator=generator)
-        else:
-            idx = torch.topk(conf[r], k).indices
-        x[r, idx] = proposal[r, idx]
+    if alg_temp > 0:
+        for r in range(x.shape[0]):
+            k = int(count[r])
+            if k:
+                idx = torch.multinomial((conf[r] / alg_temp).softmax(-1), k, generator=generator)
+                x[r, idx] = x0[r, idx]
+        return
+    rank = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # 0 = the most confident
+    x.copy_(torch.where(cand & (rank < count.view(-1, 1)), x0, x))
 
 
 @torch.no_grad()
@@ -236,24 +238,28 @@ def generate(model, prompt, attn_mask=None, gen_length=128, steps=128, block_len
     per_block, step = steps // n_blocks, 0
     t = torch.linspace(1, eps, per_block + 1, device=x.device)
     for b in range(n_blocks):
-        in_block = torch.zeros_like(x, dtype=torch.bool)
-        in_block[:, P + b * block_length: P + (b + 1) * block_length] = True
-        n_start = (x[in_block].view(B, -1) == a.mask_id).sum(1)
+        rows = slice(P + b * block_length, P + (b + 1) * block_length)
+        block = x[:, rows]  # a view: commits write into x
+        n_start = (block == a.mask_id).sum(1)
         for i in range(per_block):
-            cand = (x == a.mask_id) & in_block
-            logits = cfg_logits(model, x, attn_mask, P, cfg_scale, cand)  # (n, V)
+            cand = block == a.mask_id
+            # the head at the whole block, masked or not: a fixed shape, where finding the masked positions
+            # would make the host wait for the GPU every step
+            logits = cfg_logits(model, x, attn_mask, P, cfg_scale, (slice(None), rows)).flatten(0, 1)
             if logits_eos_inf and a.eos_id is not None:
                 logits[:, a.eos_id] = -torch.inf
-            x0, c = propose(logits, alg, temperature, top_p, top_k, generator)
+            x0, c = (v.view(B, -1) for v in propose(logits, alg, temperature, top_p, top_k, generator))
             if confidence_eos_eot_inf:  # rank EOS/EoT predictions last (but above non-candidates at -inf)
                 ends = torch.tensor([e for e in (a.eos_id, a.eot_id) if e is not None], device=x0.device)
                 c = c.masked_fill(torch.isin(x0, ends), torch.finfo(c.dtype).min)
-            conf = torch.full(x.shape, -torch.inf, device=x.device, dtype=c.dtype)
-            conf[cand] = c
+            conf = torch.where(cand, c, -torch.inf)
             count = n_commit(alg, n_start, cand.sum(1), i, per_block, t)
-            commit(x, cand, x0, conf, count, alg, alg_temp, generator)
+            noise = torch.rand(x.shape, device=x.device, generator=generator)[:, rows] if alg == "origin" else None
+            commit(block, cand, x0, conf, count, alg, alg_temp, generator, noise)
             if on_step:
-                on_step(step, x, conf)
+                full = torch.full(x.shape, -torch.inf, device=x.device, dtype=conf.dtype)
+                full[:, rows] = conf
+                on_step(step, x, full)
             step += 1
     return x
 

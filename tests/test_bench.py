@@ -139,7 +139,8 @@ def test_the_step_profile_runs_a_generation_under_the_profiler(capsys):
     rows = B.profile_bench(("bf16", "W8A8-FP8"), gen_length=32, prompt=8, block=8, args=args, device="cpu")
     assert [(r["format"], r["mode"]) for r in rows] == [("bf16", "eager"), ("W8A8-FP8", "eager")]
     for r in rows:
-        assert r["wall"] == pytest.approx(r["seconds"] * 1e3 / 32) and r["busy"] == 0 and r["syncs"] >= 1
+        assert r["wall"] == pytest.approx(r["seconds"] * 1e3 / 32) and r["busy"] == 0
+        assert r["syncs"] == 0  # the greedy sampler never makes the host wait for the device (sample.commit)
     assert capsys.readouterr().out.count("the profiler recorded no kernels") == 2
     with pytest.raises(ValueError, match="gen_length 16 < 2 x block 8"):  # too short for the recorded window
         B.profile_bench(("bf16",), gen_length=16, prompt=8, block=8, args=args, device="cpu")

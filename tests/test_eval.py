@@ -149,7 +149,7 @@ class Counting(torch.nn.Module):
         self.model, self.args, self.flops = model, model.args, 0
 
     def forward(self, ids, attn_mask=None, select=None):
-        rows = ids.numel() if select is None else int(select.sum())
+        rows = ids.numel() if select is None else int(torch.ones(ids.shape, dtype=torch.bool)[select].sum())
         self.flops += self.args.flops(*ids.shape, head_rows=rows)
         return self.model(ids, attn_mask, select=select)
 
