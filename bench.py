@@ -525,7 +525,7 @@ def step_breakdown(kernels, steps, wall_s, ops=()):
             "syncs": sum(op in SYNCS for op in ops) / steps}
 
 
-PROFILED = ("bf16", "W8A8-FP8", "W4A8", "W4A16 g128")  # --step_profile's formats unless --formats names others
+PROFILED = ("bf16", "W8A8-FP8", "W4A8", "W4A16 g128")  # --step_profile's formats unless --formats names some
 
 
 @torch.no_grad()
@@ -621,7 +621,7 @@ if __name__ == "__main__":
     p.add_argument("--eval", action="store_true", help="eval.py's HumanEval generation and ARC-Easy likelihood at "
                    "8B shapes: bf16 and FP8, eager / compiled / CUDA graph, tokens/s and MFU (CUDA)")
     p.add_argument("--step_profile", action="store_true", help="where a 256-token LLaDA-8B generation step's time "
-                   "goes, per --formats (default bf16, W8A8-FP8, W4A8, W4A16 g128), by GPU kernel category (CUDA)")
+                   "goes, per --formats, by GPU kernel category (CUDA)")
     p.add_argument("--calibrate", action="store_true", help="every method's calibrate.py at its headline setting on "
                    "random 8B-shaped checkpoints: time, memory, size against the goals (CUDA; writes 31 GiB to "
                    "--ckpt_dir)")
@@ -638,13 +638,15 @@ if __name__ == "__main__":
                    "once, about 15 GiB each) and each cell's output (removed once measured) go")
     p.add_argument("--models", default=",".join(SHAPES), help="--quantized, --calibrate: which of " +
                    ", ".join(SHAPES))
-    p.add_argument("--formats", default=",".join(FORMATS), help="--quantized, --eval, --step_profile: which of " +
-                   ", ".join(FORMATS))
+    p.add_argument("--formats", default="all", help="--quantized, --eval, --step_profile: which of " +
+                   ", ".join(FORMATS) + "; all: every one for --quantized and --eval, " + ", ".join(PROFILED) +
+                   " for --step_profile")
     p.add_argument("--dir", default="/tmp/llada8b-random", help="--load_memory: where the random LLaDA-8B checkpoint "
                    "lives (about 15 GiB; remove it when done)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     opts = p.parse_args()
+    formats = opts.formats.split(",") if opts.formats != "all" else list(FORMATS)
     if opts.probe:
         memory_probe(opts.probe, opts.device)
     elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.eval or opts.calibrate or
@@ -652,7 +654,7 @@ if __name__ == "__main__":
         p.error("give --forward, --load_memory, --gptq, --quantized, --eval, --step_profile and/or --calibrate")
     if opts.gpu_cap < 0:
         p.error(f"--gpu_cap {opts.gpu_cap:g}: expected GiB > 0, or 0 for the whole GPU")
-    for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", opts.formats, FORMATS),
+    for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", ",".join(formats), FORMATS),
                                ("--cells", opts.cells, CALIBRATE), ("--modes", opts.modes, MODES)):
         if set(given.split(",")) - set(known):
             p.error(f"{flag}: {', '.join(sorted(set(given.split(',')) - set(known)))} not in {', '.join(known)}")
@@ -663,12 +665,12 @@ if __name__ == "__main__":
     if opts.gptq:
         gptq_bench()
     if opts.quantized:
-        quantized_bench(opts.models.split(","), opts.formats.split(","))
+        quantized_bench(opts.models.split(","), formats)
     if opts.eval:
-        eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.formats.split(","), opts.prompts,
+        eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, formats, opts.prompts,
                    opts.mc_items, modes=opts.modes.split(","))
     if opts.step_profile:
-        profile_bench(opts.formats.split(",") if opts.formats != ",".join(FORMATS) else PROFILED)
+        profile_bench(formats if opts.formats != "all" else PROFILED)
     if opts.calibrate:
         cap = ("--gpu_memory_gib", str(opts.gpu_cap)) if opts.gpu_cap else ()
         calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir, cap,
