@@ -20,9 +20,11 @@ Speed and memory of dllmq models at real scale, with random weights (no checkpoi
 FLOPs of a forward: ModelArgs.flops (model.py), 2 per weight per token plus full attention's QK^T and PV.
 """
 import argparse
+import collections
 import functools
 import gc
 import gzip
+import itertools
 import json
 import os
 import re
@@ -114,12 +116,19 @@ def quantize_random(model, cfg):
     torch.cuda.empty_cache()
 
 
-def format_model(args, fmt, device):
-    """A random model of this shape (seed 0), its block Linears in format fmt (FORMATS; bf16: as built)."""
+FUSE = {"apart": None, "quantized": False, "all": True}  # --fuse: fuse_projections' `dense`, or no fusing
+
+
+def format_model(args, fmt, device, fuse="apart"):
+    """A random model of this shape (seed 0), its block Linears in format fmt (FORMATS; bf16: as built), with q/k/v
+    and gate/up fused as eval.py and sample.py run them (fuse, a key of FUSE)."""
+    from quantizers.core import fuse_projections
     torch.manual_seed(0)
     model = random_model(args, device)
     if FORMATS[fmt] is not None:
         quantize_random(model, FORMATS[fmt])
+    if FUSE[fuse] is not None:
+        fuse_projections(model, dense=FUSE[fuse])
     return model
 
 
@@ -132,7 +141,7 @@ def release(device="cuda"):
         torch.cuda.empty_cache()
 
 
-def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256, prompt=64):
+def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256, prompt=64, fuse="quantized"):
     """Forward at 512/1024/2048 tokens and one LLaDA generation (gen 256, steps 256, block 32) per format at 8B
     shapes with random weights, every quantized layer through the Triton kernels (QLinear on CUDA): eagerly, then
     with each block compiled (sample.py --compile; kernels/ops.py), each against bf16 run the same way; the
@@ -151,7 +160,7 @@ def quantized_bench(models=tuple(SHAPES), formats=tuple(FORMATS), gen_length=256
     for name in models:
         args = SHAPES[name]
         for fmt in dict.fromkeys(("bf16", *formats)):  # bf16 first: the baseline of every ratio
-            model, rows = format_model(args, fmt, dev), {}
+            model, rows = format_model(args, fmt, dev, fuse), {}
             gib = model_bytes(model) / 2**30
             tokens = {T: torch.randint(0, args.vocab_size - 1, (1, T), device=dev) for T in (512, 1024, 2048)}
             gen_ids = torch.randint(0, args.vocab_size - 1, (1, prompt), device=dev)
@@ -250,7 +259,7 @@ MODES = ("eager", "compiled", "graph")  # eval_bench: eval.py plain, with --comp
 
 
 @torch.no_grad()
-def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="cuda", modes=MODES):
+def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="cuda", modes=MODES, fuse="quantized"):
     """eval.py's own scorers on random models of the given shapes, in process: the HumanEval generation (its first
     `prompts` prompts in one batch; 512 tokens, 512 steps, blocks of 32; no code is run) and ARC-Easy's Monte Carlo
     likelihood (mc_items items, 128 samples per choice), per format eagerly, compiled (eval.py --compile) and
@@ -272,7 +281,7 @@ def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="c
         texts = [p for _, p, _ in ev.humaneval_programs(ev.Args(limit=prompts))]
         base = {}  # mode: bf16's generation seconds, the baseline of every ratio
         for fmt in dict.fromkeys(("bf16", *formats)):
-            model, compiled = format_model(args, fmt, device), False
+            model, compiled = format_model(args, fmt, device, fuse), False
             for mode in modes if cuda else ("eager",):
                 if mode != "eager" and not compiled:
                     torch._dynamo.reset()
@@ -525,18 +534,22 @@ def step_breakdown(kernels, steps, wall_s, ops=()):
             "syncs": sum(op in SYNCS for op in ops) / steps}
 
 
+PROFILE_MODES = {"compiled": "compiled", "graph": "compiled + CUDA graph"}
 PROFILED = ("bf16", "W8A8-FP8", "W4A8", "W4A16 g128")  # --step_profile's formats unless --formats names some
 
 
 @torch.no_grad()
-def profile_bench(formats=PROFILED, gen_length=256, prompt=64, block=32, args=SHAPES["LLaDA-8B"], device="cuda"):
+def profile_bench(formats=PROFILED, gen_length=256, prompt=64, block=32, args=SHAPES["LLaDA-8B"], device="cuda",
+                  fuses=("quantized",), modes=("compiled", "graph"), top=8):
     """Where a denoising step's time goes: one generation of the LLaDA-8B shape (gen_length tokens, as many steps,
     blocks of `block`) per format with compiled blocks, launched from Python and replayed from CUDA graphs
     (sample.Graphed), timed, then run again with torch.profiler recording the steps of one block (from step
     block + 3 on: past the first block and two warm-up steps); every GPU kernel it records is put in a KERNELS
     category. The rows give ms per step; idle is the unprofiled wall per step minus the kernels' sum, the time the
     GPU waits on the host, and host syncs counts the operators per step that make the host wait for the GPU
-    (SYNCS), after which it launches the next work. On the CPU (tests): eager only, and no kernel times."""
+    (SYNCS), after which it launches the next work. Each format runs once per fuses entry (q/k/v and gate/up apart
+    or fused: FUSE). Then, per row with CUDA graphs, the `top` kernels that took longest. On the CPU (tests): eager
+    only, and no kernel times."""
     from sample import Graphed, generate
     if gen_length < 2 * block + 2:  # the recorded window: a first block skipped, two warm-up steps, a block
         raise ValueError(f"profile_bench: gen_length {gen_length} < 2 x block {block} + 2 steps")
@@ -546,17 +559,17 @@ def profile_bench(formats=PROFILED, gen_length=256, prompt=64, block=32, args=SH
     shape = next((n for n, a in SHAPES.items() if a == args), f"a small {args.family}")
     print(f"{where}; {shape} shape, batch 1, prompt {prompt}, gen {gen_length}, {gen_length} steps, blocks of "
           f"{block}, low confidence; ms per step\n")
-    print("| format | mode | generation s | step | " + " | ".join(cols) + " | busy | idle | host syncs |\n" +
-          "|---" * (len(cols) + 7) + "|", flush=True)
+    print("| format | projections | mode | generation s | step | " + " | ".join(cols) + " | busy | idle | host syncs "
+          "|\n" + "|---" * (len(cols) + 8) + "|", flush=True)
     ids, rows = torch.randint(0, args.vocab_size - 1, (1, prompt), device=device), []
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for fmt in formats:
-        model = format_model(args, fmt, device)
+    for fmt, fuse in itertools.product(formats, fuses):
+        model = format_model(args, fmt, device, fuse)
         torch._dynamo.reset()
         for b in model.blocks if cuda else ():
             b.compile(dynamic=False)
-        modes = (("compiled", model), ("compiled + CUDA graph", Graphed(model))) if cuda else (("eager", model),)
-        for mode, runner in modes:
+        for mode in [PROFILE_MODES[m] for m in modes] if cuda else ["eager"]:
+            runner = Graphed(model) if mode.endswith("CUDA graph") else model
             run = functools.partial(generate, runner, ids, gen_length=gen_length, steps=gen_length,
                                     block_length=block)
             run()  # compilation, autotuning and graph capture outside the timed region
@@ -572,13 +585,30 @@ def profile_bench(formats=PROFILED, gen_length=256, prompt=64, block=32, args=SH
             events = prof.events()
             kernels = gpu_kernels(events)
             r = step_breakdown(kernels, block, wall / gen_length * block, [e.name for e in events])
-            rows.append({"format": fmt, "mode": mode, "seconds": wall, **r})
+            rows.append({"format": fmt, "projections": fuse, "mode": mode, "seconds": wall, **r,
+                         "top": top_kernels(kernels, block, top)})
             cells = " | ".join(f"{r[c]:.2f}" for c in [*cols, "busy", "idle"]) if kernels else \
                 " | ".join(["n/a"] * len(cols)) + " | n/a (the profiler recorded no kernels) | n/a"
-            print(f"| {fmt} | {mode} | {wall:.2f} | {r['wall']:.2f} | {cells} | {r['syncs']:.1f} |", flush=True)
-        model = runner = modes = run = None  # run and runner hold the model and its CUDA graphs
+            print(f"| {fmt} | {fuse} | {mode} | {wall:.2f} | {r['wall']:.2f} | {cells} | {r['syncs']:.1f} |",
+                  flush=True)
+        model = runner = run = None  # run and runner hold the model and its CUDA graphs
         release(device)
+    for r in rows if cuda else ():
+        if r["mode"] != "compiled":
+            print(f"\n{r['format']}, projections {r['projections']}, {r['mode']}: the {top} longest kernels, ms "
+                  "per step (calls per step)")
+            for name, ms, calls in r["top"]:
+                print(f"  {ms:6.3f}  ({calls:5.1f})  {name[:110]}")
     return rows
+
+
+def top_kernels(kernels, steps, n):
+    """The n GPU kernels of the longest total time: (name, ms per step, calls per step)."""
+    total, calls = collections.Counter(), collections.Counter()
+    for name, us in kernels:
+        total[name] += us / 1e3 / steps
+        calls[name] += 1 / steps
+    return [(name, ms, calls[name]) for name, ms in total.most_common(n)]
 
 
 def peak_rss_gib():
@@ -641,6 +671,9 @@ if __name__ == "__main__":
     p.add_argument("--formats", default="all", help="--quantized, --eval, --step_profile: which of " +
                    ", ".join(FORMATS) + "; all: every one for --quantized and --eval, " + ", ".join(PROFILED) +
                    " for --step_profile")
+    p.add_argument("--fuse", default="quantized", help="--quantized, --eval, --step_profile: q/k/v and gate/up as "
+                   "eval.py and sample.py run them, fused into one GEMM each for quantized layers (quantized), for "
+                   "every layer (all), or apart; --step_profile takes several, comma-separated")
     p.add_argument("--dir", default="/tmp/llada8b-random", help="--load_memory: where the random LLaDA-8B checkpoint "
                    "lives (about 15 GiB; remove it when done)")
     p.add_argument("--probe", help=argparse.SUPPRESS)
@@ -652,10 +685,13 @@ if __name__ == "__main__":
     elif not (opts.forward or opts.load_memory or opts.gptq or opts.quantized or opts.eval or opts.calibrate or
               opts.step_profile):
         p.error("give --forward, --load_memory, --gptq, --quantized, --eval, --step_profile and/or --calibrate")
+    if "," in opts.fuse and (opts.quantized or opts.eval):
+        p.error(f"--fuse {opts.fuse}: --quantized and --eval take one of {', '.join(FUSE)}")
     if opts.gpu_cap < 0:
         p.error(f"--gpu_cap {opts.gpu_cap:g}: expected GiB > 0, or 0 for the whole GPU")
     for flag, given, known in (("--models", opts.models, SHAPES), ("--formats", ",".join(formats), FORMATS),
-                               ("--cells", opts.cells, CALIBRATE), ("--modes", opts.modes, MODES)):
+                               ("--cells", opts.cells, CALIBRATE), ("--modes", opts.modes, MODES),
+                               ("--fuse", opts.fuse, FUSE)):
         if set(given.split(",")) - set(known):
             p.error(f"{flag}: {', '.join(sorted(set(given.split(',')) - set(known)))} not in {', '.join(known)}")
     if opts.forward:
@@ -665,12 +701,13 @@ if __name__ == "__main__":
     if opts.gptq:
         gptq_bench()
     if opts.quantized:
-        quantized_bench(opts.models.split(","), formats)
+        quantized_bench(opts.models.split(","), formats, fuse=opts.fuse)
     if opts.eval:
         eval_bench({m: SHAPES[m] for m in opts.models.split(",")}, formats, opts.prompts,
-                   opts.mc_items, modes=opts.modes.split(","))
+                   opts.mc_items, modes=opts.modes.split(","), fuse=opts.fuse)
     if opts.step_profile:
-        profile_bench(formats if opts.formats != "all" else PROFILED)
+        profile_bench(formats if opts.formats != "all" else PROFILED, fuses=opts.fuse.split(","),
+                      modes=[m for m in opts.modes.split(",") if m != "eager"])
     if opts.calibrate:
         cap = ("--gpu_memory_gib", str(opts.gpu_cap)) if opts.gpu_cap else ()
         calibrate_bench({m: SHAPES[m] for m in opts.models.split(",")}, opts.cells.split(","), opts.ckpt_dir, cap,

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from cli import InputError, InRepo, check_output_file, opt, parse, resolve_device, run_cli, write_text
 from data.prepare import ANSWER_WIDTH, arithmetic
 from model import load, load_tokenizer, read_args
-from quantizers.core import cache_weights
+from quantizers.core import cache_weights, fuse_projections
 from sample import DEFAULT_MODEL, Graphed, generate, pad_left
 from stats import comparisons, pack_path, rate, table
 from train import diffusion_loss
@@ -84,6 +84,8 @@ class Args:
     seed: int = opt(0, "seed of every random draw (masks, sampler noise)")
     cache_weights: bool = opt(False, "quantized checkpoints: dequantize each weight-only layer's weight once, not "
                               "every call (faster on a GPU; the same numbers up to rounding order)")
+    fuse: bool = opt(True, "on a GPU, quantized q/k/v and gate/up run as one GEMM each (quantizers.core."
+                           "fuse_projections: the same numbers up to rounding order, fewer and fuller GEMMs)")
     out: str = opt("", "write the results as JSON here too, with every item's outcome (and decoding path)")
     reference: str = opt("", "a result file (--out) of the reference model on the same tasks: each model scored here "
                              "is paired with it item by item (otherwise the first --model is the reference)")
@@ -494,6 +496,8 @@ def evaluate(args):
         model, tok = load(path, dtype, device), load_tokenizer(path)
         if tok is None:
             raise InputError(f"{path}: no tokenizer.json (eval needs text)")
+        if args.fuse and device.startswith("cuda"):
+            fuse_projections(model)
         if args.cache_weights:
             cache_weights(model)
         for block in model.blocks if args.compile else []:

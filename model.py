@@ -199,13 +199,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=a.qkv_bias)
         self.v_proj = nn.Linear(a.dim, a.n_kv_heads * a.head_dim, bias=a.qkv_bias)
         self.o_proj = nn.Linear(a.n_heads * a.head_dim, a.dim, bias=False)
+        self.qkv_proj = None  # q, k and v in one Linear, for inference only (quantizers.core.fuse_projections)
 
     def qkv(self, x, rope):
         """q (B, H, T, hd) and k, v (B, H_kv, T, hd), RoPE applied to q and k (DLLMQuant's IA-AQ reads them too)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            kv = self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return apply_rope(q, *rope), apply_rope(k, *rope), v
 
     def forward(self, x, rope, mask=None):
@@ -224,9 +230,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(a.dim, a.hidden_dim, bias=False)
         self.up_proj = nn.Linear(a.dim, a.hidden_dim, bias=False)
         self.down_proj = nn.Linear(a.hidden_dim, a.dim, bias=False)
+        self.gate_up_proj = None  # gate and up in one Linear, for inference only (quantizers.core.fuse_projections)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -529,6 +540,9 @@ def save(model, path, metadata=None, config=None):
     tensor that several modules share (the rotation of Linears that read one input) is written once, and the
     metadata's "tied" maps each other name to it. Each file is written under a temporary name and renamed when
     complete (atomic on one file system), so nothing is ever half-written."""
+    if any(b.attn.qkv_proj is not None or b.mlp.gate_up_proj is not None for b in model.blocks):
+        raise ValueError(f"save({path}): the model's projections are fused for inference (fuse_projections); save "
+                         "it before fusing them")
     os.makedirs(path, exist_ok=True)
     names = name_map(model.args)
     sd, tied, first = {}, {}, {}

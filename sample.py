@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cli import InputError, InRepo, opt, parse, resolve_device, run_cli
 from model import load, load_tokenizer
+from quantizers.core import fuse_projections
 
 DEFAULT_MODEL = InRepo("assets/tiny-llada")  # bundled
 LLADA_ALGS = ("low_confidence", "random")
@@ -63,6 +64,8 @@ class Args:
                                "with quantized layers, add --cuda_graph (without it FP8 is slower than bf16)")
     cuda_graph: bool = opt(False, "replay each step's forward from a CUDA graph (GPU: no launch cost on the host, "
                                   "most of a quantized model's step time; the first step captures it)")
+    fuse: bool = opt(True, "on a GPU, quantized q/k/v and gate/up run as one GEMM each (quantizers.core."
+                           "fuse_projections: the same numbers up to rounding order, fewer and fuller GEMMs)")
     seed: int = opt(0, "random seed (temperature, random remasking, origin, alg_temp)")
     device: str = opt("auto", "cpu, cuda, ... (auto: cuda when available)")
     dtype: str = opt("auto", "float32, bfloat16 or float16 (auto: bfloat16 on cuda, float32 on cpu)")
@@ -326,6 +329,8 @@ def main():
     if args.cuda_graph and not device.startswith("cuda"):
         raise InputError(f"--cuda_graph needs a CUDA device, not --device {device}")
     model, tok = load(args.model, dtypes[dtype_name], device), load_tokenizer(args.model)
+    if args.fuse and device.startswith("cuda"):
+        fuse_projections(model)
     for block in model.blocks if args.compile else []:
         block.compile()
     model = Graphed(model) if args.cuda_graph else model

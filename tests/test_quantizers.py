@@ -153,3 +153,67 @@ def test_float_statistics_walk_feeds_each_block_the_float_models_inputs():
             block.mlp.down_proj.weight.data *= 1.5  # a change the next block's inputs show, unless float
         same = [torch.allclose(a, b, atol=1e-5) for a, b in zip(seen, expect, strict=True)]
         assert all(same) if float_inputs else same == [True] + [False] * (len(expect) - 1)
+
+
+FUSE_SHAPES = {"llada": M.ModelArgs("llada", 256, 2, 4, 4, 512, 96, 1e-5, 5e5, False, 64, 95),
+               "dream": M.ModelArgs("dream", 256, 2, 4, 2, 512, 96, 1e-6, 1e6, True, 64, 95)}  # GQA and biases
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("fmt", ["bf16", "W4A16 g128", "W8A8-FP8", "W4A8", "W4A4 + Hadamard"])
+@torch.no_grad()
+def test_fused_projections_give_the_unfused_logits(family, fmt):
+    import bench
+    from quantizers.core import fuse_projections
+    torch.manual_seed(0)
+    model = bench.random_model(FUSE_SHAPES[family], "cpu", torch.float32)
+    for p in model.parameters():  # random_model's N(0, 0.02) weights give a flat output: widen them
+        p.data *= 10 if p.dim() > 1 else 1
+    if bench.FORMATS[fmt] is not None:
+        bench.quantize_random(model, bench.FORMATS[fmt])
+        model.float()  # the quantized layers' scales were made in bf16
+    ids = torch.randint(0, 95, (2, 24))
+    ref = model(ids)
+    assert fuse_projections(model, dense=fmt == "bf16") == 4  # two groups in each of two blocks
+    for b in model.blocks:
+        assert b.attn.q_proj is None and b.mlp.gate_proj is None and b.attn.qkv_proj.out_features == b.attn.n_heads \
+            * b.attn.head_dim + 2 * b.attn.n_kv_heads * b.attn.head_dim
+    assert torch.allclose(model(ids), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="fused for inference"):
+        M.save(model, "/nonexistent")
+
+
+def test_projections_fuse_only_when_their_layers_agree():
+    import bench
+    from quantizers.core import QLinear, fuse_projections, swap
+    torch.manual_seed(0)
+    model = bench.random_model(FUSE_SHAPES["llada"], "cpu", torch.float32)
+    assert fuse_projections(model) == 0  # plain Linears only with dense=True
+    bench.quantize_random(model, bench.FORMATS["W8A8-FP8"])
+    v = model.blocks[0].attn.v_proj  # an IA-AQ-style output quantizer on one v_proj: that block's q/k/v stay apart
+    v.out_bits = 8
+    up = model.blocks[1].mlp.up_proj  # another activation width on one up_proj: that gate/up stays apart
+    swap(model.blocks[1], "mlp.up_proj", QLinear.from_codes(torch.zeros(up.out_features, up.in_features,
+                                                                        dtype=torch.uint8), up.scales, up.zeros,
+                                                            bits=8, fp8=True, act_bits=16, dtype=up.scales.dtype))
+    assert fuse_projections(model) == 2
+    assert model.blocks[0].attn.qkv_proj is None and model.blocks[0].mlp.gate_up_proj is not None
+    assert model.blocks[1].attn.qkv_proj is not None and model.blocks[1].mlp.gate_up_proj is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["W4A16 g128", "W8A8-FP8", "W8A8-INT8", "W4A8"])
+@torch.no_grad()
+def test_fused_projections_on_the_triton_kernels(fmt):
+    import bench
+    from quantizers.core import fuse_projections
+    torch.manual_seed(0)
+    model = bench.random_model(FUSE_SHAPES["dream"], "cuda")
+    for p in model.parameters():
+        p.data *= 10 if p.dim() > 1 else 1
+    bench.quantize_random(model, bench.FORMATS[fmt])
+    ids = torch.randint(0, 95, (2, 320), device="cuda")
+    ref = model(ids).float()
+    assert fuse_projections(model) == 4
+    out = model(ids).float()
+    assert (out - ref).abs().max() <= 0.02 * ref.abs().max()  # bf16 activations: rounding order only
