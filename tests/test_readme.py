@@ -17,14 +17,19 @@ SHOWN = next(text for lang, text in BLOCKS if lang == "").splitlines()  # the ca
 
 
 def numbers(line):
-    """The line with every time (a number before ' s') blanked, and its other numbers apart."""
+    """The line with every time (a number before ' s') blanked, and its other numbers apart: (value, is a percent)."""
     line = re.sub(r"\s+", " ", re.sub(r"[\d.]+ s\b", "_ s", line))  # (times change the padding too)
-    return re.sub(r"-?\d+\.?\d*", "#", line), [float(x) for x in re.findall(r"-?\d+\.?\d*", line)]
+    return re.sub(r"-?\d+\.?\d*", "#", line), [(float(x), pct == "%") for x, pct in re.findall(r"(-?\d+\.?\d*)(%?)",
+                                                                                                   line)]
 
 
 def same(shown, printed):
+    """The same words and, within the CPU's rounding, the same numbers. A W4A4 model's NLL moves in its third
+    decimal with the CPU's vector width (the quick start's 3.9064, +1.98%, printed 3.9108, +2.10% with AVX2 and
+    3.9124, +2.14% with ATEN_CPU_CAPABILITY=default): 0.2% of a value, 0.25 points of a percentage."""
     (a, xs), (b, ys) = numbers(shown), numbers(printed)
-    return a == b and all(abs(x - y) <= 2e-4 * max(1.0, abs(x)) for x, y in zip(xs, ys, strict=True))
+    return a == b and all(abs(x - y) <= (0.25 if pct else 2e-3 * max(1.0, abs(x)))
+                          for (x, pct), (y, _) in zip(xs, ys, strict=True))
 
 
 @pytest.mark.slow
