@@ -21,6 +21,7 @@ FLOPs of a forward: ModelArgs.flops (model.py), 2 per weight per token plus full
 """
 import argparse
 import collections
+import dataclasses
 import functools
 import gc
 import gzip
@@ -265,8 +266,10 @@ def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="c
     likelihood (mc_items items, 128 samples per choice), per format eagerly, compiled (eval.py --compile) and
     compiled with each step replayed from a CUDA graph (--cuda_graph, generation only; on a GPU). Generation is
     reported as tokens/s and model FLOPs utilisation (eval.generation_flops over the bf16 matmul peak measured
-    here); modes: which of MODES (graph: compiled, each generation step replayed from a CUDA graph). Returns the
-    rows."""
+    here), timed after a generation of one step per block at the same shapes (compilation, the kernels' autotuning
+    and first calls; without it the first compiled mode of a format paid them); the likelihood is timed cold, first
+    calls included (its sequence lengths vary item to item); modes: which of MODES (graph: compiled, each
+    generation step replayed from a CUDA graph). Returns the rows."""
     import eval as ev
     cuda = device == "cuda"
     peak = matmul_peak(device, 8192 if cuda else 512)
@@ -289,6 +292,9 @@ def eval_bench(shapes, formats=tuple(FORMATS), prompts=8, mc_items=50, device="c
                         block.compile()
                     compiled = True
                 run = ev.Args(limit=prompts, batch_size=prompts, device=device, cuda_graph=mode == "graph")
+                _, gen_length, _, block = ev.GEN["humaneval"]  # compilation, autotuning and first calls at these
+                ev.completions(model, tok, texts, "humaneval", dataclasses.replace(run, steps=gen_length // block),
+                               device)  # shapes, untimed: one step per block, the same canvas
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 _, _, speed = ev.completions(model, tok, texts, "humaneval", run, device)

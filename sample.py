@@ -61,7 +61,8 @@ class Args:
     confidence_eos_eot_inf: bool = opt(False, "commit EOS/EoT predictions only when nothing else is left (B.4)")
     show_steps: bool = opt(False, "print the canvas after every step, masks shown as _")
     compile: bool = opt(False, "torch.compile each block (GPU: fewer kernel launches; the first step compiles); "
-                               "with quantized layers, add --cuda_graph (without it FP8 is slower than bf16)")
+                               "with quantized layers, add --cuda_graph (without it an FP8 step at batch 1 is "
+                               "slower than bf16's)")
     cuda_graph: bool = opt(False, "replay each step's forward from a CUDA graph (GPU: no launch cost on the host, "
                                   "most of a quantized model's step time; the first step captures it)")
     fuse: bool = opt(True, "on a GPU, quantized q/k/v and gate/up run as one GEMM each (quantizers.core."

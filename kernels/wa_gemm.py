@@ -36,6 +36,8 @@ SPLIT_K programs per tile each walk 1/SPLIT_K of it and add their scaled fp32 pa
 zeroed fp32 output, cast to the activation dtype afterwards.
 
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
+    ncu -k regex:_wa_gemm --section SpeedOfLight python -m kernels.wa_gemm --once 12288,4096,320
+                                       # one GEMM per format at one tile shape, untimed: for a profiler
 """
 import torch
 import triton
@@ -283,5 +285,23 @@ def bench():
                   f"{(t_h - t_q) / t_g:.0%} | {t_b:.1f} | {(t_h - t_q) / t_b:.0%} |", flush=True)
 
 
+def once(N, K, M, tile=(64, 128)):
+    """One GEMM of each of fp8, int8 and w4a8 at (M x K) @ (K x N) with the BLOCK_M x BLOCK_N tile given (no
+    autotuning, whose trial runs a profiler would record too), for a hardware-counter profile to compare them."""
+    for fmt in ("fp8", "int8", "w4a8"):
+        _, (qw, s, z) = _layer(N, K, fmt)
+        xq, sx, sums = act_quant.quantize(torch.randn(M, K, device="cuda", dtype=torch.bfloat16), ACT[fmt])
+        config = next(c for c in configs(fmt, False) if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == tile)
+        matmul(xq, sx, None if fmt == "fp8" else sums, weight_operand(qw, fmt), s, z, fmt, K, config=config)
+    torch.cuda.synchronize()
+
+
 if __name__ == "__main__":
-    bench()
+    import argparse
+    p = argparse.ArgumentParser(description="check and time the W8A8 / W4A8 / W4A4 GEMMs (see the module's header)")
+    p.add_argument("--once", help="N,K,M: run one GEMM per format at a 64 x 128 tile instead, for a profiler")
+    opts = p.parse_args()
+    if opts.once:
+        once(*map(int, opts.once.split(",")))
+    else:
+        bench()

@@ -304,7 +304,8 @@ def fuse_projections(model, dense=False):
     FP8 GEMM takes 15.6 us at N = 4096 and 37.8 us at N = 12288, not 3 x 15.6 (results/speed-h200). QLinears fuse
     when their settings agree but for out_features (one rotation object, no output quantization); plain Linears
     only with dense=True (bf16 cuBLAS at 320 tokens: 57.1 us at N = 12288 against 3 x 18.3, nothing to gain).
-    The outputs are the same up to the GEMM's rounding order. A fused model cannot be saved or calibrated.
+    End to end (H100, a 256-token LLaDA-8B generation with CUDA graphs): an FP8 step 8.39 -> 8.10 ms. The outputs
+    are the same up to the GEMM's rounding order. A fused model cannot be saved or calibrated.
     Returns the number of groups fused."""
     fused = 0
     for block in model.blocks:

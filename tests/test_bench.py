@@ -59,13 +59,13 @@ def test_eval_bench_times_eval_s_scorers_on_random_models(capsys):
     """bench.py --eval on a tiny LLaDA shape on the CPU (eager only; compile and CUDA graphs are GPU modes): a row per
     format with eval.completions' own measurements, and FLOPs of at least the 512 full-canvas trunk forwards."""
     shapes = {"llada-shaped": dataclasses.replace(TINY_SHAPES["llada-shaped"], max_seq_len=1024)}  # 512 tokens fit
-    rows = B.eval_bench(shapes, ("bf16", "W8A8-FP8"), prompts=2, mc_items=2, device="cpu")
+    rows = B.eval_bench(shapes, ("bf16", "W8A8-FP8"), prompts=1, mc_items=1, device="cpu")  # bf16 is slow on a CPU
     assert [(r["model"], r["format"], r["mode"]) for r in rows] == [
         (m, f, "eager") for m in shapes for f in ("bf16", "W8A8-FP8")]
     for r in rows:
         args = shapes[r["model"]]
-        assert r["tokens_per_s"] == pytest.approx(2 * 512 / r["seconds"])
-        assert r["tflops"] * r["seconds"] * 1e12 > 512 * args.flops(2, 512, 0) and r["mc_s"] > 0
+        assert r["tokens_per_s"] == pytest.approx(512 / r["seconds"])
+        assert r["tflops"] * r["seconds"] * 1e12 > 512 * args.flops(1, 512, 0) and r["mc_s"] > 0
     out = capsys.readouterr().out
     assert out.count("| eager |") == 2 and "MFU" in out
 
