@@ -10,9 +10,10 @@ and its values v = x / s become
   int4  clamp(round(v), -8, 7) (QMAX 7), stored as codes v + 8 packed by quantizers/format.pack (8 to an int32
         word, code j in bits 4j .. 4j + 3, chunks of 32 channels padded with code 0): (M, ceil(K / 32) * 4) int32.
   int8x the int8 codes in the order the W4A8 GEMM reads them (kernels/wa_gemm.py): in each chunk of 256 channels,
-        channel 8j + i (the i-th code of the chunk's j-th packed weight word) at position 32i + j, so that the
-        weight codes held in bits 4i .. 4i + 3 of 32 neighbouring words meet 32 neighbouring activations:
-        (M, ceil(K / 256) * 256) int8, zeros past K. The order costs nothing here: only the store address moves.
+        the even channels first, then the odd ones (channel 2j + h at position 128h + j), so that the low nibbles
+        of 128 neighbouring weight bytes (the even channels' codes) meet 128 neighbouring activations, and so do
+        the high nibbles: (M, ceil(K / 256) * 256) int8, zeros past K. The order costs nothing here: only the
+        store address moves.
 The integer formats also give each token's sum of its values, sum_k v_k, (M,) int32: the GEMM's zero-point
 correction needs it (kernels/wa_gemm.py), and it costs nothing here, where the values are made. The integer grids
 are exactly format.quantize_tokens' symmetric grid, so a dequantized int8 / int4 output equals the fake quantization
@@ -48,20 +49,20 @@ from quantizers.hadamard import hadamard_factors, sylvester
 
 QMAX = {"fp8": 448.0, "int8": 127.0, "int4": 7.0, "int8x": 127.0}
 FMT = {"fp8": 0, "int8": 1, "int4": 2, "int8x": 3}
-CHUNK_X = 256  # int8x: the channels one cycle of its order spans (32 weight words of 8 codes)
+CHUNK_X = 256  # int8x: the channels one cycle of its order spans (one W4A8 GEMM step: 128 weight bytes)
 
 
 def order_x(q, K):
-    """int8 codes (M, K) -> int8x's order (M, ceil(K / 256) * 256): channel 256c + 8j + i at 256c + 32i + j."""
+    """int8 codes (M, K) -> int8x's order (M, ceil(K / 256) * 256): channel 256c + 2j + h at 256c + 128h + j."""
     M, Kp = q.shape[0], -(-K // CHUNK_X) * CHUNK_X
     q = torch.nn.functional.pad(q[:, :K], (0, Kp - K))
-    return q.view(M, Kp // CHUNK_X, CHUNK_X // 8, 8).transpose(-1, -2).reshape(M, Kp)
+    return q.view(M, Kp // CHUNK_X, CHUNK_X // 2, 2).transpose(-1, -2).reshape(M, Kp)
 
 
 def unorder_x(q, K):
     """order_x's inverse: (M, ceil(K / 256) * 256) -> (M, K)."""
     M, Kp = q.shape
-    return q.view(M, Kp // CHUNK_X, 8, CHUNK_X // 8).transpose(-1, -2).reshape(M, Kp)[:, :K]
+    return q.view(M, Kp // CHUNK_X, 2, CHUNK_X // 2).transpose(-1, -2).reshape(M, Kp)[:, :K]
 
 
 class Form(NamedTuple):
@@ -240,8 +241,8 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
         v = tl.minimum(tl.maximum(rint(v, EMULATE), lo), -lo - 1)
         if FMT == 1:
             tl.store(q_row + k, v.to(tl.int8), mask=ok)
-        elif FMT == 3:  # int8x: channel 256c + 8j + i at 256c + 32i + j
-            tl.store(q_row + k // 256 * 256 + k % 8 * 32 + k % 256 // 8, v.to(tl.int8), mask=ok)
+        elif FMT == 3:  # int8x: channel 256c + 2j + h at 256c + 128h + j
+            tl.store(q_row + k // 256 * 256 + k % 2 * 128 + k % 256 // 2, v.to(tl.int8), mask=ok)
         else:
             c = tl.reshape(tl.where(ok, v + 8, 0), (NUMEL // 8, 8)) << (tl.arange(0, 8) * 4)[None, :]
             r = word0 + tl.arange(0, NUMEL // 8)

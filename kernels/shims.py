@@ -9,7 +9,9 @@ the interpreter (triton 3.9) and the GPU differ, a kernel takes EMULATE (= INTER
   fp32 -> e4m3   the same: round_fp8 rounds to the e4m3 grid on the bits;
   float -> int   the interpreter has no libdevice: rint rounds half to even by floor and a fix-up;
   tl.dot         the interpreter's bf16 / fp8 / int8 products are wrong or missing: dot and mma go through fp32,
-                 which holds those products and their sums exactly at the sizes the tests use.
+                 which holds those products and their sums exactly at the sizes the tests use;
+  nibbles        on the GPU one PTX instruction unpacks the nibbles of four bytes at once, which the interpreter
+                 cannot run: it takes the same shifts and masks byte by byte.
 """
 import os
 
@@ -74,6 +76,20 @@ def mma(a, b, acc, EMULATE: tl.constexpr):
     if EMULATE:
         return acc + tl.dot(a.to(tl.float32), b.to(tl.float32)).to(acc.dtype)
     return tl.dot(a, b, acc, out_dtype=acc.dtype)
+
+
+@triton.jit
+def nibble(b, HIGH: tl.constexpr, EMULATE: tl.constexpr):
+    """The low (HIGH = 0) or high nibble of every byte of an int8 tile b, as int8 codes 0..15. On the GPU four bytes
+    sit in one 32-bit register, and an `and` with 0x0F0F0F0F (after a shift by 4 for the high nibbles) unpacks all
+    four at once: pack=4 hands the register to the instruction whole. Triton's own `(b >> 4) & 15` works byte by
+    byte, which made the W4A8 GEMM 1.3-1.5x slower at M = 256 (H100, results/kernels-h100/compare.md)."""
+    if EMULATE:
+        return (b >> 4 * HIGH) & 15  # the arithmetic shift's sign bits are masked off
+    if HIGH:
+        return tl.inline_asm_elementwise("{.reg .b32 t; shr.u32 t, $1, 4; and.b32 $0, t, 0x0F0F0F0F;}", "=r,r", [b],
+                                         dtype=tl.int8, is_pure=True, pack=4)
+    return tl.inline_asm_elementwise("and.b32 $0, $1, 0x0F0F0F0F;", "=r,r", [b], dtype=tl.int8, is_pure=True, pack=4)
 
 
 def grid(M, N, meta):

@@ -13,14 +13,16 @@ Formats (the twin `reference` below defines the product; quantizers/format.py th
         int4 here saves memory and bandwidth, not arithmetic. The codes c (0..15) enter as they are and the zero
         point is corrected in the epilogue, as for int8.
   w4a8  x: int8 per token in act_quant's "int8x" order; W: 4-bit codes per output channel, packed 8 to a word as
-        for int4 (the checkpoint's own layout). Codes 0..15 enter the int8 tensor cores as they are and the zero
-        point is corrected in the epilogue. Half int8's weight bytes for the same tensor-core arithmetic.
-        Unpacking a word tile into channel order takes a reshape that moves every code between threads (through
-        shared memory): the GEMM ran at 0.55x bf16 that way (H100, M = 256). Instead, a chunk of 256 channels is
-        32 words per output channel, and (word >> 4i) & 15 over those 32 words is a (BLOCK_N, 32) operand by
-        itself, made in place: the channels 8j + i, j = 0..31. act_quant's int8x order stores exactly those
-        channels' activations next to each other (at 32i .. 32i + 31), so each chunk is 8 products of 32 channels
-        with no data moved between threads, and the weights keep the layout every other path reads.
+        for int4 (the checkpoint's own layout), read here as bytes: byte j of a row holds channel 2j in its low
+        nibble and 2j + 1 in its high one. Codes 0..15 enter the int8 tensor cores as they are and the zero point
+        is corrected in the epilogue. Half int8's weight bytes for the same tensor-core arithmetic. A step of 256
+        channels loads 128 bytes per output channel and makes two operands of them in place, the low nibbles and
+        the high ones, each one instruction per four bytes (shims.nibble: on the GPU a 32-bit `and`, after a
+        shift for the high ones); int8x stores the even channels' activations first and the odd ones after, so
+        each operand meets 128 neighbouring activations and no code moves between threads. What this replaced
+        (results/kernels-h100/compare.md, H100, M = 256): unpacking each word into channel order by a reshape
+        (0.38-0.57x bf16), nibble i of 32 words at a time, one code per 32-bit operation (0.63-0.93x); this
+        form runs at 1.05-1.39x.
 The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
 the activation dtype. Weights must be per output channel (one group); quantizers/core.py decides which layers come
 here.
@@ -44,7 +46,7 @@ import triton
 import triton.language as tl
 
 from kernels import act_quant
-from kernels.shims import INTERPRET, mma, to_dtype
+from kernels.shims import INTERPRET, mma, nibble, to_dtype
 from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 
 FMT = {"fp8": 0, "int8": 1, "int4": 2, "w4a8": 3}
@@ -53,9 +55,11 @@ W_BITS = {"fp8": 8, "int8": 8, "int4": 4, "w4a8": 4}
 
 
 def weight_operand(qweight, fmt):
-    """A QLinear's packed weight as the kernel reads it (a view, no copy)."""
-    if W_BITS[fmt] == 4:
+    """A QLinear's packed weight as the kernel reads it (a view, no copy): w4a8 reads the words as bytes."""
+    if fmt == "int4":
         return qweight
+    if fmt == "w4a8":
+        return qweight.view(torch.int8)
     return qweight.view(torch.float8_e4m3fn if fmt == "fp8" else torch.uint8)
 
 
@@ -73,8 +77,7 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
 def _configs(few, w4a8=False):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs,
     if w4a8:  # K split; w4a8 walks K in whole chunks of int8x's order (256)
         shapes = [(64, 128, 256, 4, 4, 3), (64, 64, 256, 2, 4, 3), (64, 128, 256, 8, 4, 3)] if few else \
-            [(128, 128, 256, 1, 8, 3), (128, 256, 256, 1, 8, 3), (256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3),
-             (128, 64, 256, 1, 4, 3)]
+            [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (64, 128, 256, 1, 4, 5), (128, 128, 256, 1, 8, 4)]
     else:
         shapes = [(64, 128, 128, 4, 4, 4), (64, 64, 128, 4, 4, 4), (64, 128, 128, 8, 4, 4), (64, 64, 128, 2, 4, 4)] \
             if few else [(128, 256, 128, 1, 8, 3), (128, 128, 128, 1, 8, 4), (64, 128, 128, 1, 4, 4),
@@ -127,18 +130,17 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
             w = (w ^ 0x80).to(tl.int8, bitcast=True)  # the top bit, read the byte as int8
             xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
             acc = mma(w, xt, acc, EMULATE)
-        elif FMT == 3:  # w4a8: per 256 channels, 32 words of codes; their nibble i meets 32 int8x activations
-            for c in tl.static_range(BLOCK_K // 256):
-                j = tl.arange(0, 32)
-                rw = k0 // 8 + c * 32 + j
-                words = tl.load(b_ptr + rn[:, None] * stride_bn + rw[None, :],
-                                mask=n_ok[:, None] & (rw < b_words)[None, :], other=0)
-                for i in tl.static_range(8):  # codes 0..15 as int8 (padding past K meets activations of 0)
-                    w = ((words >> 4 * i) & 15).to(tl.int8)
-                    pk = k0 + c * 256 + 32 * i + j
+        elif FMT == 3:  # w4a8: per 256 channels, 128 bytes of codes; low nibbles meet the even channels' int8x
+            for c in tl.static_range(BLOCK_K // 256):  # activations, high nibbles the odd ones'
+                j = tl.arange(0, 128)
+                rb = k0 // 2 + c * 128 + j
+                b = tl.load(b_ptr + rn[:, None] * stride_bn + rb[None, :],
+                            mask=n_ok[:, None] & (rb < b_words)[None, :], other=0)
+                for h in tl.static_range(2):  # codes 0..15 (padding past K meets activations of 0)
+                    pk = k0 + c * 256 + 128 * h + j
                     xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
                                  mask=m_ok[None, :] & (pk < a_words)[:, None], other=0)
-                    acc = mma(w, xt, acc, EMULATE)
+                    acc = mma(nibble(b, h, EMULATE), xt, acc, EMULATE)
         else:
             a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)

@@ -11,7 +11,7 @@ import calibrate as C
 from kernels import act_quant, wa_gemm
 from quantizers import core
 from quantizers.core import QLinear, build_layer, cache_weights, code_path, wa_format
-from quantizers.format import fit_grid, fp8_grid, fp8_tokens, quantize, quantize_tokens
+from quantizers.format import fit_grid, fp8_grid, fp8_tokens, pack, quantize, quantize_tokens
 from quantizers.hadamard import orthogonal
 from quantizers.quarot import head_mix, online_hadamard
 
@@ -66,15 +66,19 @@ def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
 
 def test_int8x_puts_each_code_where_its_weight_nibble_is():
     """int8x's order, position by position against its definition (act_quant's docstring): in chunk c of 256
-    channels, position 32 i + j holds channel 8 j + i, the channel of nibble i of the chunk's packed word j."""
+    channels, position 128 h + j holds channel 2 j + h, the channel of the low (h = 0) or high (h = 1) nibble of
+    the chunk's packed weight byte j."""
     K = 600
     q = torch.arange(K).remainder(251).to(torch.int8)[None]  # distinct neighbours: a misplaced channel shows
     x = act_quant.order_x(q, K)[0]
     assert x.shape == (768,)
     for p in range(768):
-        c, i, j = p // 256, p % 256 // 32, p % 32
-        k = 256 * c + 8 * j + i
+        c, h, j = p // 256, p % 256 // 128, p % 128
+        k = 256 * c + 2 * j + h
         assert x[p] == (q[0, k] if k < K else 0), p
+    words = pack(torch.arange(256).remainder(16)[None], 4)  # byte j of a packed row: channel 2 j low, 2 j + 1 high
+    b = words.view(torch.uint8)[0].long()
+    assert torch.equal(b & 15, torch.arange(0, 256, 2) % 16) and torch.equal(b >> 4, torch.arange(1, 256, 2) % 16)
     assert torch.equal(act_quant.unorder_x(x[None], K), q)
 
 
