@@ -82,8 +82,8 @@ def mma(a, b, acc, EMULATE: tl.constexpr):
 def nibble(b, HIGH: tl.constexpr, EMULATE: tl.constexpr):
     """The low (HIGH = 0) or high nibble of every byte of an int8 tile b, as int8 codes 0..15. On the GPU four bytes
     sit in one 32-bit register, and an `and` with 0x0F0F0F0F (after a shift by 4 for the high nibbles) unpacks all
-    four at once: pack=4 hands the register to the instruction whole. Triton's own `(b >> 4) & 15` works byte by
-    byte, which made the W4A8 GEMM 1.3-1.5x slower at M = 256 (H100, results/kernels-h100/compare.md)."""
+    four at once: pack=4 hands the register to the instruction whole. With Triton's own `(b >> 4) & 15` the W4A8
+    GEMM was 1.1-1.5x slower at M = 256 (H100, results/kernels-h100/compare.md; not profiled, likely byte by byte)."""
     if EMULATE:
         return (b >> 4 * HIGH) & 15  # the arithmetic shift's sign bits are masked off
     if HIGH:

@@ -21,7 +21,7 @@ Formats (the twin `reference` below defines the product; quantizers/format.py th
         shift for the high ones); int8x stores the even channels' activations first and the odd ones after, so
         each operand meets 128 neighbouring activations and no code moves between threads. What this replaced
         (results/kernels-h100/compare.md, H100, M = 256): unpacking each word into channel order by a reshape
-        (0.38-0.57x bf16), nibble i of 32 words at a time, one code per 32-bit operation (0.63-0.93x); this
+        (0.37-0.57x bf16), nibble i of 32 words at a time, one code per 32-bit operation (0.63-0.93x); this
         form runs at 1.05-1.39x.
 The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
 the activation dtype. Weights must be per output channel (one group); quantizers/core.py decides which layers come
