@@ -34,10 +34,16 @@ another down a column of tiles: they read the same weight tile while it sits in 
 transposed product W x^T: the left operand is the one Hopper's tensor cores read from registers, so the flipped
 weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings). At
 M <= 64 there are too few tiles to fill the GPU (a 4096-wide layer: 32 programs for 132 SMs), so K is split too:
-SPLIT_K programs per tile each walk 1/SPLIT_K of it and add their scaled fp32 partial sums atomically into a
-zeroed fp32 output, cast to the activation dtype afterwards.
+SPLIT_K programs per tile each walk 1/SPLIT_K of it and store their scaled fp32 partial sums in a workspace, then
+count themselves in on the tile's counter (an atomic add); the one that arrives last adds the SPLIT_K partials,
+stores the tile in the activation dtype and sets the counter back to 0 for the next call. One kernel, where adding
+the partials atomically into a zeroed fp32 output took three (the zero-fill and a cast after); with tiles of 16
+tokens as well, the fp8 layer at 16 tokens ran 1.11-1.76x faster and the w4a8 one 1.30-1.76x (H100,
+results/kernels-h100/compare.md). The counters are one int32 per tile, shared by every call on a device: GEMMs on
+one CUDA stream run one after another, so no two share them at once.
 
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
+    python -m kernels.wa_gemm --parts 16   # where the fp8 / w4a8 layer's time goes at 16 tokens, kernel by kernel
     ncu -k regex:_wa_gemm --section SpeedOfLight python -m kernels.wa_gemm --once 12288,4096,320
                                        # one GEMM per format at one tile shape, untimed: for a profiler
 """
@@ -76,10 +82,13 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
 
 def _configs(few, w4a8=False):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs,
     if w4a8:  # K split; w4a8 walks K in whole chunks of int8x's order (256)
-        shapes = [(64, 128, 256, 4, 4, 3), (64, 64, 256, 2, 4, 3), (64, 128, 256, 8, 4, 3)] if few else \
+        shapes = [(64, 128, 256, 4, 4, 3), (16, 128, 256, 4, 4, 3), (16, 64, 256, 2, 4, 3), (16, 128, 256, 8, 4, 3)] \
+            if few else \
             [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (64, 128, 256, 1, 4, 5), (128, 128, 256, 1, 8, 4)]
-    else:
-        shapes = [(64, 128, 128, 4, 4, 4), (64, 64, 128, 4, 4, 4), (64, 128, 128, 8, 4, 4), (64, 64, 128, 2, 4, 4)] \
+    else:  # at M <= 64: tiles of 16 tokens (each won a layer shape in fp8 at M = 16), and one of 64 that made the
+        # fp8 layers at M = 64 up to 1.25x faster, the int4 ones up to 1.8x (H100, results/kernels-h100/compare.md)
+        shapes = [(16, 64, 128, 4, 4, 3), (16, 64, 128, 2, 4, 3), (16, 32, 256, 4, 4, 4), (16, 32, 256, 8, 4, 4),
+                  (64, 128, 128, 4, 4, 4)] \
             if few else [(128, 256, 128, 1, 8, 3), (128, 128, 128, 1, 8, 4), (64, 128, 128, 1, 4, 4),
                          (64, 64, 128, 1, 4, 4), (256, 128, 128, 1, 8, 3), (128, 128, 64, 1, 4, 4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "SPLIT_K": sk}, num_warps=w,
@@ -96,10 +105,10 @@ def _nibbles(ptr, rows, rows_ok, k0, stride, n_words, BLOCK_R: tl.constexpr, BLO
 
 
 @triton.jit
-def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, N, K, stride_am, stride_bn, stride_cm,
-             a_words, b_words, M_BUCKET, FMT: tl.constexpr, OFFSET: tl.constexpr, HAS_ZERO: tl.constexpr,
-             HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, ws_ptr, count_ptr, M, N, K, stride_am,
+             stride_bn, stride_cm, a_words, b_words, M_BUCKET, FMT: tl.constexpr, OFFSET: tl.constexpr,
+             HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
     # programs walk GROUP_M row tiles down a column before moving on (the tiles of W they share stay in L2);
     # pid_k is this program's part of K (0 unless SPLIT_K > 1)
     pid, pid_k = tl.program_id(0), tl.program_id(1)
@@ -159,17 +168,24 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, M, 
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=n_first, other=0.0).to(tl.float32)[None, :]
     out, ok = c_ptr + rm[:, None] * stride_cm + rn[None, :], m_ok[:, None] & n_ok[None, :]
-    if SPLIT_K > 1:  # fp32 partial sums, added atomically into a zeroed output
-        tl.atomic_add(out, y, mask=ok)
+    if SPLIT_K > 1:  # this part's fp32 sums to the workspace; the tile's last part to arrive adds them all
+        part = rm[:, None] * N + rn[None, :]
+        tl.store(ws_ptr + pid_k * M * N + part, y, mask=ok)
+        if tl.atomic_add(count_ptr + pid, 1, sem="acq_rel") == SPLIT_K - 1:  # (acq_rel: the others' stores seen)
+            y = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k in range(SPLIT_K):
+                y += tl.load(ws_ptr + k * M * N + part, mask=ok, other=0.0, cache_modifier=".cg")  # from L2
+            tl.store(out, to_dtype(y, c_ptr.dtype.element_ty, EMULATE), mask=ok)
+            tl.atomic_xchg(count_ptr + pid, 0)
     else:
         tl.store(out, to_dtype(y, c_ptr.dtype.element_ty, EMULATE), mask=ok)
 
 
-CONFIGS, FEW_CONFIGS = _configs(False), _configs(True)  # many tokens / M <= 64 (K split, atomic fp32 sums)
+CONFIGS, FEW_CONFIGS = _configs(False), _configs(True)  # many tokens / M <= 64 (K split, partials summed in-kernel)
 W4A8_CONFIGS, W4A8_FEW = _configs(False, True), _configs(True, True)
-_TUNED = {(few, w4a8): triton.autotune(c, key=["M_BUCKET", "N", "K", "FMT"], reset_to_zero=["c_ptr"] if few else None)(
-    _wa_gemm) for few, w4a8, c in ((False, False, CONFIGS), (True, False, FEW_CONFIGS), (False, True, W4A8_CONFIGS),
-                                   (True, True, W4A8_FEW))}
+_TUNED = {(few, w4a8): triton.autotune(c, key=["M_BUCKET", "N", "K", "FMT"])(_wa_gemm)
+          for few, w4a8, c in ((False, False, CONFIGS), (True, False, FEW_CONFIGS), (False, True, W4A8_CONFIGS),
+                               (True, True, W4A8_FEW))}
 
 
 def configs(fmt, few):
@@ -182,12 +198,25 @@ def _grid(M, N, meta):
     return triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), meta["SPLIT_K"]
 
 
+_COUNTERS = {}  # device -> int32 zeros, one per output tile of a split-K GEMM; each call leaves them 0 again
+
+
+def _split_k_buffers(M, N, device):
+    """The workspace for SPLIT_K partial sums (the most any config splits) and the tiles' counters."""
+    few = FEW_CONFIGS + W4A8_FEW
+    splits = max(c.kwargs["SPLIT_K"] for c in few)
+    tiles = max(triton.cdiv(M, c.kwargs["BLOCK_M"]) * triton.cdiv(N, c.kwargs["BLOCK_N"]) for c in few)
+    if device not in _COUNTERS or _COUNTERS[device].numel() < tiles:
+        _COUNTERS[device] = torch.zeros(max(tiles, 4096), device=device, dtype=torch.int32)
+    return torch.empty(splits, M, N, device=device, dtype=torch.float32), _COUNTERS[device]
+
+
 def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=None):
     """Quantized activations (codes xq, scales sx, sums: act_quant's three; sums None for fp8) times the weight
     operand w (weight_operand), with per-channel scales sw and zeros zw (N,) or (N, 1) -> (M, N) in dtype.
     config: a triton.Config of CONFIGS or FEW_CONFIGS instead of the autotuned one (the tests run each; the
-    interpreter cannot time). At M <= 64 K is split over 2 to 8 programs (FEW_CONFIGS) that add fp32 partial sums
-    atomically: a down projection at M = 16 is otherwise 32 programs for 132 SMs, each walking all of K."""
+    interpreter cannot time). At M <= 64 K is split over 2 to 8 programs (FEW_CONFIGS) whose fp32 partial sums the
+    last of them adds: a down projection at M = 16 is otherwise 32 programs for 132 SMs, each walking all of K."""
     M, N = sx.shape[0], w.shape[0]
     if (sums is None) != (fmt == "fp8"):  # fp8 has no zero point to correct
         raise ValueError(f"wa_gemm: {fmt} needs {'no sums' if fmt == 'fp8' else 'the token sums act_quant gives'}")
@@ -195,9 +224,9 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     zw = zw.reshape(-1) if fmt != "fp8" else sw
     config = configs(fmt, M <= 64)[0] if config is None and INTERPRET else config
     few = M <= 64 if config is None else config.kwargs["SPLIT_K"] > 1
-    y = torch.zeros(M, N, device=xq.device, dtype=torch.float32) if few else \
-        torch.empty(M, N, device=xq.device, dtype=dtype)
-    args = (xq, w, sx, sx if sums is None else sums, sw, zw, bias if bias is not None else sw, y, M, N, K,
+    y = torch.empty(M, N, device=xq.device, dtype=dtype)
+    ws, counts = _split_k_buffers(M, N, xq.device) if few else (y, sx)  # (unread without a split)
+    args = (xq, w, sx, sx if sums is None else sums, sw, zw, bias if bias is not None else sw, y, ws, counts, M, N, K,
             xq.stride(0), w.stride(0), y.stride(0), xq.shape[1], w.shape[1], triton.next_power_of_2(M))
     flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",
                  HAS_BIAS=bias is not None, EMULATE=INTERPRET)
@@ -206,7 +235,7 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     else:
         _wa_gemm[_grid(M, N, config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
                                              num_stages=config.num_stages)
-    return y.to(dtype) if few else y
+    return y
 
 
 def linear(x, qweight, scales, zeros, bias, fmt, clip=1.0, form=None, config=None):
@@ -233,22 +262,22 @@ def _layer(N, K, fmt):
     return W.bfloat16(), (pack(q, bits), s.bfloat16(), z.bfloat16())
 
 
-def bench():
+def bench(fmts=tuple(FMT), tokens=TOKENS, hadamard=True):
     """Per layer shape and token count: bf16 F.linear against each format's whole layer (act_quant + GEMM) and its
-    GEMM alone, each in a CUDA graph; then the online Hadamard's cost on the down projections. Checks every result
-    against the twin first. Prints markdown tables."""
+    GEMM alone, each in a CUDA graph; then (hadamard) the online Hadamard's cost on the down projections. Checks
+    every result against the twin first. Prints markdown tables."""
     from triton.testing import do_bench_cudagraph
     time = lambda f: do_bench_cudagraph(f) * 1e3  # noqa: E731
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; weights per "
           "channel, activations per token (quantized inside the timed layer), times in µs in a CUDA graph\n")
-    print("| layer (N x K) | M | bf16 | " + " | ".join(f"{f} layer | {f} GEMM" for f in FMT) + " | " +
-          " | ".join(f"{f} vs bf16" for f in FMT) + " |\n" + "|---" * (3 + 3 * len(FMT)) + "|")
-    ratios = {f: [] for f in FMT}
+    print("| layer (N x K) | M | bf16 | " + " | ".join(f"{f} layer | {f} GEMM" for f in fmts) + " | " +
+          " | ".join(f"{f} vs bf16" for f in fmts) + " |\n" + "|---" * (3 + 3 * len(fmts)) + "|")
+    ratios = {f: [] for f in fmts}
     for name, (N, K) in SHAPES.items():
-        layers = {fmt: _layer(N, K, fmt) for fmt in FMT}
-        for M in TOKENS:
+        layers = {fmt: _layer(N, K, fmt) for fmt in fmts}
+        for M in tokens:
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-            W = layers["fp8"][0]
+            W = next(iter(layers.values()))[0]
             t_ref = time(lambda: torch.nn.functional.linear(x, W))  # noqa: B023
             cells = []
             for fmt, (_, (qw, s, z)) in layers.items():
@@ -265,10 +294,14 @@ def bench():
                 ratios[fmt].append((M, t_ref / t_layer))
             print(f"| {name} ({N} x {K}) | {M} | {t_ref:.1f} | " + " | ".join(f"{a:.1f} | {b:.1f}" for a, b in cells)
                   + " | " + " | ".join(f"{t_ref / a:.2f}x" for a, _ in cells) + " |", flush=True)
-    for fmt, r in ratios.items():
-        big = torch.tensor([v for m, v in r if m >= 1024])
-        print(f"{fmt}: whole layer at M >= 1024: {big.min():.2f}x to {big.max():.2f}x bf16 (geometric mean "
-              f"{big.log().mean().exp():.2f}x over {len(big)} shapes x token counts)")
+    for fmt, r in ratios.items():  # the layer's range over the shapes at each M, and over M >= 1024 as a whole
+        for label, keep in [(f"M = {m}", lambda v, m=m: v == m) for m in tokens] + [("M >= 1024", lambda v: v >= 1024)]:
+            cell = torch.tensor([v for m, v in r if keep(m)])
+            if len(cell):
+                print(f"{fmt}: whole layer at {label}: {cell.min():.2f}x to {cell.max():.2f}x bf16 (geometric mean "
+                      f"{cell.log().mean().exp():.2f}x over {len(cell)} shapes x token counts)")
+    if not hadamard:
+        return
     print("\nOnline Hadamard (QuaRot's down projection): act_quant with and without it, against the down GEMM\n")
     print("| layer | M | quant µs | quant + Hadamard µs | overhead µs | fp8 GEMM µs | overhead / fp8 GEMM | "
           "bf16 GEMM µs | overhead / bf16 GEMM |\n" + "|---" * 9 + "|")
@@ -287,6 +320,45 @@ def bench():
                   f"{(t_h - t_q) / t_g:.0%} | {t_b:.1f} | {(t_h - t_q) / t_b:.0%} |", flush=True)
 
 
+def parts(M=16, fmts=("fp8", "w4a8"), calls=50):
+    """Where a whole layer's time goes at M tokens: bf16 F.linear and each format's layer timed in a CUDA graph,
+    then the layer's kernels (act_quant, the split-K output's zero-fill, the GEMM, the cast) timed one by one by
+    torch.profiler over `calls` eager calls; the graph's time minus their sum is what the kernels' launches and
+    dependencies add between them (the GPU idles while one kernel ends and the next begins)."""
+    from triton.testing import do_bench_cudagraph
+    acts = [torch.profiler.ProfilerActivity.CUDA]
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; M = {M}; µs per "
+          "call: the layer in a CUDA graph, then each of its kernels (torch.profiler, mean of "
+          f"{calls} calls)\n\n| layer (N x K) | format | bf16 | layer | kernels: name µs | sum | gaps | vs bf16 |\n"
+          + "|---" * 8 + "|")
+    for name, (N, K) in SHAPES.items():
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        for fmt in fmts:
+            W, (qw, s, z) = _layer(N, K, fmt)
+            t_ref = do_bench_cudagraph(lambda: torch.nn.functional.linear(x, W)) * 1e3  # noqa: B023
+            t_layer = do_bench_cudagraph(lambda: linear(x, qw, s, z, None, fmt)) * 1e3  # noqa: B023
+            with torch.profiler.profile(activities=acts) as prof:
+                for _ in range(calls):
+                    linear(x, qw, s, z, None, fmt)
+                torch.cuda.synchronize()
+            us = {}
+            for e in prof.events():
+                if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
+                    us[e.name] = us.get(e.name, 0.0) + e.time_range.elapsed_us() / calls
+            cells = ", ".join(f"{_label(n)} {t:.1f}" for n, t in us.items())
+            print(f"| {name} ({N} x {K}) | {fmt} | {t_ref:.1f} | {t_layer:.1f} | {cells} | {sum(us.values()):.1f} | "
+                  f"{t_layer - sum(us.values()):.1f} | {t_ref / t_layer:.2f}x |", flush=True)
+
+
+def _label(kernel):
+    """A profiled kernel's role in the layer, from its name."""
+    for part, role in (("_wa_gemm", "GEMM"), ("_quant_rows", "act_quant"), ("_rotate_quant", "act_quant"),
+                       ("Fill", "zero-fill"), ("copy", "cast")):
+        if part in kernel:
+            return role
+    return kernel[:40]
+
+
 def once(N, K, M, tile=(64, 128)):
     """One GEMM of each of fp8, int8 and w4a8 at (M x K) @ (K x N) with the BLOCK_M x BLOCK_N tile given (no
     autotuning, whose trial runs a profiler would record too), for a hardware-counter profile to compare them."""
@@ -302,8 +374,17 @@ if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="check and time the W8A8 / W4A8 / W4A4 GEMMs (see the module's header)")
     p.add_argument("--once", help="N,K,M: run one GEMM per format at a 64 x 128 tile instead, for a profiler")
+    p.add_argument("--formats", default=",".join(FMT), help="the table's formats, of " + ", ".join(FMT))
+    p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="the table's token counts M")
+    p.add_argument("--parts", type=int, metavar="M", help="instead: the fp8 and w4a8 layers at M tokens split into "
+                   "their kernels' times (torch.profiler) and the gaps between them, against bf16")
     opts = p.parse_args()
     if opts.once:
         once(*map(int, opts.once.split(",")))
+    elif opts.parts:
+        parts(opts.parts)
     else:
-        bench()
+        fmts, tokens = opts.formats.split(","), tuple(int(m) for m in opts.tokens.split(","))
+        if set(fmts) - set(FMT):
+            p.error(f"--formats: unknown {sorted(set(fmts) - set(FMT))}; the formats are {', '.join(FMT)}")
+        bench(fmts, tokens, hadamard=tokens == TOKENS)

@@ -186,10 +186,21 @@ EVERY = [(fmt, sym, c) for fmt, sym in [("fp8", False), ("int8", False), ("int8"
 @pytest.mark.parametrize("fmt,sym,config", EVERY, ids=lambda v: "x".join(str(v.kwargs[k]) for k in (
     "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K")) if isinstance(v, triton.Config) else str(v))
 def test_every_config_matches_float64(fmt, sym, config):
-    """Every config of both paths (FEW_CONFIGS: K split, partial sums added atomically; the zero-point correction
-    and bias once) on odd shapes, K ragged against the tiles and the splits."""
+    """Every config of both paths (FEW_CONFIGS: K split, the partial sums added by the tile's last program; the
+    zero-point correction and bias once) on odd shapes, K ragged against the tiles and the splits."""
     for M, N, K in ODD:
         check(M, N, K, fmt, sym, torch.bfloat16, config, bias=M != 5)
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "w4a8"])
+def test_split_k_counters_return_to_zero(fmt):
+    """The split-K tile counters are shared by every call: each call must leave them 0, or the next call's tiles
+    would never be stored. Two calls in a row give the same output, and every counter reads 0 after each."""
+    lin = layer(200, 512, fmt, False, torch.bfloat16)
+    x = torch.randn(7, 512, device=DEVICE).bfloat16()
+    for config in wa_gemm.configs(fmt, True):
+        ys = [wa_gemm.linear(x, lin.qweight, lin.scales, lin.zeros, lin.bias, fmt, config=config) for _ in range(2)]
+        assert torch.equal(*ys) and not wa_gemm._COUNTERS[x.device].any()
 
 
 def test_integer_formats_need_the_token_sums():
