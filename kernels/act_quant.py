@@ -312,7 +312,7 @@ def bench():
         for form in (None, hadamard_form(K).to("cuda")):
             for M in (16, 1024, 4096):
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-                for fmt in ("fp8", "int8", "int4"):
+                for fmt in ("fp8", "int8", "int4", "int8x"):  # (int8x: int8 in the W4A8 GEMM's order)
                     q, s, _ = quantize(x, fmt, 1.0, form)
                     ref_q, ref_s, _ = reference(x, fmt, 1.0, form)
                     d, ref_d = dequantize(q, s, fmt, K), dequantize(ref_q, ref_s, fmt, K)
