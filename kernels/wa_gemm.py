@@ -38,9 +38,9 @@ SPLIT_K programs per tile each walk 1/SPLIT_K of it and store their scaled fp32 
 count themselves in on the tile's counter (an atomic add); the one that arrives last adds the SPLIT_K partials,
 stores the tile in the activation dtype and sets the counter back to 0 for the next call. One kernel, where adding
 the partials atomically into a zeroed fp32 output took three (the zero-fill and a cast after); with tiles of 16
-tokens as well, the fp8 layer at 16 tokens ran 1.11-1.76x faster and the w4a8 one 1.30-1.76x (H100,
-results/kernels-h100/compare.md). The counters are one int32 per tile, shared by every call on a device: GEMMs on
-one CUDA stream run one after another, so no two share them at once.
+tokens as well, the fp8 layer at 16 tokens ran 1.11-1.76x faster and the w4a8 one 1.30-1.76x (two H100s, bf16
+within 4% on both; results/kernels-h100/compare.md). The counters are one int32 per tile, shared by every call on
+a device: GEMMs on one CUDA stream run one after another, so no two share them at once.
 
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
     python -m kernels.wa_gemm --parts 16   # where the fp8 / w4a8 layer's time goes at 16 tokens, kernel by kernel
