@@ -199,16 +199,17 @@ def _grid(M, N, meta):
 
 
 _COUNTERS = {}  # device -> int32 zeros, one per output tile of a split-K GEMM; each call leaves them 0 again
+_SPLITS, _TILE_M, _TILE_N = (f(c.kwargs[k] for c in FEW_CONFIGS + W4A8_FEW)
+                             for f, k in ((max, "SPLIT_K"), (min, "BLOCK_M"), (min, "BLOCK_N")))
 
 
 def _split_k_buffers(M, N, device):
-    """The workspace for SPLIT_K partial sums (the most any config splits) and the tiles' counters."""
-    few = FEW_CONFIGS + W4A8_FEW
-    splits = max(c.kwargs["SPLIT_K"] for c in few)
-    tiles = max(triton.cdiv(M, c.kwargs["BLOCK_M"]) * triton.cdiv(N, c.kwargs["BLOCK_N"]) for c in few)
+    """The workspace for SPLIT_K partial sums (the most any config splits) and the tiles' counters (as many as the
+    smallest tile makes; 65536 at first, so that a model's first call, not a CUDA graph's capture, allocates them)."""
+    tiles = triton.cdiv(M, _TILE_M) * triton.cdiv(N, _TILE_N)
     if device not in _COUNTERS or _COUNTERS[device].numel() < tiles:
-        _COUNTERS[device] = torch.zeros(max(tiles, 4096), device=device, dtype=torch.int32)
-    return torch.empty(splits, M, N, device=device, dtype=torch.float32), _COUNTERS[device]
+        _COUNTERS[device] = torch.zeros(max(tiles, 1 << 16), device=device, dtype=torch.int32)
+    return torch.empty(_SPLITS, M, N, device=device, dtype=torch.float32), _COUNTERS[device]
 
 
 def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=None):
@@ -322,7 +323,7 @@ def bench(fmts=tuple(FMT), tokens=TOKENS, hadamard=True):
 
 def parts(M=16, fmts=("fp8", "w4a8"), calls=50):
     """Where a whole layer's time goes at M tokens: bf16 F.linear and each format's layer timed in a CUDA graph,
-    then the layer's kernels (act_quant, the split-K output's zero-fill, the GEMM, the cast) timed one by one by
+    then the layer's kernels (act_quant, the GEMM, any fill or copy torch adds) timed one by one by
     torch.profiler over `calls` eager calls; the graph's time minus their sum is what the kernels' launches and
     dependencies add between them (the GPU idles while one kernel ends and the next begins)."""
     from triton.testing import do_bench_cudagraph
@@ -353,7 +354,7 @@ def parts(M=16, fmts=("fp8", "w4a8"), calls=50):
 def _label(kernel):
     """A profiled kernel's role in the layer, from its name."""
     for part, role in (("_wa_gemm", "GEMM"), ("_quant_rows", "act_quant"), ("_rotate_quant", "act_quant"),
-                       ("Fill", "zero-fill"), ("copy", "cast")):
+                       ("Fill", "fill"), ("copy", "copy")):
         if part in kernel:
             return role
     return kernel[:40]
