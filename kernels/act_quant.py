@@ -12,8 +12,10 @@ and its values v = x / s become
   int8x the int8 codes in the order the W4A8 GEMM reads them (kernels/wa_gemm.py): in each chunk of 256 channels,
         the even channels first, then the odd ones (channel 2j + h at position 128h + j), so that the low nibbles
         of 128 neighbouring weight bytes (the even channels' codes) meet 128 neighbouring activations, and so do
-        the high nibbles: (M, ceil(K / 256) * 256) int8, zeros past K. The order costs nothing here: only the
-        store address moves.
+        the high nibbles: (M, ceil(K / 256) * 256) int8, zeros past K. The order is made in registers (each
+        chunk's codes permuted as a (128, 2) tile, then stored whole): stored one by one at their new places, the
+        codes had taken 1.3-1.9x int8's time, and 3-10x with the rotation; now 1.3-1.7x, and 1.1-1.4x with the
+        rotation (H100, results/kernels-h100/int8x-registers.log, act-quant-int8x.log).
 The integer formats also give each token's sum of its values, sum_k v_k, (M,) int32: the GEMM's zero-point
 correction needs it (kernels/wa_gemm.py), and it costs nothing here, where the values are made. The integer grids
 are exactly format.quantize_tokens' symmetric grid, so a dequantized int8 / int4 output equals the fake quantization
@@ -183,10 +185,11 @@ def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, sum_ptr, M, K, stride_xm, s
         s = tl.where(amax > 0, amax * norm * clip / QMAX, 1.0)
         tl.store(s_ptr + tok, s, mask=tok < M)
         n_words = tl.where(tok < M, tl.cdiv(K, 32) * 4, 0)  # (transposed back: the codes go out along channels)
-        total = _encode(tl.trans(y0 * (norm / s)), q_row, k0, k0 < lim, 0, n_words, FMT, R0 * C, EMULATE)
+        total = _encode(tl.trans(y0 * (norm / s)), q_row, k0, k0 < lim, 0, n_words, FMT, R0 * C, R0 * C % 256 == 0,
+                        EMULATE)
         if R1P > 0:
             total += _encode(tl.trans(y1 * (norm / s)), q_row, k1, k1 < lim, R0 * C // 8, n_words, FMT, R1P * C,
-                             EMULATE)
+                             R0 * C % 256 + R1P * C % 256 == 0, EMULATE)
         if FMT != 0:
             tl.store(sum_ptr + tok, total, mask=tok < M)
 
@@ -222,16 +225,19 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, sum_ptr, K, stride_xm, stride_qm, clip, QMA
     for k0 in range(0, K, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
         v = tl.math.div_rn(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32), s)
-        total += _encode(v, q_ptr + tok * stride_qm, k, k < K, k0 // 8, tl.cdiv(K, 32) * 4, FMT, BLOCK, EMULATE)
+        total += _encode(v, q_ptr + tok * stride_qm, k, k < K, k0 // 8, tl.cdiv(K, 32) * 4, FMT, BLOCK,
+                         BLOCK % 256 == 0, EMULATE)
     if FMT != 0:
         tl.store(sum_ptr + tok, total)
 
 
 @triton.jit
-def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.constexpr, EMULATE: tl.constexpr):
+def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.constexpr, ALIGNED: tl.constexpr,
+            EMULATE: tl.constexpr):
     """Store v = x / s (any tile shape; k its channels, row-major) as codes of the format at q_row; return the sum of
     the integer values (0 for fp8). int4: codes v + 8, eight to a word (code j of a word at bits 4j .. 4j + 3), the
-    tile's words from word0 on; past K code 0, as format.pack pads (v there is 0: x was read as 0)."""
+    tile's words from word0 on; past K code 0, as format.pack pads (v there is 0: x was read as 0). int8x: ALIGNED
+    says the tile's channels are whole chunks of 256 from a multiple of 256 (v past K is 0 there too)."""
     if FMT == 0:  # correctly rounded division above, as torch; the GPU's default fp32 division is approximate
         v = round_fp8(tl.minimum(tl.maximum(v, -448.0), 448.0), EMULATE)
         tl.store(q_row + k, v.to(tl.float8e4nv), mask=ok)
@@ -241,7 +247,12 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
         v = tl.minimum(tl.maximum(rint(v, EMULATE), lo), -lo - 1)
         if FMT == 1:
             tl.store(q_row + k, v.to(tl.int8), mask=ok)
-        elif FMT == 3:  # int8x: channel 256c + 2j + h at 256c + 128h + j
+        elif FMT == 3 and ALIGNED:  # int8x, the tile whole chunks of 256 channels from a multiple of 256: the
+            v8 = tl.permute(tl.reshape(v.to(tl.int8), (NUMEL // 256, 128, 2)), (0, 2, 1))  # order made in registers,
+            ok = tl.reshape(ok, (NUMEL // 256, 256))  # a chunk stored whole if its first channel is below K
+            ok = tl.broadcast_to(tl.max(ok.to(tl.int32), 1)[:, None], (NUMEL // 256, 256)) > 0
+            tl.store(q_row + tl.reshape(k, (NUMEL,)), tl.reshape(v8, (NUMEL,)), mask=tl.reshape(ok, (NUMEL,)))
+        elif FMT == 3:  # int8x: channel 256c + 2j + h at 256c + 128h + j, byte by byte (tiles under 256)
             tl.store(q_row + k // 256 * 256 + k % 2 * 128 + k % 256 // 2, v.to(tl.int8), mask=ok)
         else:
             c = tl.reshape(tl.where(ok, v + 8, 0), (NUMEL // 8, 8)) << (tl.arange(0, 8) * 4)[None, :]

@@ -81,10 +81,11 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
 
 
 def _configs(few, w4a8=False):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs,
-    if w4a8:  # K split; w4a8 walks K in whole chunks of int8x's order (256)
+    if w4a8:  # K split; w4a8 walks K in whole chunks of int8x's order (256). Many tokens: the three tiles that won a
+        # layer shape at M = 256 or 1024 among 14; 64 x 64 made LLaDA's q/k/v/o and down 1.2-1.3x faster at 256 and
+        # Dream's 512-wide k/v 1.5x (H100, results/kernels-h100/w4a8-tiles-256-1024.log)
         shapes = [(64, 128, 256, 4, 4, 3), (16, 128, 256, 4, 4, 3), (16, 64, 256, 2, 4, 3), (16, 128, 256, 8, 4, 3)] \
-            if few else \
-            [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (64, 128, 256, 1, 4, 5), (128, 128, 256, 1, 8, 4)]
+            if few else [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (64, 64, 256, 1, 4, 4)]
     else:  # at M <= 64: tiles of 16 tokens (each won a layer shape in fp8 at M = 16), and one of 64 that made the
         # fp8 layers at M = 64 up to 1.25x faster, the int4 ones up to 1.8x (H100, results/kernels-h100/compare.md)
         shapes = [(16, 64, 128, 4, 4, 3), (16, 64, 128, 2, 4, 3), (16, 32, 256, 4, 4, 4), (16, 32, 256, 8, 4, 4),
