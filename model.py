@@ -406,7 +406,7 @@ def load(path, dtype=torch.float32, device="cpu"):
     layers, converted, done = foreign_layers(files, model, qc, names) if qc else (quantized_layers(first), {}, ())
     with torch.device("meta"):
         if layers:
-            from quantizers.core import build_layer, swap  # the quantized layers: model.py's one import below it
+            from quantizers.core import QLinear, build_layer, swap  # the layers: model.py's one import from below
             for name, cfg in layers.items():
                 try:
                     swap(model, name, build_layer(cfg))
@@ -443,6 +443,9 @@ def load(path, dtype=torch.float32, device="cpu"):
     if missing:
         raise InputError(f"{path}: checkpoint is missing tensor '{missing[0]}' ({len(missing)} missing in all)")
     model.load_state_dict(sd, assign=True, strict=True)
+    for m in model.modules() if layers else ():  # codes packed in another order than the layer's kernel reads
+        if isinstance(m, QLinear):
+            m.settle_order()
     return model.eval()
 
 

@@ -1,5 +1,5 @@
 """
-Per-token activation quantization for the W8A8 and W4A4 GEMMs (kernels/wa_gemm.py), with QuaRot's online Hadamard
+Per-token activation quantization for the W8A8, W4A8 and W4A4 GEMMs (kernels/wa_gemm.py), with QuaRot's online Hadamard
 rotation optionally applied in the same pass.
 
 Format (`reference` below is the pure-torch twin that defines it). Each token (row) x of X (M, K) gets one scale
@@ -9,13 +9,6 @@ and its values v = x / s become
   int8  clamp(round(v), -128, 127) (QMAX 127): (M, K) int8;
   int4  clamp(round(v), -8, 7) (QMAX 7), stored as codes v + 8 packed by quantizers/format.pack (8 to an int32
         word, code j in bits 4j .. 4j + 3, chunks of 32 channels padded with code 0): (M, ceil(K / 32) * 4) int32.
-  int8x the int8 codes in the order the W4A8 GEMM reads them (kernels/wa_gemm.py): in each chunk of 256 channels,
-        the even channels first, then the odd ones (channel 2j + h at position 128h + j), so that the low nibbles
-        of 128 neighbouring weight bytes (the even channels' codes) meet 128 neighbouring activations, and so do
-        the high nibbles: (M, ceil(K / 256) * 256) int8, zeros past K. The order is made in registers (each
-        chunk's codes permuted as a (128, 2) tile, then stored whole): stored one by one at their new places, the
-        codes had taken 1.3-1.9x int8's time, and 3-10x with the rotation; now 1.3-1.7x, and 1.1-1.4x with the
-        rotation (H100, results/kernels-h100/int8x-registers.log, act-quant-int8x.log).
 The integer formats also give each token's sum of its values, sum_k v_k, (M,) int32: the GEMM's zero-point
 correction needs it (kernels/wa_gemm.py), and it costs nothing here, where the values are made. The integer grids
 are exactly format.quantize_tokens' symmetric grid, so a dequantized int8 / int4 output equals the fake quantization
@@ -49,23 +42,8 @@ from kernels.shims import INTERPRET, dot, rint, round_bf16, round_fp8
 from quantizers.format import pack, unpack
 from quantizers.hadamard import hadamard_factors, sylvester
 
-QMAX = {"fp8": 448.0, "int8": 127.0, "int4": 7.0, "int8x": 127.0}
-FMT = {"fp8": 0, "int8": 1, "int4": 2, "int8x": 3}
-CHUNK_X = 256  # int8x: the channels one cycle of its order spans (one W4A8 GEMM step: 128 weight bytes)
-
-
-def order_x(q, K):
-    """int8 codes (M, K) -> int8x's order (M, ceil(K / 256) * 256): channel 256c + 2j + h at 256c + 128h + j."""
-    M, Kp = q.shape[0], -(-K // CHUNK_X) * CHUNK_X
-    q = torch.nn.functional.pad(q[:, :K], (0, Kp - K))
-    return q.view(M, Kp // CHUNK_X, CHUNK_X // 2, 2).transpose(-1, -2).reshape(M, Kp)
-
-
-def unorder_x(q, K):
-    """order_x's inverse: (M, ceil(K / 256) * 256) -> (M, K)."""
-    M, Kp = q.shape
-    return q.view(M, Kp // CHUNK_X, 2, CHUNK_X // 2).transpose(-1, -2).reshape(M, Kp)[:, :K]
-
+QMAX = {"fp8": 448.0, "int8": 127.0, "int4": 7.0}
+FMT = {"fp8": 0, "int8": 1, "int4": 2}
 
 class Form(NamedTuple):
     """A rotation as _rotate_quant takes it: a token is an (R, C) tile, R = R0 (+ R1P padded rows); x -> B^T X H_C
@@ -99,15 +77,13 @@ def reference(x, fmt, clip=1.0, form=None):
     sums = q.sum(-1, dtype=torch.int32)  # (float ints summed as int32: exact, whatever the order)
     if fmt == "int4":
         return pack((q + 8).to(torch.uint8), 4), s, sums
-    return (q.to(torch.int8) if fmt == "int8" else order_x(q.to(torch.int8), q.shape[1])), s, sums
+    return q.to(torch.int8), s, sums
 
 
 def dequantize(q, s, fmt, K):
     """codes and scales -> the float32 values (M, K) they stand for."""
     if fmt == "int4":
         q = unpack(q, 4, K).float() - 8
-    elif fmt == "int8x":
-        q = unorder_x(q, K)
     return q.float() * s[:, None]
 
 
@@ -185,11 +161,10 @@ def _rotate_quant(x_ptr, h_ptr, b_ptr, q_ptr, s_ptr, sum_ptr, M, K, stride_xm, s
         s = tl.where(amax > 0, amax * norm * clip / QMAX, 1.0)
         tl.store(s_ptr + tok, s, mask=tok < M)
         n_words = tl.where(tok < M, tl.cdiv(K, 32) * 4, 0)  # (transposed back: the codes go out along channels)
-        total = _encode(tl.trans(y0 * (norm / s)), q_row, k0, k0 < lim, 0, n_words, FMT, R0 * C, R0 * C % 256 == 0,
-                        EMULATE)
+        total = _encode(tl.trans(y0 * (norm / s)), q_row, k0, k0 < lim, 0, n_words, FMT, R0 * C, EMULATE)
         if R1P > 0:
             total += _encode(tl.trans(y1 * (norm / s)), q_row, k1, k1 < lim, R0 * C // 8, n_words, FMT, R1P * C,
-                             R0 * C % 256 + R1P * C % 256 == 0, EMULATE)
+                             EMULATE)
         if FMT != 0:
             tl.store(sum_ptr + tok, total, mask=tok < M)
 
@@ -225,19 +200,16 @@ def _quant_rows(x_ptr, q_ptr, s_ptr, sum_ptr, K, stride_xm, stride_qm, clip, QMA
     for k0 in range(0, K, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
         v = tl.math.div_rn(tl.load(x_row + k, mask=k < K, other=0.0).to(tl.float32), s)
-        total += _encode(v, q_ptr + tok * stride_qm, k, k < K, k0 // 8, tl.cdiv(K, 32) * 4, FMT, BLOCK,
-                         BLOCK % 256 == 0, EMULATE)
+        total += _encode(v, q_ptr + tok * stride_qm, k, k < K, k0 // 8, tl.cdiv(K, 32) * 4, FMT, BLOCK, EMULATE)
     if FMT != 0:
         tl.store(sum_ptr + tok, total)
 
 
 @triton.jit
-def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.constexpr, ALIGNED: tl.constexpr,
-            EMULATE: tl.constexpr):
+def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.constexpr, EMULATE: tl.constexpr):
     """Store v = x / s (any tile shape; k its channels, row-major) as codes of the format at q_row; return the sum of
     the integer values (0 for fp8). int4: codes v + 8, eight to a word (code j of a word at bits 4j .. 4j + 3), the
-    tile's words from word0 on; past K code 0, as format.pack pads (v there is 0: x was read as 0). int8x: ALIGNED
-    says the tile's channels are whole chunks of 256 from a multiple of 256 (v past K is 0 there too)."""
+    tile's words from word0 on; past K code 0, as format.pack pads (v there is 0: x was read as 0)."""
     if FMT == 0:  # correctly rounded division above, as torch; the GPU's default fp32 division is approximate
         v = round_fp8(tl.minimum(tl.maximum(v, -448.0), 448.0), EMULATE)
         tl.store(q_row + k, v.to(tl.float8e4nv), mask=ok)
@@ -247,13 +219,6 @@ def _encode(v, q_row, k, ok, word0, n_words, FMT: tl.constexpr, NUMEL: tl.conste
         v = tl.minimum(tl.maximum(rint(v, EMULATE), lo), -lo - 1)
         if FMT == 1:
             tl.store(q_row + k, v.to(tl.int8), mask=ok)
-        elif FMT == 3 and ALIGNED:  # int8x, the tile whole chunks of 256 channels from a multiple of 256: the
-            v8 = tl.permute(tl.reshape(v.to(tl.int8), (NUMEL // 256, 128, 2)), (0, 2, 1))  # order made in registers,
-            ok = tl.reshape(ok, (NUMEL // 256, 256))  # a chunk stored whole if its first channel is below K
-            ok = tl.broadcast_to(tl.max(ok.to(tl.int32), 1)[:, None], (NUMEL // 256, 256)) > 0
-            tl.store(q_row + tl.reshape(k, (NUMEL,)), tl.reshape(v8, (NUMEL,)), mask=tl.reshape(ok, (NUMEL,)))
-        elif FMT == 3:  # int8x: channel 256c + 2j + h at 256c + 128h + j, byte by byte (tiles under 256)
-            tl.store(q_row + k // 256 * 256 + k % 2 * 128 + k % 256 // 2, v.to(tl.int8), mask=ok)
         else:
             c = tl.reshape(tl.where(ok, v + 8, 0), (NUMEL // 8, 8)) << (tl.arange(0, 8) * 4)[None, :]
             r = word0 + tl.arange(0, NUMEL // 8)
@@ -287,9 +252,8 @@ def quantize(x, fmt, clip=1.0, form=None, config=None):
     x2 = x.reshape(-1, K)
     x2 = x2 if x2.stride(1) == 1 else x2.contiguous()
     M = x2.shape[0]
-    dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32, "int8x": torch.int8}[fmt]
-    width = {"int4": -(-K // 32) * 4, "int8x": -(-K // CHUNK_X) * CHUNK_X}.get(fmt, K)
-    q = (torch.zeros if width > K and fmt == "int8x" else torch.empty)(M, width, device=x.device, dtype=dtype)
+    dtype = {"fp8": torch.float8_e4m3fn, "int8": torch.int8, "int4": torch.int32}[fmt]
+    q = torch.empty(M, -(-K // 32) * 4 if fmt == "int4" else K, device=x.device, dtype=dtype)
     s = torch.empty(M, device=x.device, dtype=torch.float32)
     sums = torch.empty(M, device=x.device, dtype=torch.int32)  # (fp8 leaves them unwritten and returns None)
     out = q, s, None if fmt == "fp8" else sums
@@ -323,7 +287,7 @@ def bench():
         for form in (None, hadamard_form(K).to("cuda")):
             for M in (16, 1024, 4096):
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-                for fmt in ("fp8", "int8", "int4", "int8x"):  # (int8x: int8 in the W4A8 GEMM's order)
+                for fmt in ("fp8", "int8", "int4"):
                     q, s, _ = quantize(x, fmt, 1.0, form)
                     ref_q, ref_s, _ = reference(x, fmt, 1.0, form)
                     d, ref_d = dequantize(q, s, fmt, K), dequantize(ref_q, ref_s, fmt, K)

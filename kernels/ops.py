@@ -54,8 +54,7 @@ def quantize(x: Tensor, fmt: str, clip: float) -> tuple[Tensor, Tensor, Tensor]:
 @quantize.register_fake
 def _(x, fmt, clip):
     M, K = x.numel() // x.shape[-1], x.shape[-1]
-    width = {"int4": -(-K // 32) * 4, "int8x": -(-K // act_quant.CHUNK_X) * act_quant.CHUNK_X}.get(fmt, K)
-    q = x.new_empty(M, width, dtype=torch.int32 if fmt == "int4" else torch.int8)
+    q = x.new_empty(M, -(-K // 32) * 4 if fmt == "int4" else K, dtype=torch.int32 if fmt == "int4" else torch.int8)
     return q, x.new_empty(M, dtype=torch.float32), x.new_empty(M, dtype=torch.int32)
 
 

@@ -1,5 +1,5 @@
 """
-Weight-activation quantized GEMMs: y = (s_x x_q) (s_w (W_q - z))^T for W8A8 in FP8 or INT8 and for W4A4, with the
+Weight-activation quantized GEMMs: y = (s_x x_q) (s_w (W_q - z))^T for W8A8 in FP8 or INT8, W4A8 and W4A4, with the
 activations quantized per token by kernels/act_quant.py and the scales applied in the epilogue.
 
 Formats (the twin `reference` below defines the product; quantizers/format.py the weights):
@@ -12,17 +12,22 @@ Formats (the twin `reference` below defines the product; quantizers/format.py th
         instruction, so both operands are unpacked in registers to int8 and multiplied on the int8 tensor cores:
         int4 here saves memory and bandwidth, not arithmetic. The codes c (0..15) enter as they are and the zero
         point is corrected in the epilogue, as for int8.
-  w4a8  x: int8 per token in act_quant's "int8x" order; W: 4-bit codes per output channel, packed 8 to a word as
-        for int4 (the checkpoint's own layout), read here as bytes: byte j of a row holds channel 2j in its low
-        nibble and 2j + 1 in its high one. Codes 0..15 enter the int8 tensor cores as they are and the zero point
-        is corrected in the epilogue. Half int8's weight bytes for the same tensor-core arithmetic. A step of 256
-        channels loads 128 bytes per output channel and makes two operands of them in place, the low nibbles and
-        the high ones, each one instruction per four bytes (shims.nibble: on the GPU a 32-bit `and`, after a
-        shift for the high ones); int8x stores the even channels' activations first and the odd ones after, so
-        each operand meets 128 neighbouring activations and no code moves between threads. What this replaced
-        (results/kernels-h100/compare.md, H100, M = 256): unpacking each word into channel order by a reshape
-        (0.37-0.57x bf16), nibble i of 32 words at a time, one code per 32-bit operation (0.63-0.93x); this
-        form runs at 1.05-1.39x.
+  w4a8  x: int8 per token; W: 4-bit codes per output channel in W4A8's pair order (format.pack: 8 to a word
+        as for int4, each chunk of 256 channels reordered), read here as bytes: byte j of chunk c holds channel
+        256c + j in its low nibble and 256c + 128 + j in its high one (a last chunk of L < 256 channels, rounded
+        up to 32: 256c + j and 256c + L / 2 + j). Codes 0..15 enter the int8 tensor cores as
+        they are and the zero point is corrected in the epilogue. Half int8's weight bytes for the same
+        tensor-core arithmetic. A step of 256 channels loads 128 bytes per output channel and makes two operands
+        of them in place, the low nibbles and the high ones, each one instruction per four bytes (shims.nibble:
+        on the GPU a 32-bit `and`, after a shift for the high ones); each operand meets a run of 128 neighbouring
+        activations, so no code moves between threads and x keeps its own order. The layer at 256 tokens runs at
+        1.10-1.36x bf16 on LLaDA's layers and Dream's MLP (H100, results/kernels-h100/w4a8-pair-order.log). What
+        this replaced (results/kernels-h100/compare.md): unpacking each word into channel order by a reshape
+        (0.37-0.57x bf16 at 256 tokens); nibble i of 32 words at a time, one code per 32-bit operation
+        (0.63-0.93x); plain order, byte j holding channels 2j and 2j + 1, against activations that act_quant
+        stored with the even channels first (that order made the quantizer 1.3-1.7x slower than plain int8: the
+        layer 0.88x bf16 at 256 tokens against 1.03x now, geometric means over the seven shapes); pairs j and
+        j + 16 in chunks of 32, whose activations come in runs of 16 (the GEMM 2-2.4x slower).
 The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
 the activation dtype. Weights must be per output channel (one group); quantizers/core.py decides which layers come
 here.
@@ -56,7 +61,7 @@ from kernels.shims import INTERPRET, mma, nibble, to_dtype
 from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 
 FMT = {"fp8": 0, "int8": 1, "int4": 2, "w4a8": 3}
-ACT = {"fp8": "fp8", "int8": "int8", "int4": "int4", "w4a8": "int8x"}  # each format's activations (act_quant)
+ACT = {"fp8": "fp8", "int8": "int8", "int4": "int4", "w4a8": "int8"}  # each format's activations (act_quant)
 W_BITS = {"fp8": 8, "int8": 8, "int4": 4, "w4a8": 4}
 
 
@@ -74,6 +79,8 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
     x = act_quant.dequantize(xq, sx, ACT[fmt], K)
     if fmt == "fp8":
         W = w[:, :K].float()
+    elif fmt == "w4a8":
+        W = unpack(w.view(torch.int32), 4, K, "pairs").float() - zw.float()
     else:
         W = unpack(w.view(torch.int32), W_BITS[fmt], K).float() - zw.float()
     y = (x @ W.T) * sw.float().view(1, -1)
@@ -81,8 +88,8 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
 
 
 def _configs(few, w4a8=False):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs,
-    if w4a8:  # K split; w4a8 walks K in whole chunks of int8x's order (256). Many tokens: the three tiles that won a
-        # layer shape at M = 256 or 1024 among 14; 64 x 64 made LLaDA's q/k/v/o and down 1.2-1.3x faster at 256 and
+    if w4a8:  # K split; w4a8 walks K 256 channels at a time (128 weight bytes). Many tokens: the three tiles that won
+        # a layer shape at M = 256 or 1024 among 14; 64 x 64 made LLaDA's q/k/v/o and down 1.2-1.3x faster at 256 and
         # Dream's 512-wide k/v 1.5x (H100, results/kernels-h100/w4a8-tiles-256-1024.log)
         shapes = [(64, 128, 256, 4, 4, 3), (16, 128, 256, 4, 4, 3), (16, 64, 256, 2, 4, 3), (16, 128, 256, 8, 4, 3)] \
             if few else [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (64, 64, 256, 1, 4, 4)]
@@ -108,8 +115,9 @@ def _nibbles(ptr, rows, rows_ok, k0, stride, n_words, BLOCK_R: tl.constexpr, BLO
 @triton.jit
 def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, ws_ptr, count_ptr, M, N, K, stride_am,
              stride_bn, stride_cm, a_words, b_words, M_BUCKET, FMT: tl.constexpr, OFFSET: tl.constexpr,
-             HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr):
+             HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, FULL: tl.constexpr, EMULATE: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+             SPLIT_K: tl.constexpr):
     # programs walk GROUP_M row tiles down a column before moving on (the tiles of W they share stay in L2);
     # pid_k is this program's part of K (0 unless SPLIT_K > 1)
     pid, pid_k = tl.program_id(0), tl.program_id(1)
@@ -140,16 +148,20 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, ws_
             w = (w ^ 0x80).to(tl.int8, bitcast=True)  # the top bit, read the byte as int8
             xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
             acc = mma(w, xt, acc, EMULATE)
-        elif FMT == 3:  # w4a8: per 256 channels, 128 bytes of codes; low nibbles meet the even channels' int8x
-            for c in tl.static_range(BLOCK_K // 256):  # activations, high nibbles the odd ones'
-                j = tl.arange(0, 128)
-                rb = k0 // 2 + c * 128 + j
-                b = tl.load(b_ptr + rn[:, None] * stride_bn + rb[None, :],
-                            mask=n_ok[:, None] & (rb < b_words)[None, :], other=0)
+        elif FMT == 3:  # w4a8: per 256 channels, 128 bytes of codes in pair order; byte j's low nibble meets
+            for c in tl.static_range(BLOCK_K // 256):  # the chunk's channel j, its high one channel half + j
+                start, j = k0 + c * 256, tl.arange(0, 128)
+                if FULL:  # K a multiple of 256: every chunk whole
+                    half = 128
+                else:  # the last chunk: what is left of K, rounded up to 32 (a multiple of 16: aligned loads)
+                    half = tl.multiple_of(tl.minimum(2 * b_words - start, 256) // 2, 16)
+                j_ok = j < half
+                b = tl.load(b_ptr + rn[:, None] * stride_bn + (start // 2 + j)[None, :],
+                            mask=n_ok[:, None] & j_ok[None, :], other=0)
                 for h in tl.static_range(2):  # codes 0..15 (padding past K meets activations of 0)
-                    pk = k0 + c * 256 + 128 * h + j
+                    pk = start + h * half + j
                     xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
-                                 mask=m_ok[None, :] & (pk < a_words)[:, None], other=0)
+                                 mask=m_ok[None, :] & (j_ok & (pk < K))[:, None], other=0)
                     acc = mma(nibble(b, h, EMULATE), xt, acc, EMULATE)
         else:
             a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
@@ -231,7 +243,7 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     args = (xq, w, sx, sx if sums is None else sums, sw, zw, bias if bias is not None else sw, y, ws, counts, M, N, K,
             xq.stride(0), w.stride(0), y.stride(0), xq.shape[1], w.shape[1], triton.next_power_of_2(M))
     flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",
-                 HAS_BIAS=bias is not None, EMULATE=INTERPRET)
+                 HAS_BIAS=bias is not None, FULL=K % 256 == 0, EMULATE=INTERPRET)
     if config is None:
         _TUNED[few, fmt == "w4a8"][lambda meta: _grid(M, N, meta)](*args, **flags)
     else:
@@ -261,7 +273,7 @@ def _layer(N, K, fmt):
     W = torch.randn(N, K, device="cuda") * 0.02
     bits = W_BITS[fmt]
     q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1))
-    return W.bfloat16(), (pack(q, bits), s.bfloat16(), z.bfloat16())
+    return W.bfloat16(), (pack(q, bits, "pairs" if fmt == "w4a8" else "plain"), s.bfloat16(), z.bfloat16())
 
 
 def bench(fmts=tuple(FMT), tokens=TOKENS, hadamard=True):

@@ -90,14 +90,19 @@ class QLinear(nn.Module):
     forward: x -> (optional online rotation x T) -> (optional per-token activation quantization) ->
     x @ dequant(W)^T + bias -> (optional per-channel quantization of the output: out_bits, the V of softmax(P) V
     that DLLMQuant's IA-AQ and --v_bits quantize, on v_proj). code_path() below picks the code that does it.
-    fp8: the 8-bit codes are e4m3 bytes (fp8_grid) and activations are quantized to e4m3, not to integers."""
+    fp8: the 8-bit codes are e4m3 bytes (fp8_grid) and activations are quantized to e4m3, not to integers.
+    order: how the codes are packed (format.pack), "plain" or "pairs" (what the W4A8 GEMM reads); settle_order()
+    picks it from the other settings."""
 
     def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
-                 act_sym=True, act_clip=1.0, rotation=None, out_bits=16, out_clip=1.0, fp8=False, dtype=None):
+                 act_sym=True, act_clip=1.0, rotation=None, out_bits=16, out_clip=1.0, fp8=False, order="plain",
+                 dtype=None):
         super().__init__()
         if fp8 and bits != 8:
             raise ValueError(f"QLinear: fp8 weights are 8 bits, not {bits}")
-        self.fp8 = fp8
+        if order != "plain" and (order != "pairs" or bits != 4):
+            raise ValueError(f"QLinear: order {order!r} is not 'plain' or (4-bit codes) 'pairs'")
+        self.fp8, self.order = fp8, order
         self.in_features, self.out_features, self.bits, self.group_size, self.sym = (
             in_features, out_features, bits, group_size, sym)
         self.act_bits, self.act_sym, self.act_clip = act_bits, act_sym, act_clip
@@ -117,9 +122,10 @@ class QLinear(nn.Module):
         copied); cfg: bits, group_size, sym, act_bits, act_sym, act_clip, dtype."""
         dtype = cfg.pop("dtype", None) or (bias.dtype if bias is not None else torch.float32)
         m = cls(q.shape[1], q.shape[0], bias=bias is not None, dtype=dtype, **cfg)
-        m.qweight.copy_(pack(q, m.bits))
         m.scales.copy_(s)
         m.zeros.copy_(z)
+        m.qweight.copy_(pack(q, m.bits))
+        m.settle_order()
         if bias is not None:
             m.bias.data.copy_(bias)
         if rotation is not None:  # the module itself, not a copy: Linears that share an input share one rotation,
@@ -129,7 +135,7 @@ class QLinear(nn.Module):
     def config(self):
         """The constructor arguments (minus dtype): what a checkpoint stores to rebuild this module."""
         keys = ("in_features", "out_features", "bits", "group_size", "sym", "act_bits", "act_sym", "act_clip",
-                "out_bits", "out_clip", "fp8")
+                "out_bits", "out_clip", "fp8", "order")
         return {**{k: getattr(self, k) for k in keys}, "bias": self.bias is not None,
                 "rotation": self.rotation.config() if self.rotation is not None else None}
 
@@ -137,10 +143,21 @@ class QLinear(nn.Module):
         """The dequantized weight (N, K) in the scales' dtype."""
         if self.dense is not None:
             return self.dense
-        q = unpack(self.qweight, self.bits, self.in_features)
+        q = unpack(self.qweight, self.bits, self.in_features, self.order)
         if self.fp8:
             return (q.view(torch.float8_e4m3fn).float() * self.scales.float()).to(self.scales.dtype)
         return dequantize(q, self.scales, self.zeros)
+
+    def settle_order(self):
+        """Repack the codes, if need be, in the order their kernel reads: pairs for a layer the W4A8 GEMM takes,
+        plain for every other. from_codes calls it; so does model.load, for checkpoints whose layers name no order
+        (written before the pair order: plain)."""
+        want = "pairs" if wa_format(self) == "w4a8" else "plain"
+        if want != self.order:
+            q = unpack(self.qweight, self.bits, self.in_features, self.order)
+            self.order = want
+            self.qweight.copy_(pack(q, self.bits, want))
+        return self
 
     def forward(self, x, path=None):
         """path: one of PATHS instead of code_path()'s choice (the tests compare them)."""
@@ -374,6 +391,7 @@ LAYER_CHECKS = {"in_features": _count, "out_features": _count, "bits": lambda v:
                 "group_size": lambda v: type(v) is int and (v >= 1 or v == -1), "act_bits": _width(4),
                 "out_bits": _width(4), "act_clip": _ratio, "out_clip": _ratio,
                 **{k: lambda v: type(v) is bool for k in ("sym", "act_sym", "fp8", "bias")},
+                "order": lambda v: v in ("plain", "pairs"),
                 "rotation": lambda v: v is None or (isinstance(v, dict) and _count(v.get("m")) and _count(v.get("b"))
                                                     and all(type(v.get(k, False)) is bool
                                                             for k in ("shared", "perm", "second", "mix")))}

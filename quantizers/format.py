@@ -21,6 +21,10 @@ Packing. Codes are laid out along the input dimension in chunks of 32 (the last 
 b-bit codes is read as one 32*b-bit little-endian bit string and stored as b int32 words: code j of a chunk occupies
 bits b*j .. b*j+b-1 of that string. So 4-bit codes sit 8 to a word in order, 8-bit codes 4 and 2-bit codes 16, and
 3-bit codes straddle word boundaries (codes 10 and 21 of each chunk). Sign planes (Quant-dLLM) are 1-bit codes.
+W4A8's pair order (order="pairs") packs 4-bit codes the same way after reordering each chunk of 256 channels (the
+last chunk: the channels left, rounded up to 32) so that byte j of a chunk of L holds its channel j in the low nibble
+and its channel L / 2 + j in the high one: the W4A8 GEMM (kernels/wa_gemm.py) then takes the low nibbles and the high
+ones each against a run of neighbouring activations in their own order.
 """
 import torch
 import torch.nn.functional as F
@@ -115,10 +119,21 @@ def _slots(bits):
     return [(bits * j // 32, bits * j % 32, bits * j % 32 + bits > 32) for j in range(32)]
 
 
-def pack(q, bits):
-    """codes (N, K) in [0, 2^bits) -> int32 words (N, ceil(K / 32) * bits)."""
+def pair_order(K):
+    """W4A8's pair order: position p of the channels padded to a multiple of 32 holds channel pair_order(K)[p]. In
+    each chunk of L = 256 (the last: what is left), positions 2j and 2j + 1 (byte j once packed 8 to a word) hold
+    the chunk's channels j and L / 2 + j."""
+    padded = -(-K // 32) * 32
+    return torch.cat([torch.arange(c, min(c + 256, padded)).view(2, -1).t().reshape(-1) for c in range(0, padded, 256)])
+
+
+def pack(q, bits, order="plain"):
+    """codes (N, K) in [0, 2^bits) -> int32 words (N, ceil(K / 32) * bits), in plain order or (4 bits) pairs."""
     N, K = q.shape
-    q = F.pad(q.long(), (0, -K % 32)).view(N, -1, 32)
+    q = F.pad(q.long(), (0, -K % 32))
+    if order == "pairs":
+        q = q[:, pair_order(K).to(q.device)]
+    q = q.view(N, -1, 32)
     words = torch.zeros(N, q.shape[1], bits, dtype=torch.long, device=q.device)
     for j, (w, off, spill) in enumerate(_slots(bits)):
         words[..., w] |= (q[..., j] << off) & 0xFFFFFFFF
@@ -127,8 +142,8 @@ def pack(q, bits):
     return (words - (words >> 31 << 32)).to(torch.int32).view(N, -1)  # reinterpret the unsigned bits as int32
 
 
-def unpack(words, bits, K):
-    """int32 words (N, ceil(K / 32) * bits) -> codes (N, K) uint8."""
+def unpack(words, bits, K, order="plain"):
+    """int32 words (N, ceil(K / 32) * bits) -> codes (N, K) uint8: pack's inverse."""
     N = words.shape[0]
     w = words.view(N, -1, bits).long() & 0xFFFFFFFF
     q = torch.empty(N, w.shape[1], 32, dtype=torch.long, device=words.device)
@@ -136,4 +151,8 @@ def unpack(words, bits, K):
         q[..., j] = w[..., i] >> off
         if spill:
             q[..., j] |= w[..., i + 1] << (32 - off)
-    return (q & (2 ** bits - 1)).view(N, -1)[:, :K].to(torch.uint8)
+    q = (q & (2 ** bits - 1)).view(N, -1)
+    if order == "pairs":
+        q = q[:, pair_order(K).argsort().to(q.device)]
+    return q[:, :K].to(torch.uint8)
+

@@ -10,11 +10,13 @@ import types
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 import calibrate as C
 import model as M
 from calibrate import CHECKPOINT_FILES
 from quantizers.core import QLinear
+from quantizers.format import pack, unpack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {f: os.path.join(ROOT, "assets", f"tiny-{f}") for f in ("llada", "dream")}
@@ -43,6 +45,27 @@ def test_saved_checkpoint_loads_back_with_identical_logits(tmp_path, family, met
         assert f.get_tensor(M.rename(M.name_map(again.args), "blocks.0.mlp.down_proj.qweight")).dtype == torch.int32
     assert meta["args"]["method"] == method and meta["layers"]["blocks.0.attn.q_proj"]["bits"] == 3
     assert os.path.isfile(os.path.join(args.out, "tokenizer.json")) and not os.path.exists(args.out + ".tmp")
+
+
+def test_w4a8_checkpoint_stores_pair_order_and_one_in_plain_order_still_loads(tmp_path):
+    """A W4A8 layer's codes are stored in the pair order its GEMM reads (format.pack), and its metadata says so. A
+    checkpoint written before that order (plain codes, no "order" in the metadata) loads to the same model."""
+    m, args = quantize(tmp_path, model=TINY["dream"], method="rtn", wbits=4, abits=8, group_size=-1)
+    path = os.path.join(args.out, "model.safetensors")
+    with safe_open(path, "pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(metadata["quant"])
+    assert {cfg["order"] for cfg in meta["layers"].values()} == {"pairs"}
+    for name, cfg in meta["layers"].items():
+        key = M.rename(M.name_map(m.args), name + ".qweight")
+        tensors[key] = pack(unpack(tensors[key], 4, cfg["in_features"], "pairs"), 4)
+        del cfg["order"]
+    save_file(tensors, path, metadata={**metadata, "quant": json.dumps(meta)})
+    old = M.load(args.out)
+    assert {mod.order for mod in old.modules() if isinstance(mod, QLinear)} == {"pairs"}
+    ids = torch.randint(0, 4000, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(old(ids), m(ids))
 
 
 @pytest.mark.slow

@@ -30,6 +30,23 @@ def test_4bit_layout_is_eight_codes_per_word_in_order():
     assert words[0] == 0x87654321 - 2**32 and words[1] == 0xFFEDCBA9 - 2**32
 
 
+def test_pair_order_puts_the_two_halves_of_a_chunk_in_one_byte():
+    """W4A8's pair order, byte by byte against its definition (format.py): byte j of a chunk of L channels (256;
+    the last, 600 - 512 = 88 rounded up to 96) holds its channel j in the low nibble and L / 2 + j in the high one;
+    the padding is code 0, and the words are as many as plain order's."""
+    K = 600
+    q = torch.randint(0, 16, (3, K), dtype=torch.uint8)
+    words = pack(q, 4, "pairs")
+    assert words.shape == pack(q, 4).shape and torch.equal(unpack(words, 4, K, "pairs"), q)
+    padded = torch.nn.functional.pad(q, (0, 8))
+    b = words.view(torch.uint8)
+    for byte in range(b.shape[1]):
+        c, j = byte // 128, byte % 128
+        half = 128 if c < 2 else 48
+        assert torch.equal(b[:, byte] & 15, padded[:, 256 * c + j])
+        assert torch.equal(b[:, byte] >> 4, padded[:, 256 * c + half + j])
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("group_size", [32, -1])

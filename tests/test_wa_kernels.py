@@ -11,7 +11,7 @@ import calibrate as C
 from kernels import act_quant, wa_gemm
 from quantizers import core
 from quantizers.core import QLinear, build_layer, cache_weights, code_path, wa_format
-from quantizers.format import fit_grid, fp8_grid, fp8_tokens, pack, quantize, quantize_tokens
+from quantizers.format import fit_grid, fp8_grid, fp8_tokens, quantize, quantize_tokens
 from quantizers.hadamard import orthogonal
 from quantizers.quarot import head_mix, online_hadamard
 
@@ -40,7 +40,7 @@ def value_sums(q, fmt, K):
     return act_quant.dequantize(q, torch.ones(q.shape[0], device=q.device), fmt, K).sum(-1).to(torch.int32)
 
 
-@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "int8x"])
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_quantizer_equals_the_twin_bit_for_bit(fmt, dtype):
     for K in (100, 200, 592, 1024, act_quant.CHUNK + 452):  # the last: two chunks, the second one part full
@@ -56,7 +56,7 @@ def test_quantizer_equals_the_twin_bit_for_bit(fmt, dtype):
 
 def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
     x = torch.randn(9, 200) * 3
-    for fmt, bits in (("int8", 8), ("int4", 4), ("int8x", 8)):
+    for fmt, bits in (("int8", 8), ("int4", 4)):
         for clip in (1.0, 0.7):
             q, s, _ = act_quant.reference(x, fmt, clip)
             assert torch.equal(act_quant.dequantize(q, s, fmt, 200), quantize_tokens(x, bits, True, clip))
@@ -64,26 +64,8 @@ def test_integer_grids_are_the_fake_quantization_of_the_torch_model():
     assert torch.equal(act_quant.dequantize(q, s, "fp8", 200), fp8_tokens(x, 0.9))
 
 
-def test_int8x_puts_each_code_where_its_weight_nibble_is():
-    """int8x's order, position by position against its definition (act_quant's docstring): in chunk c of 256
-    channels, position 128 h + j holds channel 2 j + h, the channel of the low (h = 0) or high (h = 1) nibble of
-    the chunk's packed weight byte j."""
-    K = 600
-    q = torch.arange(K).remainder(251).to(torch.int8)[None]  # distinct neighbours: a misplaced channel shows
-    x = act_quant.order_x(q, K)[0]
-    assert x.shape == (768,)
-    for p in range(768):
-        c, h, j = p // 256, p % 256 // 128, p % 128
-        k = 256 * c + 2 * j + h
-        assert x[p] == (q[0, k] if k < K else 0), p
-    words = pack(torch.arange(256).remainder(16)[None], 4)  # byte j of a packed row: channel 2 j low, 2 j + 1 high
-    b = words.view(torch.uint8)[0].long()
-    assert torch.equal(b & 15, torch.arange(0, 256, 2) % 16) and torch.equal(b >> 4, torch.arange(1, 256, 2) % 16)
-    assert torch.equal(act_quant.unorder_x(x[None], K), q)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "int8x"])
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4"])
 @pytest.mark.parametrize("n,fused", [(768, True), (3072, True), (2048, True), (2368, True), (592, False), (96, False)])
 def test_online_hadamard_in_the_quantizer_equals_the_dense_matrix(fmt, n, fused):
     """768 = 12 x 64 (tiny-llada's MLP: 24 x 32 tiles, rows 16 + 8), 3072 = 12 x 256, 2048 (no mix) and
@@ -190,6 +172,23 @@ def test_every_config_matches_float64(fmt, sym, config):
     zero-point correction and bias once) on odd shapes, K ragged against the tiles and the splits."""
     for M, N, K in ODD:
         check(M, N, K, fmt, sym, torch.bfloat16, config, bias=M != 5)
+
+
+@pytest.mark.parametrize("M,K", [(5, 200), (70, 512)])
+def test_w4a8_layer_computes_its_codes_product(M, K):
+    """The W4A8 layer against its codes (N, K) as the calibration made them, not as packed: x's int8 values times
+    (q - z) s in float64, so the pair order's packing and the GEMM's reading of it are checked together."""
+    W = torch.randn(24, K, device=DEVICE)
+    s, z = fit_grid(W, 4, -1)
+    q = quantize(W, s, z, 4)
+    lin = QLinear.from_codes(q, s, z, bits=4, group_size=-1, act_bits=8, dtype=torch.bfloat16)
+    assert lin.order == "pairs" and torch.equal(lin.weight(), ((q.float() - z) * lin.scales.float()).bfloat16())
+    x = torch.randn(M, K, device=DEVICE).bfloat16()
+    xq, sx, _ = act_quant.reference(x, "int8")
+    ref = (xq.double() * sx.double()[:, None]) @ ((q.double() - z.double()) * lin.scales.double()).T
+    for config in (wa_gemm.configs("w4a8", False)[0], wa_gemm.configs("w4a8", True)[0]):
+        y = wa_gemm.linear(x, lin.qweight, lin.scales, lin.zeros, None, "w4a8", config=config)
+        assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("fmt", ["fp8", "w4a8"])
