@@ -45,6 +45,7 @@ from quantizers.hadamard import hadamard_factors, sylvester
 QMAX = {"fp8": 448.0, "int8": 127.0, "int4": 7.0}
 FMT = {"fp8": 0, "int8": 1, "int4": 2}
 
+
 class Form(NamedTuple):
     """A rotation as _rotate_quant takes it: a token is an (R, C) tile, R = R0 (+ R1P padded rows); x -> B^T X H_C
     times norm. H (C, C) and B (R0 + R1P, R0 + R1P) hold +-1 in bf16."""

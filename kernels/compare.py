@@ -45,7 +45,7 @@ def dllmq_layers(W):
     layers["W4A16 g128"] = (lambda x, a=args: wq_gemm.matmul(x, *a, 4, K), q, s, z)
     s, z = fit_grid(W, 4, -1, sym=True)
     q = quantize(W, s, z, 4)
-    args = (pack(q, 4, "pairs"), s.bfloat16(), z.bfloat16())  # in the order the W4A8 GEMM reads (format.py)
+    args = (pack(q, 4, wa_gemm.ORDER["w4a8"]), s.bfloat16(), z.bfloat16())
     layers["W4A8"] = (lambda x, a=args: wa_gemm.linear(x, *a, None, "w4a8"), q, s, z)
     q, s, z = fp8_grid(W)
     args = (pack(q, 8), s.bfloat16(), z.bfloat16())

@@ -63,6 +63,7 @@ from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 FMT = {"fp8": 0, "int8": 1, "int4": 2, "w4a8": 3}
 ACT = {"fp8": "fp8", "int8": "int8", "int4": "int4", "w4a8": "int8"}  # each format's activations (act_quant)
 W_BITS = {"fp8": 8, "int8": 8, "int4": 4, "w4a8": 4}
+ORDER = {"fp8": "plain", "int8": "plain", "int4": "plain", "w4a8": "pairs"}  # how each reads packed codes (format.py)
 
 
 def weight_operand(qweight, fmt):
@@ -79,10 +80,8 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
     x = act_quant.dequantize(xq, sx, ACT[fmt], K)
     if fmt == "fp8":
         W = w[:, :K].float()
-    elif fmt == "w4a8":
-        W = unpack(w.view(torch.int32), 4, K, "pairs").float() - zw.float()
     else:
-        W = unpack(w.view(torch.int32), W_BITS[fmt], K).float() - zw.float()
+        W = unpack(w.view(torch.int32), W_BITS[fmt], K, ORDER[fmt]).float() - zw.float()
     y = (x @ W.T) * sw.float().view(1, -1)
     return (y if bias is None else y + bias.float()).to(dtype)
 
@@ -273,7 +272,7 @@ def _layer(N, K, fmt):
     W = torch.randn(N, K, device="cuda") * 0.02
     bits = W_BITS[fmt]
     q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1))
-    return W.bfloat16(), (pack(q, bits, "pairs" if fmt == "w4a8" else "plain"), s.bfloat16(), z.bfloat16())
+    return W.bfloat16(), (pack(q, bits, ORDER[fmt]), s.bfloat16(), z.bfloat16())
 
 
 def bench(fmts=tuple(FMT), tokens=TOKENS, hadamard=True):

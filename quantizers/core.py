@@ -91,8 +91,8 @@ class QLinear(nn.Module):
     x @ dequant(W)^T + bias -> (optional per-channel quantization of the output: out_bits, the V of softmax(P) V
     that DLLMQuant's IA-AQ and --v_bits quantize, on v_proj). code_path() below picks the code that does it.
     fp8: the 8-bit codes are e4m3 bytes (fp8_grid) and activations are quantized to e4m3, not to integers.
-    order: how the codes are packed (format.pack), "plain" or "pairs" (what the W4A8 GEMM reads); settle_order()
-    picks it from the other settings."""
+    order: how the codes are packed (format.pack), "plain" or "pairs": the one the layer's kernel reads
+    (kernel_order), which from_codes packs in and settle_order repacks to."""
 
     def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
                  act_sym=True, act_clip=1.0, rotation=None, out_bits=16, out_clip=1.0, fp8=False, order="plain",
@@ -124,8 +124,8 @@ class QLinear(nn.Module):
         m = cls(q.shape[1], q.shape[0], bias=bias is not None, dtype=dtype, **cfg)
         m.scales.copy_(s)
         m.zeros.copy_(z)
-        m.qweight.copy_(pack(q, m.bits))
-        m.settle_order()
+        m.order = m.kernel_order()
+        m.qweight.copy_(pack(q, m.bits, m.order))
         if bias is not None:
             m.bias.data.copy_(bias)
         if rotation is not None:  # the module itself, not a copy: Linears that share an input share one rotation,
@@ -148,11 +148,15 @@ class QLinear(nn.Module):
             return (q.view(torch.float8_e4m3fn).float() * self.scales.float()).to(self.scales.dtype)
         return dequantize(q, self.scales, self.zeros)
 
+    def kernel_order(self):
+        """The order in which this layer's kernel reads packed codes: the W4A8 GEMM's pairs, else plain."""
+        fmt = wa_format(self)
+        return wa_gemm.ORDER[fmt] if fmt else "plain"
+
     def settle_order(self):
-        """Repack the codes, if need be, in the order their kernel reads: pairs for a layer the W4A8 GEMM takes,
-        plain for every other. from_codes calls it; so does model.load, for checkpoints whose layers name no order
-        (written before the pair order: plain)."""
-        want = "pairs" if wa_format(self) == "w4a8" else "plain"
+        """Repack the codes, if need be, in kernel_order(): model.load calls it for checkpoints whose layers name no
+        order (written before the pair order: plain)."""
+        want = self.kernel_order()
         if want != self.order:
             q = unpack(self.qweight, self.bits, self.in_features, self.order)
             self.order = want

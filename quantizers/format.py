@@ -155,4 +155,3 @@ def unpack(words, bits, K, order="plain"):
     if order == "pairs":
         q = q[:, pair_order(K).argsort().to(q.device)]
     return q[:, :K].to(torch.uint8)
-
