@@ -27,7 +27,8 @@ Formats (the twin `reference` below defines the product; quantizers/format.py th
         (0.63-0.93x); plain order, byte j holding channels 2j and 2j + 1, against activations that act_quant
         stored with the even channels first (that order made the quantizer 1.3-1.7x slower than plain int8: the
         layer 0.88x bf16 at 256 tokens against 1.03x now, geometric means over the seven shapes); pairs j and
-        j + 16 in chunks of 32, whose activations come in runs of 16 (the GEMM 2-2.4x slower).
+        j + 16 in chunks of 32, whose activations come in runs of 16 (the GEMM 2-2.4x slower). Tried and dropped
+        too: the codes as e4m3 operands on the FP8 tensor cores (results/kernels-h100/compare.md, last section).
 The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
 the activation dtype. Weights must be per output channel (one group); quantizers/core.py decides which layers come
 here.
@@ -37,7 +38,9 @@ of BLOCK_K; each step loads a tile of x codes and a tile of weight codes and add
 into an accumulator held in registers. Programs are numbered so that GROUP_M neighbouring row tiles run one after
 another down a column of tiles: they read the same weight tile while it sits in L2. The INT8 kernel computes the
 transposed product W x^T: the left operand is the one Hopper's tensor cores read from registers, so the flipped
-weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings). At
+weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings). Triton
+keeps a tensor-core product with int32 sums synchronous (its Hopper pipeliner leaves only fp32 sums in flight), so
+the int8 and w4a8 loops wait for each product before they make the next tile's operands, where fp8's overlap. At
 M <= 64 there are too few tiles to fill the GPU (a 4096-wide layer: 32 programs for 132 SMs), so K is split too:
 SPLIT_K programs per tile each walk 1/SPLIT_K of it and store their scaled fp32 partial sums in a workspace, then
 count themselves in on the tile's counter (an atomic add); the one that arrives last adds the SPLIT_K partials,
@@ -235,7 +238,8 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
         raise ValueError(f"wa_gemm: {fmt} needs {'no sums' if fmt == 'fp8' else 'the token sums act_quant gives'}")
     sw = sw.reshape(-1)
     zw = zw.reshape(-1) if fmt != "fp8" else sw
-    config = configs(fmt, M <= 64)[0] if config is None and INTERPRET else config
+    config = configs(fmt, False)[0] if config is None and INTERPRET else config  # (the fewest programs: the
+    # interpreter's time goes by programs; the tests run each split-K config by name)
     few = M <= 64 if config is None else config.kwargs["SPLIT_K"] > 1
     y = torch.empty(M, N, device=xq.device, dtype=dtype)
     ws, counts = _split_k_buffers(M, N, xq.device) if few else (y, sx)  # (unread without a split)

@@ -8,6 +8,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:  # pytest -n N: one core per worker, for its tests and the CLIs they start
+    torch.set_num_threads(1)  # (two torch threads in each of two workers on two cores made the suite slower)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)
