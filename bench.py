@@ -91,6 +91,7 @@ def forward_bench():
 # format: QLinear settings of every block Linear (RTN of the random weights); W4A4 rotates down_proj online (QuaRot)
 FORMATS = {"bf16": None, "W4A16 g128": dict(bits=4, group_size=128), "W8A8-FP8": dict(bits=8, act_bits=8, fp8=True),
            "W8A8-INT8": dict(bits=8, act_bits=8, sym=True), "W4A8": dict(bits=4, act_bits=8, sym=True),
+           "W4A8-FP8": dict(bits=4, act_bits=8, sym=True, fp8=True),
            "W4A4 + Hadamard": dict(bits=4, act_bits=4, sym=True)}
 
 
@@ -108,7 +109,7 @@ def quantize_random(model, cfg):
             if cfg["act_bits"] == 4 and name == "mlp.down_proj":
                 rot = online_hadamard(W.shape[1], torch.float32).to(W.device)
                 W = rot(W)  # W H: the input is rotated online by the same H
-            if cfg["fp8"]:
+            if cfg["fp8"] and cfg["bits"] == 8:
                 q, s, z = fp8_grid(W)
             else:
                 s, z = fit_grid(W, cfg["bits"], cfg["group_size"], cfg["sym"])
@@ -546,7 +547,7 @@ def step_breakdown(kernels, steps, wall_s, ops=()):
 
 
 PROFILE_MODES = {"compiled": "compiled", "graph": "compiled + CUDA graph"}
-PROFILED = ("bf16", "W8A8-FP8", "W4A8", "W4A16 g128")  # --step_profile's formats unless --formats names some
+PROFILED = ("bf16", "W8A8-FP8", "W4A8", "W4A8-FP8", "W4A16 g128")  # --step_profile's, unless --formats names some
 
 
 @torch.no_grad()

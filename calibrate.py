@@ -78,8 +78,10 @@ class Shared:
                              "not divide gets its largest divisor below it (printed)")
     sym: bool = opt(False, "symmetric weight grid (zero point fixed at 2^(bits-1)); default asymmetric")
     a_sym: bool = opt(True, "symmetric activation grid")
-    fp8: bool = opt(False, "W8A8 in FP8: e4m3 weights per output channel, e4m3 activations per token (with --bits 8 "
-                           "and a chain that rounds by RTN: rtn, or transforms only)")
+    fp8: bool = opt(False, "FP8. With --wbits 8: e4m3 weights per output channel, with --abits 8 e4m3 activations "
+                           "per token too (W8A8-FP8; a chain that rounds by RTN: rtn, or transforms only). With "
+                           "--wbits 4 --abits 8 --sym: W4A8-FP8, symmetric 4-bit weights -7..7 per output channel "
+                           "by any integer rounder, e4m3 activations per token")
     a_clip: float = opt(1.0, "activation clipping ratio of each token's range")
     w_clip: float = opt(1.0, "weight clipping ratio of each group's range (DuQuant used 0.8)")
     v_bits: int = opt(0, "bits of the attention values V, per channel over the tokens (the V of softmax(P) V); "
@@ -165,9 +167,14 @@ def resolve(args):
         raise InputError(f"--v_bits {args.v_bits} is out of range (4-8, or 16 to leave V in float)")
     if args.wbits == 16 and args.abits < 16:
         raise InputError(f"--abits {args.abits} with --wbits 16: activation-only quantization is not supported")
-    if args.fp8 and (args.wbits != 8 or args.abits not in (8, 16) or args.group_size != -1 or chain[-1] != "rtn"):
-        raise InputError(f"--fp8 needs --wbits 8, --abits 8 or 16, --group_size -1 and a chain that rounds by RTN, "
-                         f"not W{args.wbits}A{args.abits} g{args.group_size} {args.method}")
+    if args.fp8 and args.wbits == 4:
+        if args.abits != 8 or args.group_size != -1 or not args.sym or not args.a_sym or "quantdllm" in chain:
+            raise InputError(f"--fp8 with --wbits 4 (W4A8-FP8) needs --abits 8, --group_size -1, --sym, symmetric "
+                             f"activations and integer codes (not quantdllm), not W4A{args.abits} g{args.group_size} "
+                             f"sym={args.sym} a_sym={args.a_sym} {args.method}")
+    elif args.fp8 and (args.wbits != 8 or args.abits not in (8, 16) or args.group_size != -1 or chain[-1] != "rtn"):
+        raise InputError(f"--fp8 needs --wbits 8 (or 4: W4A8-FP8), --abits 8 or 16, --group_size -1 and a chain that "
+                         f"rounds by RTN, not W{args.wbits}A{args.abits} g{args.group_size} {args.method}")
     if args.calib_mode not in ("clean", "masked", "trajectory"):
         raise InputError(f"--calib_mode {args.calib_mode!r} is unknown (expected clean, masked or trajectory)")
     args.device = resolve_device(args.device)
@@ -199,6 +206,8 @@ def describe(args):
     """The format in words, as the log header and config.json state it."""
     if args.wbits == 16:
         return "weights left in float (--wbits 16)"
+    if args.fp8 and args.wbits == 4:
+        return "W4A8-FP8: 4-bit symmetric weights (-7..7) per output channel, e4m3 activations per token"
     if args.fp8:
         acts = ", e4m3 activations per token" if args.abits == 8 else ""
         return f"W8A{args.abits if args.abits < 16 else 16}-FP8: e4m3 weights per output channel{acts}"

@@ -8,6 +8,8 @@ in a CUDA graph, median µs):
                   path: what a QLinear runs on CUDA)
   W4A8            dllmq's W4A8 layer, 4-bit symmetric weights per channel, int8 activations per token (wa_gemm.linear
                   "w4a8": act_quant + the GEMM)
+  W4A8-FP8        the same codes in the sign order, e4m3 activations per token, on the FP8 tensor cores
+                  (wa_gemm.linear "w4f8")
   FP8 layer       dllmq's FP8 layer, e4m3 weights per channel and activations per token (wa_gemm.linear "fp8")
   FP8 GEMM        dllmq's FP8 GEMM alone, on operands quantized beforehand
   _scaled_mm      torch._scaled_mm on the same FP8 operands, row-wise scales (cuBLAS)
@@ -31,12 +33,12 @@ from kernels import act_quant, wa_gemm, wq_gemm
 from quantizers.format import fit_grid, fp8_grid, pack, quantize
 
 SHAPES = wa_gemm.SHAPES  # name: (N, K)
-COLUMNS = ["W4A16 g128", "W4A8", "FP8 layer", "FP8 GEMM", "_scaled_mm", "gemlite A16W4", "gemlite A8W8",
+COLUMNS = ["W4A16 g128", "W4A8", "W4A8-FP8", "FP8 layer", "FP8 GEMM", "_scaled_mm", "gemlite A16W4", "gemlite A8W8",
            "gemlite A8W4"]
 
 
 def dllmq_layers(W):
-    """W (N, K) bf16 in three formats, rounded as calibrate.py's RTN rounds it: name -> (layer call x -> y, codes,
+    """W (N, K) bf16 in four formats, rounded as calibrate.py's RTN rounds it: name -> (layer call x -> y, codes,
     scales, zeros) with the codes packed and the grids in bf16 as a QLinear stores them."""
     K, layers = W.shape[1], {}
     s, z = fit_grid(W, 4, 128)
@@ -47,6 +49,8 @@ def dllmq_layers(W):
     q = quantize(W, s, z, 4)
     args = (pack(q, 4, wa_gemm.ORDER["w4a8"]), s.bfloat16(), z.bfloat16())
     layers["W4A8"] = (lambda x, a=args: wa_gemm.linear(x, *a, None, "w4a8"), q, s, z)
+    args = (pack(q, 4, wa_gemm.ORDER["w4f8"]), s.bfloat16(), z.bfloat16())  # (RTN's symmetric codes are 1..15)
+    layers["W4A8-FP8"] = (lambda x, a=args: wa_gemm.linear(x, *a, None, "w4f8"), q, s, z)
     q, s, z = fp8_grid(W)
     args = (pack(q, 8), s.bfloat16(), z.bfloat16())
     layers["FP8 layer"] = (lambda x, a=args: wa_gemm.linear(x, *a, None, "fp8"), q, s, z)

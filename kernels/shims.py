@@ -11,7 +11,8 @@ the interpreter (triton 3.9) and the GPU differ, a kernel takes EMULATE (= INTER
   tl.dot         the interpreter's bf16 / fp8 / int8 products are wrong or missing: dot and mma go through fp32,
                  which holds those products and their sums exactly at the sizes the tests use;
   nibbles        on the GPU one PTX instruction unpacks the nibbles of four bytes at once, which the interpreter
-                 cannot run: it takes the same shifts and masks byte by byte.
+                 cannot run: it takes the same shifts and masks byte by byte; signs: the same for format.py's
+                 sign order, whose high codes also need the word rotated, assembled here from its four bytes.
 """
 import os
 
@@ -90,6 +91,38 @@ def nibble(b, HIGH: tl.constexpr, EMULATE: tl.constexpr):
         return tl.inline_asm_elementwise("{.reg .b32 t; shr.u32 t, $1, 4; and.b32 $0, t, 0x0F0F0F0F;}", "=r,r", [b],
                                          dtype=tl.int8, is_pure=True, pack=4)
     return tl.inline_asm_elementwise("and.b32 $0, $1, 0x0F0F0F0F;", "=r,r", [b], dtype=tl.int8, is_pure=True, pack=4)
+
+
+@triton.jit
+def signs(b, HIGH: tl.constexpr, EMULATE: tl.constexpr):
+    """The low (HIGH = 0) or high codes of an int8 tile b (R, C) in format.py's sign order, as fp8 e4m3 operands
+    worth v / 512 (v = c - 8 in -7..7). An e4m3 byte 0..7 is m 2^-9 (a subnormal) and 0x80 its sign, so the sign
+    order's low code is its byte & 0x87 and the high one that of its word rotated right by 4: on the GPU, per four
+    bytes one `and` (after one funnel shift for the high codes). The rotation reads the byte beside it, so the four
+    bytes in a register must be four neighbours of a row in memory order: pack=4 hands over four neighbouring
+    elements, and C is a multiple of 4 (tests/test_wa_kernels.py checks this on the GPU). Under the interpreter:
+    the same operations on the words rebuilt from their bytes, then the values in fp32."""
+    if EMULATE:
+        R: tl.constexpr = b.shape[0]
+        C: tl.constexpr = b.shape[1]
+        u = tl.reshape(b.to(tl.int32) & 255, (R, C // 4, 2, 2))  # [.., i, t] is byte 2i + t of a word
+        b02, b13 = tl.split(u)
+        b0, b2 = tl.split(b02)
+        b1, b3 = tl.split(b13)
+        w = (b0 | b1 << 8 | b2 << 16 | b3 << 24).to(tl.uint32, bitcast=True)
+        if HIGH:
+            w = w >> 4 | w << 28
+        w &= 0x87878787
+        y = tl.join(tl.join(w & 255, (w >> 16) & 255), tl.join((w >> 8) & 255, w >> 24))
+        y = tl.reshape(y, (R, C)).to(tl.int32)
+        return tl.where(y >= 128, -(y & 7), y).to(tl.float32) * 0.001953125
+    if HIGH:
+        c = tl.inline_asm_elementwise("{.reg .b32 t; shf.r.wrap.b32 t, $1, $1, 4; and.b32 $0, t, 0x87878787;}",
+                                      "=r,r", [b], dtype=tl.int8, is_pure=True, pack=4)
+    else:
+        c = tl.inline_asm_elementwise("and.b32 $0, $1, 0x87878787;", "=r,r", [b], dtype=tl.int8, is_pure=True,
+                                      pack=4)
+    return c.to(tl.float8e4nv, bitcast=True)
 
 
 def grid(M, N, meta):

@@ -27,11 +27,19 @@ Formats (the twin `reference` below defines the product; quantizers/format.py th
         (0.63-0.93x); plain order, byte j holding channels 2j and 2j + 1, against activations that act_quant
         stored with the even channels first (that order made the quantizer 1.3-1.7x slower than plain int8: the
         layer 0.88x bf16 at 256 tokens against 1.03x now, geometric means over the seven shapes); pairs j and
-        j + 16 in chunks of 32, whose activations come in runs of 16 (the GEMM 2-2.4x slower). Tried and dropped
-        too: the codes as e4m3 operands on the FP8 tensor cores (results/kernels-h100/compare.md, last section).
-The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32, stored in
-the activation dtype. Weights must be per output channel (one group); quantizers/core.py decides which layers come
-here.
+        j + 16 in chunks of 32, whose activations come in runs of 16 (the GEMM 2-2.4x slower).
+  w4f8  W4A8-FP8. x: e4m3 per token (act_quant "fp8"); W: symmetric 4-bit codes -7..7 per output channel in
+        format.py's sign order (w4a8's pairs, each code stored as the sign and magnitude of c - 8). Products on
+        the fp8 tensor cores with fp32 sums, which Triton leaves in flight as it does fp8's, where w4a8's int32
+        ones wait. An e4m3 byte m <= 7 is the subnormal m 2^-9 and 0x80 its sign, so the low codes of four bytes
+        are one `and` with 0x87878787, the high ones the same after rotating the word right by 4 (shims.signs),
+        and the epilogue multiplies by 512. The two operands are joined along K into one product a step. Centred
+        codes, not w4a8's 0..15 with the zero point taken away afterwards: the fp8 tensor cores add with fewer
+        bits than fp32, and sums of 0..15 carry z sum(x), which lost the result when x had a large mean
+        (results/kernels-h100/w4a8-fp8-tensor-cores.log: that form and an eight-operation signed one, dropped).
+The epilogue: y[m, n] = (acc[m, n] - (z[n] - offset) * sums[m]) * s_x[m] * s_w[n] (+ bias), in fp32 (fp8 and w4f8
+have no zero point), stored in the activation dtype. Weights must be per output channel (one group);
+quantizers/core.py decides which layers come here.
 
 How the work is laid out: one program computes one (BLOCK_M tokens x BLOCK_N outputs) tile of y, walking K in steps
 of BLOCK_K; each step loads a tile of x codes and a tile of weight codes and adds their product on the tensor cores
@@ -40,18 +48,20 @@ another down a column of tiles: they read the same weight tile while it sits in 
 transposed product W x^T: the left operand is the one Hopper's tensor cores read from registers, so the flipped
 weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings). Triton
 keeps a tensor-core product with int32 sums synchronous (its Hopper pipeliner leaves only fp32 sums in flight), so
-the int8 and w4a8 loops wait for each product before they make the next tile's operands, where fp8's overlap. At
-M <= 64 there are too few tiles to fill the GPU (a 4096-wide layer: 32 programs for 132 SMs), so K is split too:
-SPLIT_K programs per tile each walk 1/SPLIT_K of it and store their scaled fp32 partial sums in a workspace, then
-count themselves in on the tile's counter (an atomic add); the one that arrives last adds the SPLIT_K partials,
-stores the tile in the activation dtype and sets the counter back to 0 for the next call. One kernel, where adding
-the partials atomically into a zeroed fp32 output took three (the zero-fill and a cast after); with tiles of 16
-tokens as well, the fp8 layer at 16 tokens ran 1.11-1.76x faster and the w4a8 one 1.30-1.76x (two H100s, bf16
-within 4% on both; results/kernels-h100/compare.md). The counters are one int32 per tile, shared by every call on
-a device: GEMMs on one CUDA stream run one after another, so no two share them at once.
+the int8 and w4a8 loops wait for each product before they make the next tile's operands, where fp8's and w4f8's
+overlap (--pipeline below shows it). At M <= 64 there are too few tiles to fill the GPU (a 4096-wide layer: 32
+programs for 132 SMs), so K is split too: SPLIT_K programs per tile each walk 1/SPLIT_K of it and store their scaled
+fp32 partial sums in a workspace, then count themselves in on the tile's counter (an atomic add); the one that
+arrives last adds the SPLIT_K partials, stores the tile in the activation dtype and sets the counter back to 0 for
+the next call. One kernel, where adding the partials atomically into a zeroed fp32 output took three (the zero-fill
+and a cast after); with tiles of 16 tokens as well, the fp8 layer at 16 tokens ran 1.11-1.76x faster and the w4a8
+one 1.30-1.76x (two H100s, bf16 within 4% on both; results/kernels-h100/compare.md). The counters are one int32 per
+tile, shared by every call on a device: GEMMs on one CUDA stream run one after another, so no two share them at
+once.
 
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
-    python -m kernels.wa_gemm --parts 16   # where the fp8 / w4a8 layer's time goes at 16 tokens, kernel by kernel
+    python -m kernels.wa_gemm --parts 16   # where the fp8 / w4a8 / w4f8 layers' time goes at 16 tokens, by kernel
+    python -m kernels.wa_gemm --pipeline   # no GPU needed: which formats' products Triton leaves in flight on Hopper
     ncu -k regex:_wa_gemm --section SpeedOfLight python -m kernels.wa_gemm --once 12288,4096,320
                                        # one GEMM per format at one tile shape, untimed: for a profiler
 """
@@ -60,20 +70,21 @@ import triton
 import triton.language as tl
 
 from kernels import act_quant
-from kernels.shims import INTERPRET, mma, nibble, to_dtype
+from kernels.shims import INTERPRET, mma, nibble, signs, to_dtype
 from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 
-FMT = {"fp8": 0, "int8": 1, "int4": 2, "w4a8": 3}
-ACT = {"fp8": "fp8", "int8": "int8", "int4": "int4", "w4a8": "int8"}  # each format's activations (act_quant)
-W_BITS = {"fp8": 8, "int8": 8, "int4": 4, "w4a8": 4}
-ORDER = {"fp8": "plain", "int8": "plain", "int4": "plain", "w4a8": "pairs"}  # how each reads packed codes (format.py)
+FMT = {"fp8": 0, "int8": 1, "int4": 2, "w4a8": 3, "w4f8": 4}
+ACT = {"fp8": "fp8", "int8": "int8", "int4": "int4", "w4a8": "int8", "w4f8": "fp8"}  # activations (act_quant)
+W_BITS = {"fp8": 8, "int8": 8, "int4": 4, "w4a8": 4, "w4f8": 4}
+ORDER = {"fp8": "plain", "int8": "plain", "int4": "plain", "w4a8": "pairs", "w4f8": "signs"}  # codes' packing
+NIBBLES = ("w4a8", "w4f8")  # the formats that read 4-bit codes as bytes, 256 channels a step
 
 
 def weight_operand(qweight, fmt):
-    """A QLinear's packed weight as the kernel reads it (a view, no copy): w4a8 reads the words as bytes."""
+    """A QLinear's packed weight as the kernel reads it (a view, no copy): w4a8 / w4f8 read the words as bytes."""
     if fmt == "int4":
         return qweight
-    if fmt == "w4a8":
+    if fmt in NIBBLES:
         return qweight.view(torch.int8)
     return qweight.view(torch.float8_e4m3fn if fmt == "fp8" else torch.uint8)
 
@@ -89,10 +100,10 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
     return (y if bias is None else y + bias.float()).to(dtype)
 
 
-def _configs(few, w4a8=False):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs,
-    if w4a8:  # K split; w4a8 walks K 256 channels at a time (128 weight bytes). Many tokens: the three tiles that won
-        # a layer shape at M = 256 or 1024 among 14; 64 x 64 made LLaDA's q/k/v/o and down 1.2-1.3x faster at 256 and
-        # Dream's 512-wide k/v 1.5x (H100, results/kernels-h100/w4a8-tiles-256-1024.log)
+def _configs(few, nibbles=False):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs,
+    if nibbles:  # K split; w4a8 / w4f8 walk K 256 channels at a time (128 weight bytes). Many tokens: the three
+        # tiles that won a layer shape at M = 256 or 1024 among 14 (w4a8); 64 x 64 made LLaDA's q/k/v/o and down
+        # 1.2-1.3x faster at 256 and Dream's 512-wide k/v 1.5x (H100, results/kernels-h100/w4a8-tiles-256-1024.log)
         shapes = [(64, 128, 256, 4, 4, 3), (16, 128, 256, 4, 4, 3), (16, 64, 256, 2, 4, 3), (16, 128, 256, 8, 4, 3)] \
             if few else [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (64, 64, 256, 1, 4, 4)]
     else:  # at M <= 64: tiles of 16 tokens (each won a layer shape in fp8 at M = 16), and one of 64 that made the
@@ -131,8 +142,8 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, ws_
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok, n_ok = rm < M, rn < N
-    if FMT == 1 or FMT == 3:  # the transposed product W x^T (module docstring): (BLOCK_N, BLOCK_M), transposed at
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)  # the end
+    if FMT == 1 or FMT >= 3:  # the transposed product W x^T (module docstring): (BLOCK_N, BLOCK_M), transposed at
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32 if FMT == 4 else tl.int32)  # the end
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32 if FMT == 0 else tl.int32)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -165,12 +176,32 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, ws_
                     xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
                                  mask=m_ok[None, :] & (j_ok & (pk < K))[:, None], other=0)
                     acc = mma(nibble(b, h, EMULATE), xt, acc, EMULATE)
+        elif FMT == 4:  # w4f8: byte j's low code meets channel j of the step, its high one channel half + j; the
+            tl.static_assert(BLOCK_K == 256)  # two operands joined along K into one product a step (two would make
+            if FULL:  # the first wait for the tensor cores)
+                half = 128
+            else:
+                half = tl.multiple_of(tl.minimum(2 * b_words - k0, 256) // 2, 16)
+            j, kk = tl.arange(0, 128), tl.arange(0, 256)
+            b = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 // 2 + j)[None, :],
+                        mask=n_ok[:, None] & (j < half)[None, :], other=0)
+            w = tl.reshape(tl.permute(tl.join(signs(b, 0, EMULATE), signs(b, 1, EMULATE)), (0, 2, 1)),
+                           (BLOCK_N, 256))
+            if FULL:
+                xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :], other=0.0)
+            else:
+                pk = k0 + kk // 128 * half + kk % 128
+                xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
+                             mask=m_ok[None, :] & ((kk % 128 < half) & (pk < K))[:, None], other=0.0)
+            acc = mma(w, xt, acc, EMULATE)
         else:
             a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
             acc = mma(a, b, acc, EMULATE)
-    if FMT == 1 or FMT == 3:
+    if FMT == 1 or FMT >= 3:
         acc = tl.trans(acc)
+    if FMT == 4:  # the weight operands were worth v / 512
+        acc *= 512.0
     # the zero-point correction and the bias are added once, by the first part of K (masks as vectors: the
     # interpreter takes no scalar in a mask)
     m_first, n_first = m_ok & (rm * 0 + pid_k == 0), n_ok & (rn * 0 + pid_k == 0)
@@ -198,15 +229,15 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, ws_
 
 CONFIGS, FEW_CONFIGS = _configs(False), _configs(True)  # many tokens / M <= 64 (K split, partials summed in-kernel)
 W4A8_CONFIGS, W4A8_FEW = _configs(False, True), _configs(True, True)
-_TUNED = {(few, w4a8): triton.autotune(c, key=["M_BUCKET", "N", "K", "FMT"])(_wa_gemm)
-          for few, w4a8, c in ((False, False, CONFIGS), (True, False, FEW_CONFIGS), (False, True, W4A8_CONFIGS),
+_TUNED = {(few, nibbles): triton.autotune(c, key=["M_BUCKET", "N", "K", "FMT"])(_wa_gemm)
+          for few, nibbles, c in ((False, False, CONFIGS), (True, False, FEW_CONFIGS), (False, True, W4A8_CONFIGS),
                                (True, True, W4A8_FEW))}
 
 
 def configs(fmt, few):
     """The configs the autotuner chooses among for this format, at M <= 64 (few) or above."""
     return {(False, False): CONFIGS, (True, False): FEW_CONFIGS, (False, True): W4A8_CONFIGS,
-            (True, True): W4A8_FEW}[few, fmt == "w4a8"]
+            (True, True): W4A8_FEW}[few, fmt in NIBBLES]
 
 
 def _grid(M, N, meta):
@@ -234,10 +265,11 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     interpreter cannot time). At M <= 64 K is split over 2 to 8 programs (FEW_CONFIGS) whose fp32 partial sums the
     last of them adds: a down projection at M = 16 is otherwise 32 programs for 132 SMs, each walking all of K."""
     M, N = sx.shape[0], w.shape[0]
-    if (sums is None) != (fmt == "fp8"):  # fp8 has no zero point to correct
-        raise ValueError(f"wa_gemm: {fmt} needs {'no sums' if fmt == 'fp8' else 'the token sums act_quant gives'}")
+    fp8 = ACT[fmt] == "fp8"  # e4m3 activations: no zero point to correct (w4f8's codes are centred on 8)
+    if (sums is None) != fp8:
+        raise ValueError(f"wa_gemm: {fmt} needs {'no sums' if fp8 else 'the token sums act_quant gives'}")
     sw = sw.reshape(-1)
-    zw = zw.reshape(-1) if fmt != "fp8" else sw
+    zw = zw.reshape(-1) if not fp8 else sw
     config = configs(fmt, False)[0] if config is None and INTERPRET else config  # (the fewest programs: the
     # interpreter's time goes by programs; the tests run each split-K config by name)
     few = M <= 64 if config is None else config.kwargs["SPLIT_K"] > 1
@@ -245,10 +277,10 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     ws, counts = _split_k_buffers(M, N, xq.device) if few else (y, sx)  # (unread without a split)
     args = (xq, w, sx, sx if sums is None else sums, sw, zw, bias if bias is not None else sw, y, ws, counts, M, N, K,
             xq.stride(0), w.stride(0), y.stride(0), xq.shape[1], w.shape[1], triton.next_power_of_2(M))
-    flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=fmt != "fp8",
+    flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=not fp8,
                  HAS_BIAS=bias is not None, FULL=K % 256 == 0, EMULATE=INTERPRET)
     if config is None:
-        _TUNED[few, fmt == "w4a8"][lambda meta: _grid(M, N, meta)](*args, **flags)
+        _TUNED[few, fmt in NIBBLES][lambda meta: _grid(M, N, meta)](*args, **flags)
     else:
         _wa_gemm[_grid(M, N, config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
                                              num_stages=config.num_stages)
@@ -275,7 +307,9 @@ def _layer(N, K, fmt):
     """bf16 weight W (N, K) and its per-channel codes as a QLinear stores them: (qweight, scales, zeros) in bf16."""
     W = torch.randn(N, K, device="cuda") * 0.02
     bits = W_BITS[fmt]
-    q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1))
+    sym = fmt == "w4f8"  # (its sign order holds symmetric codes only)
+    q, s, z = fp8_grid(W) if fmt == "fp8" else (lambda s, z: (quantize(W, s, z, bits), s, z))(*fit_grid(W, bits, -1,
+                                                                                                       sym))
     return W.bfloat16(), (pack(q, bits, ORDER[fmt]), s.bfloat16(), z.bfloat16())
 
 
@@ -337,7 +371,7 @@ def bench(fmts=tuple(FMT), tokens=TOKENS, hadamard=True):
                   f"{(t_h - t_q) / t_g:.0%} | {t_b:.1f} | {(t_h - t_q) / t_b:.0%} |", flush=True)
 
 
-def parts(M=16, fmts=("fp8", "w4a8"), calls=50):
+def parts(M=16, fmts=("fp8", "w4a8", "w4f8"), calls=50):
     """Where a whole layer's time goes at M tokens: bf16 F.linear and each format's layer timed in a CUDA graph,
     then the layer's kernels (act_quant, the GEMM, any fill or copy torch adds) timed one by one by
     torch.profiler over `calls` eager calls; the graph's time minus their sum is what the kernels' launches and
@@ -377,27 +411,63 @@ def _label(kernel):
 
 
 def once(N, K, M, tile=(64, 128)):
-    """One GEMM of each of fp8, int8 and w4a8 at (M x K) @ (K x N) with the BLOCK_M x BLOCK_N tile given (no
+    """One GEMM of each of fp8, int8, w4a8 and w4f8 at (M x K) @ (K x N) with the BLOCK_M x BLOCK_N tile given (no
     autotuning, whose trial runs a profiler would record too), for a hardware-counter profile to compare them."""
-    for fmt in ("fp8", "int8", "w4a8"):
+    for fmt in ("fp8", "int8", "w4a8", "w4f8"):
         _, (qw, s, z) = _layer(N, K, fmt)
         xq, sx, sums = act_quant.quantize(torch.randn(M, K, device="cuda", dtype=torch.bfloat16), ACT[fmt])
         config = next(c for c in configs(fmt, False) if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == tile)
-        matmul(xq, sx, None if fmt == "fp8" else sums, weight_operand(qw, fmt), s, z, fmt, K, config=config)
+        matmul(xq, sx, sums, weight_operand(qw, fmt), s, z, fmt, K, config=config)
     torch.cuda.synchronize()
+
+
+def pipeline(fmts=tuple(FMT), tile=(64, 128)):
+    """Without a GPU: compile each format's many-token kernel (the tile given, K a multiple of 256) for Hopper
+    (sm_90) and print how Triton's pipeliner left its tensor-core products: the `pendings` of each wait, in program
+    order (1: a product left in flight while the next operands are made; 0: each product waited for; the last wait
+    of fp8 and w4f8 is the one after the loop)."""
+    import re
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    if INTERPRET:
+        raise SystemExit("--pipeline compiles for the GPU: run it without TRITON_INTERPRET=1")
+    fn = _wa_gemm
+    ints = ("M", "N", "K", "stride_am", "stride_bn", "stride_cm", "a_words", "b_words", "M_BUCKET")
+    for fmt in fmts:
+        c = next(c for c in configs(fmt, False) if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == tile)
+        x = {"fp8": "*fp8e4nv", "int8": "*i8", "int4": "*i32"}[ACT[fmt]]
+        w = {"fp8": "*fp8e4nv", "int8": "*u8", "int4": "*i32"}.get(fmt, "*i8")  # (as weight_operand views it)
+        ptrs = dict(a_ptr=x, b_ptr=w,
+                    sa_ptr="*fp32", sum_ptr="*fp32" if ACT[fmt] == "fp8" else "*i32", sb_ptr="*bf16",
+                    zb_ptr="*bf16", bias_ptr="*bf16", c_ptr="*bf16", ws_ptr="*fp32", count_ptr="*i32")
+        sig = {n: ptrs.get(n, "i32" if n in ints else "constexpr") for n in fn.arg_names}
+        const = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=ACT[fmt] != "fp8", HAS_BIAS=False,
+                     FULL=True, EMULATE=False, **c.kwargs)
+        aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                   if n in ptrs or n in ints[1:-1]}  # as the JIT marks them at the real shapes
+        k = triton.compile(ASTSource(fn, sig, const, aligned), target=GPUTarget("cuda", 90, 32),
+                           options=dict(num_warps=c.num_warps, num_stages=c.num_stages))
+        waits = re.findall(r"warp_group_dot_wait .*pendings = (\d+)", k.asm["ttgir"])
+        print(f"{fmt}: tile {tile[0]} x {tile[1]}, sums in {'fp32' if ACT[fmt] == 'fp8' else 'int32'}: the waits "
+              f"leave {', '.join(waits)} products in flight")
 
 
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="check and time the W8A8 / W4A8 / W4A4 GEMMs (see the module's header)")
     p.add_argument("--once", help="N,K,M: run one GEMM per format at a 64 x 128 tile instead, for a profiler")
+    p.add_argument("--pipeline", action="store_true", help="instead, no GPU needed: compile each format for Hopper "
+                   "and print whether Triton leaves its tensor-core products in flight")
     p.add_argument("--formats", default=",".join(FMT), help="the table's formats, of " + ", ".join(FMT))
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="the table's token counts M")
-    p.add_argument("--parts", type=int, metavar="M", help="instead: the fp8 and w4a8 layers at M tokens split into "
-                   "their kernels' times (torch.profiler) and the gaps between them, against bf16")
+    p.add_argument("--parts", type=int, metavar="M", help="instead: the fp8, w4a8, w4f8 layers at M tokens split "
+                   "into their kernels' times (torch.profiler) and the gaps between them, against bf16")
     opts = p.parse_args()
     if opts.once:
         once(*map(int, opts.once.split(",")))
+    elif opts.pipeline:
+        pipeline(opts.formats.split(","))
     elif opts.parts:
         parts(opts.parts)
     else:

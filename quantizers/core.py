@@ -90,18 +90,20 @@ class QLinear(nn.Module):
     forward: x -> (optional online rotation x T) -> (optional per-token activation quantization) ->
     x @ dequant(W)^T + bias -> (optional per-channel quantization of the output: out_bits, the V of softmax(P) V
     that DLLMQuant's IA-AQ and --v_bits quantize, on v_proj). code_path() below picks the code that does it.
-    fp8: the 8-bit codes are e4m3 bytes (fp8_grid) and activations are quantized to e4m3, not to integers.
-    order: how the codes are packed (format.pack), "plain" or "pairs": the one the layer's kernel reads
+    fp8: activations are quantized to e4m3, not to integers; 8-bit codes are then e4m3 bytes (fp8_grid, W8A8-FP8),
+    4-bit ones symmetric integer codes -7..7 per output channel (W4A8-FP8: act_bits 8).
+    order: how the codes are packed (format.pack), "plain", "pairs" or "signs": the one the layer's kernel reads
     (kernel_order), which from_codes packs in and settle_order repacks to."""
 
     def __init__(self, in_features, out_features, bits, group_size=128, sym=False, bias=False, act_bits=16,
                  act_sym=True, act_clip=1.0, rotation=None, out_bits=16, out_clip=1.0, fp8=False, order="plain",
                  dtype=None):
         super().__init__()
-        if fp8 and bits != 8:
-            raise ValueError(f"QLinear: fp8 weights are 8 bits, not {bits}")
-        if order != "plain" and (order != "pairs" or bits != 4):
-            raise ValueError(f"QLinear: order {order!r} is not 'plain' or (4-bit codes) 'pairs'")
+        if fp8 and bits != 8 and not (bits == 4 and act_bits == 8 and sym and group_size == -1):
+            raise ValueError(f"QLinear: fp8 weights are 8 bits, or 4 bits symmetric per channel with act_bits 8 "
+                             f"(W4A8-FP8), not {bits} bits, act_bits {act_bits}, sym {sym}, group_size {group_size}")
+        if order != "plain" and (order not in ("pairs", "signs") or bits != 4):
+            raise ValueError(f"QLinear: order {order!r} is not 'plain' or (4-bit codes) 'pairs' or 'signs'")
         self.fp8, self.order = fp8, order
         self.in_features, self.out_features, self.bits, self.group_size, self.sym = (
             in_features, out_features, bits, group_size, sym)
@@ -144,12 +146,12 @@ class QLinear(nn.Module):
         if self.dense is not None:
             return self.dense
         q = unpack(self.qweight, self.bits, self.in_features, self.order)
-        if self.fp8:
+        if self.fp8 and self.bits == 8:
             return (q.view(torch.float8_e4m3fn).float() * self.scales.float()).to(self.scales.dtype)
         return dequantize(q, self.scales, self.zeros)
 
     def kernel_order(self):
-        """The order in which this layer's kernel reads packed codes: the W4A8 GEMM's pairs, else plain."""
+        """The order in which this layer's kernel reads packed codes: W4A8's pairs, W4A8-FP8's signs, else plain."""
         fmt = wa_format(self)
         return wa_gemm.ORDER[fmt] if fmt else "plain"
 
@@ -227,12 +229,12 @@ class BinaryLinear(nn.Module):
 
 # -------------------------------------------------------------------------------- which code computes a layer
 def wa_format(layer):
-    """The format in which the W8A8 / W4A8 / W4A4 kernels take a QLinear: "fp8", "int8", "w4a8", "int4", or None
-    (weight-only, weights in groups, other mixed widths, asymmetric activations)."""
+    """The format in which the W8A8 / W4A8 / W4A4 kernels take a QLinear: "fp8", "int8", "w4a8", "w4f8" (W4A8-FP8),
+    "int4", or None (weight-only, weights in groups, other mixed widths, asymmetric activations)."""
     if layer.act_bits == 16 or not layer.act_sym or layer.scales.shape[1] != 1:
         return None
     if layer.fp8:
-        return "fp8" if layer.act_bits == 8 else None
+        return {8: "fp8", 4: "w4f8"}[layer.bits] if layer.act_bits == 8 else None
     return {(8, 8): "int8", (4, 4): "int4", (4, 8): "w4a8"}.get((layer.bits, layer.act_bits))
 
 
@@ -256,13 +258,13 @@ def code_path(layer, device, dtype):
     return "wq_op" if traced else "wq"
 
 
-def gptq_columns(W1, U1, S, Z, groups, bits):
+def gptq_columns(W1, U1, S, Z, groups, bits, lo=0):
     """Which code runs GPTQ's column loop over a block whose grids are all known (quantizers/gptq.py): on CUDA the
     Triton kernel (kernels/gptq_cols.py) -> (codes, errors); elsewhere None, and gptq.py runs its own loop (the
     kernel's twin) -- on a GPU that loop is ~10 launches a column, 12.5 s per LLaDA-8B block on an H100."""
     if not W1.is_cuda:
         return None
-    return gptq_cols.columns(W1, U1, S, Z, groups, bits)
+    return gptq_cols.columns(W1, U1, S, Z, groups, bits, lo)
 
 
 def binary_columns(W1, ar, ac, U1):
@@ -395,7 +397,7 @@ LAYER_CHECKS = {"in_features": _count, "out_features": _count, "bits": lambda v:
                 "group_size": lambda v: type(v) is int and (v >= 1 or v == -1), "act_bits": _width(4),
                 "out_bits": _width(4), "act_clip": _ratio, "out_clip": _ratio,
                 **{k: lambda v: type(v) is bool for k in ("sym", "act_sym", "fp8", "bias")},
-                "order": lambda v: v in ("plain", "pairs"),
+                "order": lambda v: v in ("plain", "pairs", "signs"),
                 "rotation": lambda v: v is None or (isinstance(v, dict) and _count(v.get("m")) and _count(v.get("b"))
                                                     and all(type(v.get(k, False)) is bool
                                                             for k in ("shared", "perm", "second", "mix")))}
@@ -409,6 +411,12 @@ def swap(block, name, module):
     """Replace the submodule `name` (e.g. "mlp.down_proj") of block."""
     parent, _, leaf = name.rpartition(".")
     setattr(block.get_submodule(parent) if parent else block, leaf, module)
+
+
+def lowest_code(args):
+    """The lowest code a rounder may choose: 1 for W4A8-FP8 (--fp8 --wbits 4), whose sign order holds the codes of
+    -7..7 (format.py), else 0."""
+    return 1 if getattr(args, "fp8", False) and args.wbits == 4 else 0
 
 
 def qlinear(linear, q, s, z, args):

@@ -32,7 +32,7 @@ FORMATS = ("gptq", "compressed-tensors")
 # --------------------------------------------------------------------------------------------- what maps
 def scheme(cfg):
     """The compressed-tensors format of a QLinear's settings (pack-quantized, int-quantized, float-quantized)."""
-    if cfg["fp8"]:
+    if cfg["fp8"] and cfg["bits"] == 8:
         return "float-quantized"
     return "pack-quantized" if cfg["act_bits"] == 16 else "int-quantized"
 

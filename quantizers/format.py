@@ -7,9 +7,9 @@ is stored as b-bit codes q = clamp(round(W / s) + z, 0, 2^b - 1) and read back a
   asymmetric  s = (hi - lo) / (2^b - 1), z = round(-lo / s), where [lo, hi] is the group's range widened to
               include 0 and shrunk by the clip ratio;
   symmetric   s = max|W| * clip / (2^(b-1) - 1), z = 2^(b-1), so 0 is exact and the grid is centred on the
-              codes 1 .. 2^b - 1 (code 0 is unused unless clipped). GPTQ's reference code takes s = 2 max|W| / (2^b - 1)
-              with the same z instead: a step 15/14 finer at 4 bits, whose top value (2^(b-1) - 1) s falls short of
-              max|W|, so it clips the largest positive weight; ours keeps both ends.
+              codes 1 .. 2^b - 1 (code 0 only when clipped, or reached by GPTQ's updates). GPTQ's reference code
+              takes s = 2 max|W| / (2^b - 1) with the same z instead: a step 15/14 finer at 4 bits, whose top value
+              (2^(b-1) - 1) s falls short of max|W|, so it clips the largest positive weight; ours keeps both ends.
 group_size -1 means one group per row (per channel). A width that group_size does not divide (tiny-dream's MLP width
 592 at 128) gets groups of its largest divisor below group_size (74), so no layer needs a larger budget than
 asked. Activations use the same grid per token (symmetric by default), V per channel (quantize_channels).
@@ -25,6 +25,12 @@ W4A8's pair order (order="pairs") packs 4-bit codes the same way after reorderin
 last chunk: the channels left, rounded up to 32) so that byte j of a chunk of L holds its channel j in the low nibble
 and its channel L / 2 + j in the high one: the W4A8 GEMM (kernels/wa_gemm.py) then takes the low nibbles and the high
 ones each against a run of neighbouring activations in their own order.
+W4A8-FP8's sign order (order="signs") keeps the pairs but stores each symmetric code c (z = 8, c in 1..15) as the
+sign and magnitude of c - 8, so that the FP8 GEMM turns a byte into two e4m3 operands with one or two 32-bit
+operations (kernels/wa_gemm.py). Byte j holds the low channel's magnitude in bits 0-2 and its sign in bit 7, the
+high channel's magnitude in bits 4-6, and in bit 3 the high channel's sign of the byte before it in its 32-bit word
+(byte 0 holds byte 3's): rotating the word right by 4 bits then lines every high channel up as the low ones are.
+The grid is -7..7: code 0 (-8, which only clipping reaches) has no place, and pack refuses it.
 """
 import torch
 import torch.nn.functional as F
@@ -66,10 +72,11 @@ def stored_scale(s, dtype):
     return t.float()
 
 
-def quantize(W, s, z, bits):
-    """W (N, K), s and z (N, G) -> codes (N, K) uint8."""
+def quantize(W, s, z, bits, lo=0):
+    """W (N, K), s and z (N, G) -> codes (N, K) uint8 in lo .. 2^bits - 1 (lo 1: the sign order's grid, -7..7 at
+    4 bits)."""
     Wg = W.float().reshape(s.shape[0], s.shape[1], -1)
-    q = torch.clamp(torch.round(Wg / s[..., None]) + z[..., None], 0, 2 ** bits - 1)
+    q = torch.clamp(torch.round(Wg / s[..., None]) + z[..., None], lo, 2 ** bits - 1)
     return q.reshape(W.shape).to(torch.uint8)
 
 
@@ -128,8 +135,11 @@ def pair_order(K):
 
 
 def pack(q, bits, order="plain"):
-    """codes (N, K) in [0, 2^bits) -> int32 words (N, ceil(K / 32) * bits), in plain order or (4 bits) pairs."""
+    """codes (N, K) in [0, 2^bits) -> int32 words (N, ceil(K / 32) * bits), in plain order or (4 bits) pairs or
+    signs."""
     N, K = q.shape
+    if order == "signs":
+        return _pack_signs(q)
     q = F.pad(q.long(), (0, -K % 32))
     if order == "pairs":
         q = q[:, pair_order(K).to(q.device)]
@@ -144,6 +154,8 @@ def pack(q, bits, order="plain"):
 
 def unpack(words, bits, K, order="plain"):
     """int32 words (N, ceil(K / 32) * bits) -> codes (N, K) uint8: pack's inverse."""
+    if order == "signs":
+        return _unpack_signs(words, K)
     N = words.shape[0]
     w = words.view(N, -1, bits).long() & 0xFFFFFFFF
     q = torch.empty(N, w.shape[1], 32, dtype=torch.long, device=words.device)
@@ -154,4 +166,28 @@ def unpack(words, bits, K, order="plain"):
     q = (q & (2 ** bits - 1)).view(N, -1)
     if order == "pairs":
         q = q[:, pair_order(K).argsort().to(q.device)]
+    return q[:, :K].to(torch.uint8)
+
+
+def _pack_signs(q):
+    """Symmetric 4-bit codes (N, K) in 1..15 -> int32 words (N, ceil(K / 32) * 4) in the sign order (above)."""
+    N, K = q.shape
+    if (q == 0).any() or (q > 15).any():
+        raise ValueError("the sign order holds symmetric 4-bit codes 1..15 (-7..7 about 8); these codes reach "
+                         f"{int(q.min())}..{int(q.max())}")
+    v = F.pad(q.long() - 8, (0, -K % 32))[:, pair_order(K).to(q.device)].view(N, -1, 2)  # padding: code 8, v = 0
+    lo, hi = v[..., 0], v[..., 1]  # byte j's two channels
+    sign_hi = (hi < 0).long().view(N, -1, 4).roll(1, -1).view(N, -1)  # byte j + 1 of the word holds j's sign
+    byte = lo.abs() | (lo < 0).long() << 7 | hi.abs() << 4 | sign_hi << 3
+    return byte.to(torch.uint8).view(N, -1, 4).view(torch.int32).view(N, -1)
+
+
+def _unpack_signs(words, K):
+    """_pack_signs' inverse: int32 words -> codes (N, K) uint8."""
+    N = words.shape[0]
+    byte = words.contiguous().view(torch.uint8).view(N, -1).long()
+    sign_hi = (byte >> 3 & 1).view(N, -1, 4).roll(-1, -1).view(N, -1)
+    lo = torch.where(byte >> 7 & 1 == 1, -(byte & 7), byte & 7)
+    hi = torch.where(sign_hi == 1, -(byte >> 4 & 7), byte >> 4 & 7)
+    q = torch.stack([lo, hi], -1).view(N, -1)[:, pair_order(K).argsort().to(words.device)] + 8
     return q[:, :K].to(torch.uint8)

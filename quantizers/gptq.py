@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from cli import opt
-from quantizers.core import gptq_columns, qlinear, swap
+from quantizers.core import gptq_columns, lowest_code, qlinear, swap
 from quantizers.format import fit_grid, group_width
 from quantizers.walk import INPUT_GROUPS, gram, input_stats, inverse_hessian_factor, pin_dead, walk_blocks
 
@@ -31,9 +31,10 @@ class Flags:
 
 
 @torch.no_grad()
-def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_order=False, clip=1.0, dtype=None):
-    """W (N, K), H (K, K) -> codes (N, K) uint8, scales and zeros (N, G), the damping used. dtype: the scales' stored
-    dtype (default W's), to which they are rounded before any code is chosen.
+def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_order=False, clip=1.0, dtype=None,
+         lo=0):
+    """W (N, K), H (K, K) -> codes (N, K) uint8 from lo up, scales and zeros (N, G), the damping used. dtype: the
+    scales' stored dtype (default W's), to which they are rounded before any code is chosen.
 
     Group grids are fitted to the updated weights when a group's first column comes up; with act_order the columns
     go in order of decreasing H_jj and the grids are fitted once, beforehand, per natural group (static groups)."""
@@ -55,14 +56,14 @@ def gptq(W, H, bits, group_size=128, sym=False, damp=0.01, block_size=128, act_o
         if act_order or g % block_size == 0:  # every grid this block uses is known at its start: one kernel on CUDA
             if not act_order and i1 % g == 0:
                 S[:, i1 // g], Z[:, i1 // g] = (t[:, 0] for t in fit_grid(W[:, i1:i1 + g], bits, -1, sym, clip, dtype))
-            done = gptq_columns(W[:, i1:i2], U[i1:i2, i1:i2], S, Z, group_of[i1:i2], bits)
+            done = gptq_columns(W[:, i1:i2], U[i1:i2, i1:i2], S, Z, group_of[i1:i2], bits, lo)
         Q[:, i1:i2], E1 = done if done is not None else round_columns(W, U, S, Z, group_of, i1, i2, g, bits, sym,
-                                                                      clip, dtype, act_order)
+                                                                      clip, dtype, act_order, lo)
         W[:, i2:] -= E1 @ U[i1:i2, i2:]  # spread the block's errors, lazily, over the columns after it
     return Q[:, torch.argsort(perm)], S, Z, damp
 
 
-def round_columns(W, U, S, Z, group_of, i1, i2, g, bits, sym, clip, dtype, act_order):
+def round_columns(W, U, S, Z, group_of, i1, i2, g, bits, sym, clip, dtype, act_order, lo=0):
     """Columns i1..i2 of W one at a time (Algorithm 1's inner loop) -> their codes and scaled errors E1 (N, i2 - i1).
     A group's grid is fitted to the weights as updated so far when its first column comes up (act_order: fitted
     beforehand). The twin of kernels/gptq_cols.py, which runs it on CUDA when no grid is fitted mid-block."""
@@ -75,7 +76,7 @@ def round_columns(W, U, S, Z, group_of, i1, i2, g, bits, sym, clip, dtype, act_o
             S[:, col // g], Z[:, col // g] = (t[:, 0] for t in fit_grid(
                 torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :g], bits, -1, sym, clip, dtype))
         s, z = S[:, groups[i]], Z[:, groups[i]]
-        q = torch.clamp(torch.round(W1[:, i] / s) + z, 0, 2 ** bits - 1)
+        q = torch.clamp(torch.round(W1[:, i] / s) + z, lo, 2 ** bits - 1)
         Q1[:, i] = q.to(torch.uint8)
         E1[:, i] = (W1[:, i] - (q - z) * s) / U1[i, i]
         W1[:, i:] -= E1[:, i:i + 1] @ U1[i:i + 1, i:]  # spread the error over this block's later columns
@@ -90,7 +91,7 @@ def gptq_block(block, inputs, args, token_weights=None):
         for name in names:
             lin = block.get_submodule(name)
             q, s, z, _ = gptq(lin.weight, H, args.wbits, args.group_size, args.sym, args.damp,
-                              act_order=args.act_order, clip=args.w_clip)
+                              act_order=args.act_order, clip=args.w_clip, lo=lowest_code(args))
             swap(block, name, qlinear(lin, q, s, z, args))
 
 

@@ -87,6 +87,8 @@ FLAGS = {  # command -> the line it must give
     "nll_windows -1": (CALIBRATE + ["--nll_windows", "-1"], "--nll_windows -1 is out of range"),
     "w_clip 0": (CALIBRATE + ["--w_clip", "0"], "--w_clip 0.0 is out of range"),
     "a_clip 2": (CALIBRATE + ["--a_clip", "2"], "--a_clip 2.0 is out of range"),
+    "fp8 W4 asymmetric": (CALIBRATE + ["--wbits", "4", "--abits", "8", "--fp8"],
+                          "--fp8 with --wbits 4 (W4A8-FP8) needs --abits 8, --group_size -1, --sym"),
     "alpha 2": (CALIBRATE + ["--method", "smoothquant", "--bits", "8", "--alpha", "2"], "--alpha 2.0 is out of range"),
     "eval batch 0": (EVAL + ["--batch_size", "0"], "--batch_size 0 is out of range"),
     "eval seq_len 0": (EVAL + ["--tasks", "wiki_nll", "--seq_len", "0"], "--seq_len 0 is out of range"),

@@ -68,6 +68,20 @@ def test_w4a8_checkpoint_stores_pair_order_and_one_in_plain_order_still_loads(tm
         assert torch.equal(old(ids), m(ids))
 
 
+def test_w4a8_fp8_checkpoint_stores_signs_and_loads_to_the_same_model(tmp_path):
+    """--fp8 --wbits 4 --abits 8 --sym (W4A8-FP8) by GPTQ: every layer's codes in the sign order, 1..15 (the grid
+    -7..7, format.py), e4m3 activations, and the saved checkpoint loads to the same model."""
+    m, args = quantize(tmp_path, model=TINY["dream"], method="gptq", wbits=4, abits=8, fp8=True, sym=True)
+    again = M.load(args.out)
+    layers = [mod for mod in again.modules() if isinstance(mod, QLinear)]
+    assert {(mod.order, mod.fp8, mod.bits, mod.act_bits, mod.scales.shape[1]) for mod in layers} == \
+        {("signs", True, 4, 8, 1)}
+    assert all(unpack(mod.qweight, 4, mod.in_features, "signs").min() >= 1 for mod in layers)
+    ids = torch.randint(0, 4000, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(again(ids), m(ids))
+
+
 @pytest.mark.slow
 def test_w8_g128_barely_moves_held_out_nll(tmp_path):
     """W8 round-to-nearest on the trained tiny model: held-out NLL within 1% (same masks before and after)."""

@@ -133,18 +133,23 @@ def gptq_problem(N, K, seed=0):
     return W.to(DEVICE), inverse_hessian_factor((X.T @ X).to(DEVICE), 0.01)[0]
 
 
-@pytest.mark.parametrize("N,K,i1,i2,bits,sym", [(37, 256, 0, 128, 4, False), (37, 256, 128, 256, 3, True),
-                                                (20, 200, 128, 200, 4, False), (5, 96, 0, 96, 2, False)])
-def test_gptq_kernel_matches_its_twin_loop(N, K, i1, i2, bits, sym):
+@pytest.mark.parametrize("N,K,i1,i2,bits,sym,lo", [(37, 256, 0, 128, 4, False, 0), (37, 256, 128, 256, 3, True, 0),
+                                                   (20, 200, 128, 200, 4, False, 0), (5, 96, 0, 96, 2, False, 0),
+                                                   (37, 256, 0, 128, 4, True, 1)])
+def test_gptq_kernel_matches_its_twin_loop(N, K, i1, i2, bits, sym, lo):
     """kernels/gptq_cols.columns against gptq.round_columns (the loop it replaces) on one block, grids fixed: the
-    same codes, the same errors up to the order of float32 rounding."""
+    same codes, the same errors up to the order of float32 rounding (lo 1: W4A8-FP8's lowest code, format.py)."""
     from kernels import gptq_cols
     from quantizers.gptq import round_columns
     W, U = gptq_problem(N, K)
     S, Z = fit_grid(W, bits, 64, sym)
     group_of = torch.arange(K, device=DEVICE) // 64
-    Q, E = gptq_cols.columns(W[:, i1:i2].contiguous(), U[i1:i2, i1:i2], S, Z, group_of[i1:i2], bits)
-    Qt, Et = round_columns(W, U, S.clone(), Z.clone(), group_of, i1, i2, 64, bits, sym, 1.0, None, act_order=True)
+    if lo:  # a grid clipped to 0.6 of the range: without the floor, codes of 0 would come up
+        S = S * 0.6
+    Q, E = gptq_cols.columns(W[:, i1:i2].contiguous(), U[i1:i2, i1:i2], S, Z, group_of[i1:i2], bits, lo)
+    Qt, Et = round_columns(W, U, S.clone(), Z.clone(), group_of, i1, i2, 64, bits, sym, 1.0, None, act_order=True,
+                           lo=lo)
+    assert Q.min() >= lo
     assert (Q == Qt).float().mean() > 0.999 and torch.allclose(E, Et, rtol=1e-4, atol=1e-5 * Et.abs().max())
 
 

@@ -47,6 +47,46 @@ def test_pair_order_puts_the_two_halves_of_a_chunk_in_one_byte():
         assert torch.equal(b[:, byte] >> 4, padded[:, 256 * c + half + j])
 
 
+def test_sign_order_stores_each_code_as_sign_and_magnitude():
+    """W4A8-FP8's sign order, byte by byte against its definition (format.py): the pairs of W4A8, byte j holding
+    |v| of its low channel in bits 0-2 and the sign in bit 7, |v| of its high channel in bits 4-6, and that channel's
+    sign in bit 3 of the next byte of its word (byte 0 for byte 3), v = c - 8; the padding is v = 0. Rotating a word
+    right by 4 gives the high channels' bytes as the low ones are (wa_gemm's w4f8). Code 0 (-8) has no place."""
+    K = 600
+    q = torch.randint(1, 16, (3, K), dtype=torch.uint8)
+    words = pack(q, 4, "signs")
+    assert words.shape == pack(q, 4).shape and torch.equal(unpack(words, 4, K, "signs"), q)
+    v = torch.nn.functional.pad(q.long() - 8, (0, 8))
+    b = words.view(torch.uint8).long()
+    rotated = words.long() & 0xFFFFFFFF
+    rotated = (rotated >> 4 | rotated << 28) & 0x87878787
+    high_bytes = torch.stack([rotated >> 8 * i & 255 for i in range(4)], -1).view(3, -1)
+    for byte in range(b.shape[1]):
+        c, j = byte // 128, byte % 128
+        half = 128 if c < 2 else 48
+        low, high = v[:, 256 * c + j], v[:, 256 * c + half + j]
+        assert torch.equal(b[:, byte] & 7, low.abs()) and torch.equal(b[:, byte] >> 7, (low < 0).long())
+        nxt = byte - byte % 4 + (byte + 1) % 4
+        assert torch.equal(b[:, byte] >> 4 & 7, high.abs()) and torch.equal(b[:, nxt] >> 3 & 1, (high < 0).long())
+        h = high_bytes[:, byte]
+        assert torch.equal(torch.where(h > 127, -(h & 7), h), high)
+    q[1, 7] = 0
+    with pytest.raises(ValueError, match="codes 1..15"):
+        pack(q, 4, "signs")
+
+
+def test_lowest_code_keeps_clipped_and_gptq_codes_in_the_sign_orders_grid():
+    """lo = 1 (W4A8-FP8): a clipped symmetric grid, which reaches code 0 otherwise, and GPTQ, whose updates can
+    reach it, stay in 1..15; the other codes are those of lo = 0."""
+    W = torch.randn(16, 256)
+    s, z = fit_grid(W, 4, -1, sym=True, clip=0.7)
+    free, floor = quantize(W, s, z, 4), quantize(W, s, z, 4, lo=1)
+    assert (free == 0).any() and floor.min() == 1 and torch.equal(floor, free.clamp(min=1))
+    X = torch.randn(512, 256)
+    assert gptq.gptq(W, X.T @ X, 4, -1, sym=True, clip=0.7, lo=1)[0].min() == 1
+    assert gptq.gptq(W, X.T @ X, 4, -1, sym=True, clip=0.7)[0].min() == 0
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("group_size", [32, -1])

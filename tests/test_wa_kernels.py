@@ -1,4 +1,5 @@
-"""kernels/act_quant.py and kernels/wa_gemm.py (W8A8 FP8 / INT8, W4A4) against their pure-torch twins and float64.
+"""kernels/act_quant.py and kernels/wa_gemm.py (W8A8 FP8 / INT8, W4A8, W4A8-FP8, W4A4) against their pure-torch twins
+and float64.
 On the CPU they run in Triton's interpreter (conftest.py) on small odd shapes; tests marked gpu run the real shapes."""
 import os
 
@@ -144,7 +145,7 @@ def layer(N, K, fmt, sym, dtype, bias=True):
                                                                                                             sym))
     b = torch.randn(N, device=DEVICE).to(dtype) if bias else None
     return QLinear.from_codes(q, s, z, b, bits=bits, group_size=-1, sym=sym, act_bits=4 if fmt == "int4" else 8,
-                              fp8=fmt == "fp8", dtype=dtype)
+                              fp8=wa_gemm.ACT[fmt] == "fp8", dtype=dtype)
 
 
 def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
@@ -156,12 +157,12 @@ def check(M, N, K, fmt, sym, dtype, config=None, bias=True):
     w = wa_gemm.weight_operand(lin.qweight, fmt)
     ref = wa_gemm.reference(xq, sx, w, lin.scales.double(), lin.zeros, fmt, K, lin.bias, torch.float64)
     err = (y.double() - ref).abs().max().item() / ref.abs().max().item()
-    assert y.dtype == dtype and y.shape == (M, N) and err < max(TOL[dtype], FP8_TOL * (fmt == "fp8")), \
+    assert y.dtype == dtype and y.shape == (M, N) and err < max(TOL[dtype], FP8_TOL * (wa_gemm.ACT[fmt] == "fp8")), \
         f"{M}x{N}x{K} {fmt}: {err:.2e}"
 
 
 EVERY = [(fmt, sym, c) for fmt, sym in [("fp8", False), ("int8", False), ("int8", True), ("int4", False),
-                                        ("int4", True), ("w4a8", False), ("w4a8", True)]
+                                        ("int4", True), ("w4a8", False), ("w4a8", True), ("w4f8", True)]
          for c in wa_gemm.configs(fmt, False) + wa_gemm.configs(fmt, True)]
 
 
@@ -174,28 +175,32 @@ def test_every_config_matches_float64(fmt, sym, config):
         check(M, N, K, fmt, sym, torch.bfloat16, config, bias=M != 5)
 
 
+@pytest.mark.parametrize("fmt,order", [("w4a8", "pairs"), ("w4f8", "signs")])
 @pytest.mark.parametrize("M,K", [(5, 200), (70, 512)])
-def test_w4a8_layer_computes_its_codes_product(M, K):
-    """The W4A8 layer against its codes (N, K) as the calibration made them, not as packed: x's int8 values times
-    (q - z) s in float64, so the pair order's packing and the GEMM's reading of it are checked together."""
+def test_w4a8_layer_computes_its_codes_product(M, K, fmt, order):
+    """The W4A8 / W4A8-FP8 layer against its codes (N, K) as the calibration made them, not as packed: x's int8 /
+    e4m3 values times (q - z) s in float64, so the packing order and the GEMM's reading of it are checked together
+    (W4A8-FP8: symmetric codes, clipped to 0.8 of the range so that -7 and 7 come up, with the lowest code 1)."""
     W = torch.randn(24, K, device=DEVICE)
-    s, z = fit_grid(W, 4, -1)
-    q = quantize(W, s, z, 4)
-    lin = QLinear.from_codes(q, s, z, bits=4, group_size=-1, act_bits=8, dtype=torch.bfloat16)
-    assert lin.order == "pairs" and torch.equal(lin.weight(), ((q.float() - z) * lin.scales.float()).bfloat16())
+    fp8 = fmt == "w4f8"
+    s, z = fit_grid(W, 4, -1, sym=fp8, clip=0.8 if fp8 else 1.0)
+    q = quantize(W, s, z, 4, lo=int(fp8))
+    assert not fp8 or (q.min() == 1 and q.max() == 15)
+    lin = QLinear.from_codes(q, s, z, bits=4, group_size=-1, sym=fp8, act_bits=8, fp8=fp8, dtype=torch.bfloat16)
+    assert lin.order == order and torch.equal(lin.weight(), ((q.float() - z) * lin.scales.float()).bfloat16())
     x = torch.randn(M, K, device=DEVICE).bfloat16()
-    xq, sx, _ = act_quant.reference(x, "int8")
+    xq, sx, _ = act_quant.reference(x, wa_gemm.ACT[fmt])
     ref = (xq.double() * sx.double()[:, None]) @ ((q.double() - z.double()) * lin.scales.double()).T
-    for config in (wa_gemm.configs("w4a8", False)[0], wa_gemm.configs("w4a8", True)[0]):
-        y = wa_gemm.linear(x, lin.qweight, lin.scales, lin.zeros, None, "w4a8", config=config)
+    for config in (wa_gemm.configs(fmt, False)[0], wa_gemm.configs(fmt, True)[0]):
+        y = wa_gemm.linear(x, lin.qweight, lin.scales, lin.zeros, None, fmt, config=config)
         assert ((y.double() - ref).abs().max() / ref.abs().max()).item() < TOL[torch.bfloat16]
 
 
-@pytest.mark.parametrize("fmt", ["fp8", "w4a8"])
+@pytest.mark.parametrize("fmt", ["fp8", "w4a8", "w4f8"])
 def test_split_k_counters_return_to_zero(fmt):
     """The split-K tile counters are shared by every call: each call must leave them 0, or the next call's tiles
     would never be stored. Two calls in a row give the same output, and every counter reads 0 after each."""
-    lin = layer(200, 512, fmt, False, torch.bfloat16)
+    lin = layer(200, 512, fmt, fmt == "w4f8", torch.bfloat16)
     x = torch.randn(7, 512, device=DEVICE).bfloat16()
     for config in wa_gemm.configs(fmt, True):
         ys = [wa_gemm.linear(x, lin.qweight, lin.scales, lin.zeros, lin.bias, fmt, config=config) for _ in range(2)]
@@ -209,10 +214,10 @@ def test_integer_formats_need_the_token_sums():
         wa_gemm.matmul(xq, sx, None, wa_gemm.weight_operand(lin.qweight, "int8"), lin.scales, lin.zeros, "int8", 64)
 
 
-@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "w4a8"])
+@pytest.mark.parametrize("fmt", ["fp8", "int8", "int4", "w4a8", "w4f8"])
 def test_fp16_activations(fmt):
     for M, N, K in ODD[:2]:
-        check(M, N, K, fmt, False, torch.float16, wa_gemm.configs(fmt, False)[2])
+        check(M, N, K, fmt, fmt == "w4f8", torch.float16, wa_gemm.configs(fmt, False)[2])
 
 
 def test_which_layers_the_kernels_take():
@@ -220,13 +225,15 @@ def test_which_layers_the_kernels_take():
     assert wa_format(QLinear(64, 32, 8, -1, act_bits=8, fp8=True)) == "fp8"
     assert wa_format(QLinear(64, 32, 4, -1, act_bits=4)) == "int4"
     assert wa_format(QLinear(64, 32, 4, -1, act_bits=8)) == "w4a8"
+    assert wa_format(QLinear(64, 32, 4, -1, sym=True, act_bits=8, fp8=True)) == "w4f8"
     for other in (QLinear(64, 32, 4, 32, act_bits=4), QLinear(64, 32, 4, 32, act_bits=8), QLinear(64, 32, 8, -1,
                   act_bits=4), QLinear(64, 32, 4, -1), QLinear(64, 32, 4, -1, act_bits=4, act_sym=False)):
         assert wa_format(other) is None  # groups, W8A4, weight-only, asymmetric activations
     again = build_layer(QLinear(64, 32, 8, -1, act_bits=8, fp8=True).config())
     assert again.fp8 and wa_format(again) == "fp8"
-    with pytest.raises(ValueError, match="fp8 weights are 8 bits"):
-        QLinear(64, 32, 4, -1, fp8=True)
+    for bad in ({}, {"act_bits": 8}, {"act_bits": 8, "sym": True, "group_size": 32}):  # W4A16, asymmetric, groups
+        with pytest.raises(ValueError, match="fp8 weights are 8 bits, or 4 bits symmetric per channel"):
+            QLinear(64, 32, 4, **{"group_size": -1, **bad}, fp8=True)
 
 
 def test_one_function_picks_each_layers_code():
@@ -250,6 +257,7 @@ def test_one_function_picks_each_layers_code():
 @pytest.mark.parametrize("which,kw", [("llada", {"method": "quarot", "bits": 4}),
                                       ("dream", {"method": "quarot", "bits": 8}),
                                       ("dream", {"method": "quarot", "wbits": 4, "abits": 8}),
+                                      ("dream", {"method": "gptq", "wbits": 4, "abits": 8, "fp8": True, "sym": True}),
                                       ("llada", {"method": "rtn", "wbits": 8, "abits": 8, "fp8": True})])
 def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, kw, as_if_cuda):
     """Every QLinear of a quantized tiny model through the dispatch's Triton path (act_quant + wa_gemm), eagerly and
@@ -280,14 +288,14 @@ def test_tiny_models_give_the_same_logits_through_the_kernels(tmp_path, which, k
 
 
 @pytest.mark.parametrize("fmt,rotated", [("fp8", False), ("int8", False), ("int4", False), ("w4a8", False),
-                                         ("w4a8", True), ("int8", True), ("w4", False)])
+                                         ("w4a8", True), ("int8", True), ("w4f8", False), ("w4", False)])
 def test_compiled_layers_equal_the_eager_kernels(fmt, rotated, as_if_cuda):
     """Traced by torch.compile (kernels/ops.py), a W8A8 layer quantizes x with the twin (W4A4: with act_quant's kernel
     as an operator) and runs the GEMM as one custom operator, with no graph break: the eager kernels' output bit for
     bit (on the GPU, Inductor's code for the twin, within a few codes). A rotated layer runs eagerly (one break); a
     weight-only one (w4) is one operator."""
     K = 768  # 12 x 64: the fused rotation
-    lin = layer(40, K, "int4" if fmt == "w4" else fmt, False, torch.bfloat16)
+    lin = layer(40, K, "int4" if fmt == "w4" else fmt, fmt == "w4f8", torch.bfloat16)
     if rotated:
         lin.rotation = online_hadamard(K, torch.float32).to(DEVICE)
     if fmt == "w4":
@@ -312,7 +320,7 @@ SHAPES = [(4096, 4096), (12288, 4096), (4096, 12288), (3584, 3584), (512, 3584),
 @pytest.mark.parametrize("N,K", SHAPES)
 def test_real_shapes_autotuned(N, K):
     for fmt, sym in (("fp8", False), ("int8", False), ("int8", True), ("int4", False), ("w4a8", False),
-                     ("w4a8", True)):
+                     ("w4a8", True), ("w4f8", True)):  # (w4f8's rotation of bytes in registers is checked here)
         for M in (16, 1024):
             check(M, N, K, fmt, sym, torch.bfloat16)
     check(300, N, K, "int8", True, torch.float16)
