@@ -96,15 +96,16 @@ def test_a_rounder_is_no_worse_than_rtn(tmp_path, name):
     assert err <= rtn
 
 
-YOURS = '''def yours(W, bits, group_size=128, sym=False, clip=1.0):
+YOURS = '''def yours(W, bits, group_size=128, sym=False, clip=1.0, lo=0):
     """RTN with each group's range also tried 10% narrower, keeping the one with the smaller weight error."""
     best = None
     for c in (clip, 0.9 * clip):
         s, z = fit_grid(W, bits, group_size, sym, c)
-        err = (dequantize(to_grid(W, s, z, bits), s, z) - W.float()).pow(2).reshape(len(s), s.shape[1], -1).sum(-1)
+        q = to_grid(W, s, z, bits, lo)
+        err = (dequantize(q, s, z) - W.float()).pow(2).reshape(len(s), s.shape[1], -1).sum(-1)
         best = (s, z, err) if best is None else tuple(torch.where(err < best[2], new, old)
                                                       for new, old in zip((s, z, err), best))
-    return to_grid(W, best[0], best[1], bits), best[0], best[1]
+    return to_grid(W, best[0], best[1], bits, lo), best[0], best[1]
 
 
 '''
