@@ -30,7 +30,7 @@ sign and magnitude of c - 8, so that the FP8 GEMM turns a byte into two e4m3 ope
 operations (kernels/wa_gemm.py). Byte j holds the low channel's magnitude in bits 0-2 and its sign in bit 7, the
 high channel's magnitude in bits 4-6, and in bit 3 the high channel's sign of the byte before it in its 32-bit word
 (byte 0 holds byte 3's): rotating the word right by 4 bits then lines every high channel up as the low ones are.
-The grid is -7..7: code 0 (-8, which only clipping reaches) has no place, and pack refuses it.
+The grid is -7..7: code 0 (-8, which only clipping or GPTQ's updates reach) has no place, and pack refuses it.
 """
 import torch
 import torch.nn.functional as F
