@@ -6,7 +6,8 @@ Speed and memory of dllmq models at real scale, with random weights (no checkpoi
     python bench.py --load_memory --dir /tmp/llada8b   # peak host memory of model.load() for an LLaDA-8B-shaped
                                               # bf16 checkpoint in 6 shards (written there first if absent)
     python bench.py --gptq                    # GPU: GPTQ W4 g128 of an LLaDA-8B-shaped model, 128 x 2048 tokens
-    python bench.py --quantized               # GPU: bf16 vs W4A16 / W8A8-FP8 / W8A8-INT8 / W4A4 through the Triton
+    python bench.py --quantized               # GPU: bf16 vs every format of FORMATS (W4A16, W8A8-FP8 / INT8, W4A8,
+                                              # W4A8-FP8, W4A4) through the Triton
                                               # kernels: forward at 512/1024/2048 tokens and a 256-token generation,
                                               # eager and with compiled blocks (--models, --formats: some of them)
     python bench.py --eval                    # GPU: eval.py's HumanEval generation and ARC-Easy likelihood, bf16 and
