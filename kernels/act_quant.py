@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.shims import INTERPRET, dot, rint, round_bf16, round_fp8
+from kernels.shims import INTERPRET, dot, rint, round_bf16, round_fp8, time_in_graph
 from quantizers.format import pack, unpack
 from quantizers.hadamard import hadamard_factors, sylvester
 
@@ -235,12 +235,7 @@ CONFIGS = [triton.Config({"TOKENS": t}, num_warps=w, num_stages=st)  # _rotate_q
 # fp32 x at Dream's 18944. The autotuner times them in a CUDA graph, as a model step runs them.
 
 
-def _time_in_graph(f, quantiles):
-    from triton.testing import do_bench_cudagraph
-    return do_bench_cudagraph(f, quantiles=quantiles)
-
-
-_tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "K", "FMT"], do_bench=_time_in_graph)(_rotate_quant)
+_tuned = triton.autotune(CONFIGS, key=["M_BUCKET", "K", "FMT"], do_bench=time_in_graph)(_rotate_quant)
 
 
 def quantize(x, fmt, clip=1.0, form=None, config=None):

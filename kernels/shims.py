@@ -1,6 +1,7 @@
 """
 What the kernel files share: whether Triton runs in its CPU interpreter, the shims that make the interpreter compute
-what the GPU computes, and the launch grid of the split-K GEMMs. Imports nothing of the project.
+what the GPU computes, the launch grid of the split-K GEMMs, and the autotuners' timer. Imports nothing of the
+project.
 
 Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported; tests/conftest.py does it without a GPU)
 runs a kernel with numpy on the CPU, which lets CPU tests check every kernel against its twin on small shapes. Where
@@ -123,6 +124,13 @@ def signs(b, HIGH: tl.constexpr, EMULATE: tl.constexpr):
         c = tl.inline_asm_elementwise("and.b32 $0, $1, 0x87878787;", "=r,r", [b], dtype=tl.int8, is_pure=True,
                                       pack=4)
     return c.to(tl.float8e4nv, bitcast=True)
+
+
+def time_in_graph(f, quantiles):
+    """The autotuners' timer: a config's kernel replayed in a CUDA graph, as a model step runs it (timed by plain
+    launches, one config's launch overhead can hide another's faster kernel)."""
+    from triton.testing import do_bench_cudagraph
+    return do_bench_cudagraph(f, quantiles=quantiles)
 
 
 def grid(M, N, meta):

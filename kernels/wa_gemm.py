@@ -72,7 +72,7 @@ import triton
 import triton.language as tl
 
 from kernels import act_quant
-from kernels.shims import INTERPRET, mma, nibble, signs, to_dtype
+from kernels.shims import INTERPRET, mma, nibble, signs, time_in_graph, to_dtype
 from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 
 FMT = {"fp8": 0, "int8": 1, "int4": 2, "w4a8": 3, "w4f8": 4}
@@ -102,18 +102,25 @@ def reference(xq, sx, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16):
     return (y if bias is None else y + bias.float()).to(dtype)
 
 
-def _configs(few, nibbles=False):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x inputs,
-    if nibbles:  # K split; w4a8 / w4f8 walk K 256 channels at a time (128 weight bytes). Many tokens: the three
-        # tiles that won a layer shape at M = 256 or 1024 among 14 (w4a8); 64 x 64 made LLaDA's q/k/v/o and down
-        # 1.2-1.3x faster at 256 and Dream's 512-wide k/v 1.5x (H100, results/kernels-h100/w4a8-tiles-256-1024.log)
-        shapes = [(64, 128, 256, 4, 4, 3), (16, 128, 256, 4, 4, 3), (16, 64, 256, 2, 4, 3), (16, 128, 256, 8, 4, 3)] \
-            if few else [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (64, 64, 256, 1, 4, 4)]
-    else:  # at M <= 64: tiles of 16 tokens (each won a layer shape in fp8 at M = 16), and one of 64 that made the
-        # fp8 layers at M = 64 up to 1.25x faster, the int4 ones up to 1.8x (H100, results/kernels-h100/compare.md)
+def _configs(few, family="plain"):  # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages): tokens x outputs x
+    # inputs, K split. w4a8 / w4f8 walk K 256 channels at a time (128 weight bytes).
+    if family != "plain" and few:  # M <= 64: both nibble formats, K split 2 to 8 ways
+        shapes = [(64, 128, 256, 4, 4, 3), (16, 128, 256, 4, 4, 3), (16, 64, 256, 2, 4, 3), (16, 128, 256, 8, 4, 3)]
+    elif family == "w4a8":  # the three tiles that won a layer shape at M = 256 or 1024 among 14; 64 x 64 made
+        # LLaDA's q/k/v/o and down 1.2-1.3x faster at 256 and Dream's 512-wide k/v 1.5x
+        # (H100, results/kernels-h100/w4a8-tiles-256-1024.log)
+        shapes = [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (64, 64, 256, 1, 4, 4)]
+    elif family == "w4f8":  # the four among 18 whose best is within 1.5% of the best of all 18 at every layer shape
+        # and M = 256, 320, 1024, 2048; w4a8's three were up to 1.21x slower (H100,
+        # results/kernels-h100/w4a8-fp8-tiles.log)
+        shapes = [(256, 128, 256, 1, 8, 3), (64, 128, 256, 1, 4, 3), (128, 64, 256, 1, 4, 4), (64, 64, 256, 1, 4, 3)]
+    elif few:  # tiles of 16 tokens (each won a layer shape in fp8 at M = 16), and one of 64 that made the fp8
+        # layers at M = 64 up to 1.25x faster, the int4 ones up to 1.8x (H100, results/kernels-h100/compare.md)
         shapes = [(16, 64, 128, 4, 4, 3), (16, 64, 128, 2, 4, 3), (16, 32, 256, 4, 4, 4), (16, 32, 256, 8, 4, 4),
-                  (64, 128, 128, 4, 4, 4)] \
-            if few else [(128, 256, 128, 1, 8, 3), (128, 128, 128, 1, 8, 4), (64, 128, 128, 1, 4, 4),
-                         (64, 64, 128, 1, 4, 4), (256, 128, 128, 1, 8, 3), (128, 128, 64, 1, 4, 4)]
+                  (64, 128, 128, 4, 4, 4)]
+    else:
+        shapes = [(128, 256, 128, 1, 8, 3), (128, 128, 128, 1, 8, 4), (64, 128, 128, 1, 4, 4), (64, 64, 128, 1, 4, 4),
+                  (256, 128, 128, 1, 8, 3), (128, 128, 64, 1, 4, 4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8, "SPLIT_K": sk}, num_warps=w,
                           num_stages=s) for m, n, k, sk, w, s in shapes]
 
@@ -229,17 +236,18 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, ws_
         tl.store(out, to_dtype(y, c_ptr.dtype.element_ty, EMULATE), mask=ok)
 
 
-CONFIGS, FEW_CONFIGS = _configs(False), _configs(True)  # many tokens / M <= 64 (K split, partials summed in-kernel)
-W4A8_CONFIGS, W4A8_FEW = _configs(False, True), _configs(True, True)
-_TUNED = {(few, nibbles): triton.autotune(c, key=["M_BUCKET", "N", "K", "FMT"])(_wa_gemm)
-          for few, nibbles, c in ((False, False, CONFIGS), (True, False, FEW_CONFIGS), (False, True, W4A8_CONFIGS),
-                               (True, True, W4A8_FEW))}
+def _family(fmt):
+    return fmt if fmt in NIBBLES else "plain"
+
+
+_CONFIGS = {(few, f): _configs(few, f) for few in (False, True) for f in ("plain", "w4a8", "w4f8")}
+_TUNED = {k: triton.autotune(c, key=["M_BUCKET", "N", "K", "FMT"], do_bench=time_in_graph)(_wa_gemm)
+          for k, c in _CONFIGS.items()}
 
 
 def configs(fmt, few):
     """The configs the autotuner chooses among for this format, at M <= 64 (few) or above."""
-    return {(False, False): CONFIGS, (True, False): FEW_CONFIGS, (False, True): W4A8_CONFIGS,
-            (True, True): W4A8_FEW}[few, fmt in NIBBLES]
+    return _CONFIGS[few, _family(fmt)]
 
 
 def _grid(M, N, meta):
@@ -247,7 +255,8 @@ def _grid(M, N, meta):
 
 
 _COUNTERS = {}  # device -> int32 zeros, one per output tile of a split-K GEMM; each call leaves them 0 again
-_SPLITS, _TILE_M, _TILE_N = (f(c.kwargs[k] for c in FEW_CONFIGS + W4A8_FEW)
+_FEW = [c for (few, _), cs in _CONFIGS.items() if few for c in cs]
+_SPLITS, _TILE_M, _TILE_N = (f(c.kwargs[k] for c in _FEW)
                              for f, k in ((max, "SPLIT_K"), (min, "BLOCK_M"), (min, "BLOCK_N")))
 
 
@@ -263,9 +272,9 @@ def _split_k_buffers(M, N, device):
 def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, config=None):
     """Quantized activations (codes xq, scales sx, sums: act_quant's three; sums None for fp8) times the weight
     operand w (weight_operand), with per-channel scales sw and zeros zw (N,) or (N, 1) -> (M, N) in dtype.
-    config: a triton.Config of CONFIGS or FEW_CONFIGS instead of the autotuned one (the tests run each; the
-    interpreter cannot time). At M <= 64 K is split over 2 to 8 programs (FEW_CONFIGS) whose fp32 partial sums the
-    last of them adds: a down projection at M = 16 is otherwise 32 programs for 132 SMs, each walking all of K."""
+    config: one of configs(fmt, few) instead of the autotuned one (the tests run each; the interpreter cannot
+    time). At M <= 64 K is split over 2 to 8 programs (configs(fmt, True)) whose fp32 partial sums the last adds:
+    a down projection at M = 16 is otherwise 32 programs for 132 SMs, each walking all of K."""
     M, N = sx.shape[0], w.shape[0]
     fp8 = ACT[fmt] == "fp8"  # e4m3 activations: no zero point to correct (w4f8's codes are centred on 8)
     if (sums is None) != fp8:
@@ -282,7 +291,7 @@ def matmul(xq, sx, sums, w, sw, zw, fmt, K, bias=None, dtype=torch.bfloat16, con
     flags = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=not fp8,
                  HAS_BIAS=bias is not None, FULL=K % 256 == 0, EMULATE=INTERPRET)
     if config is None:
-        _TUNED[few, fmt in NIBBLES][lambda meta: _grid(M, N, meta)](*args, **flags)
+        _TUNED[few, _family(fmt)][lambda meta: _grid(M, N, meta)](*args, **flags)
     else:
         _wa_gemm[_grid(M, N, config.kwargs)](*args, **flags, **config.kwargs, num_warps=config.num_warps,
                                              num_stages=config.num_stages)

@@ -169,7 +169,7 @@ EVERY = [(fmt, sym, c) for fmt, sym in [("fp8", False), ("int8", False), ("int8"
 @pytest.mark.parametrize("fmt,sym,config", EVERY, ids=lambda v: "x".join(str(v.kwargs[k]) for k in (
     "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K")) if isinstance(v, triton.Config) else str(v))
 def test_every_config_matches_float64(fmt, sym, config):
-    """Every config of both paths (FEW_CONFIGS: K split, the partial sums added by the tile's last program; the
+    """Every config of both paths (configs(fmt, True): K split, the partial sums added by the tile's last program; the
     zero-point correction and bias once) on odd shapes, K ragged against the tiles and the splits."""
     for M, N, K in ODD:
         check(M, N, K, fmt, sym, torch.bfloat16, config, bias=M != 5)
