@@ -12,8 +12,10 @@ Two processes per item, started by the scorer:
              always says True cannot cross. The verdict
              is the judge's (the tests ran to their end) and no line of the program ever runs in its process.
 The jail's walls are the kernel's (Linux), all in place before the program's first line:
-  namespaces   mount (the work folder a size-capped tmpfs: total disk bounded, nothing reaches the host's disk or
-               is left behind), network (no network, loopback included), IPC, UTS; user too when not run as root;
+  namespaces   mount (the work folder a tmpfs capped in size and in files, one per 16 KB of the cap: total disk
+               bounded, nothing reaches the host's disk or is left behind; some kernels, the CI machine's
+               among them, let files of a page or two past the size cap, so the file cap bounds those), network (no
+               network, loopback included), IPC, UTS; user too when not run as root;
   credentials  every capability dropped (started as root, the jail keeps uid 0, which owns Python's installation
                there, and no capability: the two layers below hold it, not file permissions);
   Landlock     reads only under Python's installation and the system's library folders, creates, changes, renames,
@@ -329,7 +331,8 @@ def _check(r, what):
 
 
 def _enclose(work, disk, root):
-    """New namespaces, the work folder a private tmpfs of `disk` bytes, and the process inside it."""
+    """New namespaces, the work folder a private tmpfs of `disk` bytes and disk / 16 KB files, and the process
+    inside it."""
     uid, gid = os.geteuid(), os.getegid()
     flags = CLONE["NS"] | CLONE["NET"] | CLONE["IPC"] | CLONE["UTS"] | (0 if root else CLONE["USER"])
     _check(_libc().unshare(flags), "unshare")
@@ -339,8 +342,8 @@ def _enclose(work, disk, root):
                 f.write(text)
     libc = _libc()
     _check(libc.mount(None, b"/", None, ctypes.c_ulong(16384 | 262144), None), "mount --make-rprivate /")
-    _check(libc.mount(b"tmpfs", work.encode(), b"tmpfs", ctypes.c_ulong(2 | 4), f"size={disk},mode=0700".encode()),
-           "mount tmpfs")
+    options = f"size={disk},nr_inodes={max(disk >> 14, 64)},mode=0700".encode()
+    _check(libc.mount(b"tmpfs", work.encode(), b"tmpfs", ctypes.c_ulong(2 | 4), options), "mount tmpfs")
     os.chdir(work)
 
 
