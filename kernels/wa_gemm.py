@@ -64,6 +64,8 @@ once.
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
     python -m kernels.wa_gemm --parts 16   # where the fp8 / w4a8 / w4f8 layers' time goes at 16 tokens, by kernel
     python -m kernels.wa_gemm --pipeline   # no GPU needed: which formats' products Triton leaves in flight on Hopper
+    python -m kernels.wa_gemm --sass       # no GPU needed: each config's shared memory, registers, spills and a
+                                           # hash of its Hopper machine code (equal hashes: a refactor changed nothing)
     ncu -k regex:_wa_gemm --section SpeedOfLight python -m kernels.wa_gemm --once 12288,4096,320
                                        # one GEMM per format at one tile shape, untimed: for a profiler
 """
@@ -170,39 +172,32 @@ def _wa_gemm(a_ptr, b_ptr, sa_ptr, sum_ptr, sb_ptr, zb_ptr, bias_ptr, c_ptr, ws_
             w = (w ^ 0x80).to(tl.int8, bitcast=True)  # the top bit, read the byte as int8
             xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :] & k_ok[:, None], other=0)
             acc = mma(w, xt, acc, EMULATE)
-        elif FMT == 3:  # w4a8: per 256 channels, 128 bytes of codes in pair order; byte j's low nibble meets
-            for c in tl.static_range(BLOCK_K // 256):  # the chunk's channel j, its high one channel half + j
-                start, j = k0 + c * 256, tl.arange(0, 128)
-                if FULL:  # K a multiple of 256: every chunk whole
-                    half = 128
-                else:  # the last chunk: what is left of K, rounded up to 32 (a multiple of 16: aligned loads)
-                    half = tl.multiple_of(tl.minimum(2 * b_words - start, 256) // 2, 16)
-                j_ok = j < half
-                b = tl.load(b_ptr + rn[:, None] * stride_bn + (start // 2 + j)[None, :],
-                            mask=n_ok[:, None] & j_ok[None, :], other=0)
-                for h in tl.static_range(2):  # codes 0..15 (padding past K meets activations of 0)
-                    pk = start + h * half + j
-                    xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
-                                 mask=m_ok[None, :] & (j_ok & (pk < K))[:, None], other=0)
-                    acc = mma(nibble(b, h, EMULATE), xt, acc, EMULATE)
-        elif FMT == 4:  # w4f8: byte j's low code meets channel j of the step, its high one channel half + j; the
-            tl.static_assert(BLOCK_K == 256)  # two operands joined along K into one product a step (two would make
-            if FULL:  # the first wait for the tensor cores)
+        elif FMT >= 3:  # w4a8 / w4f8: a step of 256 channels is 128 bytes of codes per row, byte j's low nibble
+            tl.static_assert(BLOCK_K == 256)  # for channel j of the step, its high one for channel half + j
+            if FULL:  # K a multiple of 256: every step whole
                 half = 128
-            else:
+            else:  # the last step: what is left of K, rounded up to 32 (a multiple of 16: aligned loads)
                 half = tl.multiple_of(tl.minimum(2 * b_words - k0, 256) // 2, 16)
-            j, kk = tl.arange(0, 128), tl.arange(0, 256)
+            j = tl.arange(0, 128)
             b = tl.load(b_ptr + rn[:, None] * stride_bn + (k0 // 2 + j)[None, :],
                         mask=n_ok[:, None] & (j < half)[None, :], other=0)
-            w = tl.reshape(tl.permute(tl.join(signs(b, 0, EMULATE), signs(b, 1, EMULATE)), (0, 2, 1)),
-                           (BLOCK_N, 256))
-            if FULL:
-                xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :], other=0.0)
-            else:
-                pk = k0 + kk // 128 * half + kk % 128
-                xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
-                             mask=m_ok[None, :] & ((kk % 128 < half) & (pk < K))[:, None], other=0.0)
-            acc = mma(w, xt, acc, EMULATE)
+            if FMT == 3:  # w4a8: one product per nibble half, codes 0..15 (padding past K meets activations of 0)
+                for h in tl.static_range(2):
+                    pk = k0 + h * half + j
+                    xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
+                                 mask=m_ok[None, :] & ((j < half) & (pk < K))[:, None], other=0)
+                    acc = mma(nibble(b, h, EMULATE), xt, acc, EMULATE)
+            else:  # w4f8: the two halves' operands joined along K into one product a step (two products would
+                w = tl.reshape(tl.permute(tl.join(signs(b, 0, EMULATE), signs(b, 1, EMULATE)), (0, 2, 1)),
+                               (BLOCK_N, 256))  # make the first wait for the tensor cores)
+                if FULL:
+                    xt = tl.load(a_ptr + rm[None, :] * stride_am + rk[:, None], mask=m_ok[None, :], other=0.0)
+                else:
+                    kk = tl.arange(0, 256)
+                    pk = k0 + kk // 128 * half + kk % 128
+                    xt = tl.load(a_ptr + rm[None, :] * stride_am + pk[:, None],
+                                 mask=m_ok[None, :] & ((kk % 128 < half) & (pk < K))[:, None], other=0.0)
+                acc = mma(w, xt, acc, EMULATE)
         else:
             a = tl.load(a_ptr + rm[:, None] * stride_am + rk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             b = tl.load(b_ptr + rn[None, :] * stride_bn + rk[:, None], mask=n_ok[None, :] & k_ok[:, None], other=0.0)
@@ -432,36 +427,76 @@ def once(N, K, M, tile=(64, 128)):
     torch.cuda.synchronize()
 
 
+def _hopper(fmt, config, full=True):
+    """Without a GPU: the kernel of one format and config compiled for Hopper (sm_90) by Triton and ptxas, as the JIT
+    would at a layer's shapes (K a multiple of 256 when full; pointers and strides aligned to 16)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    if INTERPRET:
+        raise SystemExit("wa_gemm: compiling for the GPU needs TRITON_INTERPRET unset")
+    fn, ints = _wa_gemm, ("M", "N", "K", "stride_am", "stride_bn", "stride_cm", "a_words", "b_words", "M_BUCKET")
+    x = {"fp8": "*fp8e4nv", "int8": "*i8", "int4": "*i32"}[ACT[fmt]]
+    w = {"fp8": "*fp8e4nv", "int8": "*u8", "int4": "*i32"}.get(fmt, "*i8")  # (as weight_operand views it)
+    ptrs = dict(a_ptr=x, b_ptr=w, sa_ptr="*fp32", sum_ptr="*fp32" if ACT[fmt] == "fp8" else "*i32", sb_ptr="*bf16",
+                zb_ptr="*bf16", bias_ptr="*bf16", c_ptr="*bf16", ws_ptr="*fp32", count_ptr="*i32")
+    sig = {n: ptrs.get(n, "i32" if n in ints else "constexpr") for n in fn.arg_names}
+    const = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=ACT[fmt] != "fp8", HAS_BIAS=False,
+                 FULL=full, EMULATE=False, **config.kwargs)
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n in ptrs or n in ints[1:-1]}
+    return triton.compile(ASTSource(fn, sig, const, aligned), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+
+
 def pipeline(fmts=tuple(FMT), tile=(64, 128)):
     """Without a GPU: compile each format's many-token kernel (the tile given, K a multiple of 256) for Hopper
     (sm_90) and print how Triton's pipeliner left its tensor-core products: the `pendings` of each wait, in program
     order (1: a product left in flight while the next operands are made; 0: each product waited for; the last wait
     of fp8 and w4f8 is the one after the loop)."""
     import re
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    if INTERPRET:
-        raise SystemExit("--pipeline compiles for the GPU: run it without TRITON_INTERPRET=1")
-    fn = _wa_gemm
-    ints = ("M", "N", "K", "stride_am", "stride_bn", "stride_cm", "a_words", "b_words", "M_BUCKET")
     for fmt in fmts:
         c = next(c for c in configs(fmt, False) if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) == tile)
-        x = {"fp8": "*fp8e4nv", "int8": "*i8", "int4": "*i32"}[ACT[fmt]]
-        w = {"fp8": "*fp8e4nv", "int8": "*u8", "int4": "*i32"}.get(fmt, "*i8")  # (as weight_operand views it)
-        ptrs = dict(a_ptr=x, b_ptr=w,
-                    sa_ptr="*fp32", sum_ptr="*fp32" if ACT[fmt] == "fp8" else "*i32", sb_ptr="*bf16",
-                    zb_ptr="*bf16", bias_ptr="*bf16", c_ptr="*bf16", ws_ptr="*fp32", count_ptr="*i32")
-        sig = {n: ptrs.get(n, "i32" if n in ints else "constexpr") for n in fn.arg_names}
-        const = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=ACT[fmt] != "fp8", HAS_BIAS=False,
-                     FULL=True, EMULATE=False, **c.kwargs)
-        aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
-                   if n in ptrs or n in ints[1:-1]}  # as the JIT marks them at the real shapes
-        k = triton.compile(ASTSource(fn, sig, const, aligned), target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=c.num_warps, num_stages=c.num_stages))
-        waits = re.findall(r"warp_group_dot_wait .*pendings = (\d+)", k.asm["ttgir"])
+        waits = re.findall(r"warp_group_dot_wait .*pendings = (\d+)", _hopper(fmt, c).asm["ttgir"])
         print(f"{fmt}: tile {tile[0]} x {tile[1]}, sums in {'fp32' if ACT[fmt] == 'fp8' else 'int32'}: the waits "
               f"leave {', '.join(waits)} products in flight")
+
+
+def sass(fmts=tuple(FMT)):
+    """Without a GPU: every config of each format compiled for Hopper (K whole and ragged where the format reads
+    FULL), with what ptxas gave it (shared memory: Hopper has 227 KB a block; registers a thread; the stack frame,
+    where registers spill) and a hash of its machine code, addresses left out. Two trees whose hashes agree run the same
+    instructions: a change to the kernel's source that leaves them all equal needs no new timing (Triton and
+    ptxas of the same versions: each Triton wheel ships its ptxas, so another version's machine code comes from
+    `pip install --no-deps --target DIR triton==X` and PYTHONPATH=DIR; results/kernels-h100/hopper-builds.log)."""
+    print(f"triton {triton.__version__}, sm_90\n\n| format | tokens | BLOCK_M x N x K, split | warps, stages | K | "
+          "shared KB | registers | stack bytes | SASS hash |\n" + "|---" * 9 + "|")
+    rows = [(fmt, few, c, full) for fmt in fmts for few in (False, True) for c in configs(fmt, few)
+            for full in ((True, False) if fmt in NIBBLES else (True,))]
+    for fmt, few, c, full in rows:
+        shared, regs, stack, digest = _machine_code(_hopper(fmt, c, full))
+        kw, k = c.kwargs, "any" if fmt not in NIBBLES else "whole" if full else "ragged"
+        print(f"| {fmt} | {'<= 64' if few else '> 64'} | {kw['BLOCK_M']} x {kw['BLOCK_N']} x {kw['BLOCK_K']}, "
+              f"{kw['SPLIT_K']} | {c.num_warps}, {c.num_stages} | {k} | {shared / 1024:.0f} | {regs} | {stack} | "
+              f"{digest} |", flush=True)
+
+
+def _machine_code(kernel):
+    """A compiled kernel's shared memory (bytes), registers a thread, stack frame (bytes) and a hash of its SASS,
+    read from its cubin by the cuobjdump that ships with Triton."""
+    import hashlib
+    import os
+    import re
+    import subprocess
+    import tempfile
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        code, use = (subprocess.run([tool, flag, path], capture_output=True, text=True, check=True).stdout
+                     for flag in ("-sass", "-res-usage"))
+    r = {key: int(v) for key, v in re.findall(r"(REG|STACK|SHARED):(\d+)", use)}
+    digest = hashlib.sha256(re.sub(r"/\*[0-9a-f]{4}\*/", "", code).encode()).hexdigest()[:12]
+    return kernel.metadata.shared + r["SHARED"], r["REG"], r["STACK"], digest
 
 
 if __name__ == "__main__":
@@ -470,6 +505,8 @@ if __name__ == "__main__":
     p.add_argument("--once", help="N,K,M: run one GEMM per format at a 64 x 128 tile instead, for a profiler")
     p.add_argument("--pipeline", action="store_true", help="instead, no GPU needed: compile each format for Hopper "
                    "and print whether Triton leaves its tensor-core products in flight")
+    p.add_argument("--sass", action="store_true", help="instead, no GPU needed: compile every config of each format "
+                   "for Hopper and print its shared memory, registers, spills and a hash of its machine code")
     p.add_argument("--formats", default=",".join(FMT), help="the table's formats, of " + ", ".join(FMT))
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="the table's token counts M")
     p.add_argument("--parts", type=int, metavar="M", help="instead: the fp8, w4a8, w4f8 layers at M tokens split "
@@ -479,6 +516,8 @@ if __name__ == "__main__":
         once(*map(int, opts.once.split(",")))
     elif opts.pipeline:
         pipeline(opts.formats.split(","))
+    elif opts.sass:
+        sass(opts.formats.split(","))
     elif opts.parts:
         parts(opts.parts)
     else:
