@@ -75,6 +75,8 @@ def cells():
     for m in ("rtn", "gptq", "awq"):  # W4A8: 4-bit weights per channel, 8-bit activations per token (wa_gemm's w4a8)
         c[f"w4a8-{m}"] = f"--method {m} --wbits 4 --abits 8 {WA}"
     c["w4a8-quarot-clean"] = "--method quarot --wbits 4 --abits 8 --calib_mode clean"
+    for m in ("rtn", "gptq", "awq"):  # W4A8 with weights in groups of 128 (no kernel takes it: what groups would buy)
+        c[f"w4a8g128-{m}"] = f"--method {m} --wbits 4 --abits 8 --group_size 128"
     for m in ("rtn", "gptq"):  # W4A8 with W4A8-FP8's symmetric grid, int8 activations: what e4m3 ones cost
         c[f"w4a8sym-{m}"] = f"--method {m} --wbits 4 --abits 8 --sym {WA}"
     for m in ("rtn", "gptq", "awq"):  # W4A8-FP8: symmetric 4-bit weights -7..7, e4m3 activations (wa_gemm's w4f8)
@@ -242,15 +244,18 @@ def tables():
                     continue  # QuaRot with RTN reads no calibration data
                 rows.append(f"| | {'W4A4' if i == 0 and mode == 'clean' else ''} | {label} | {mode} | "
                             f"{cell(model, name, True)} |")
-    rows += ["", "| model | method | W4 g128 (weight-only) | W4A8 (weights per channel) | W4A8, symmetric weights | "
-             "W4A8-FP8 (symmetric weights, e4m3 activations) | W8A8 |", "|---" * 7 + "|"]
+    rows += ["", "| model | method | W4 g128 (weight-only) | W4A8 (weights per channel) | W4A8, weights in groups of "
+             "128 | W4A8, symmetric weights | W4A8-FP8 (symmetric weights, e4m3 activations) | W8A8 |",
+             "|---" * 8 + "|"]
     for model in MODELS:
-        rows.append(f"| {model} | float | " + " | ".join([cell(model, "float")] * 5) + " |")
+        rows.append(f"| {model} | float | " + " | ".join([cell(model, "float")] * 6) + " |")
         rows += [f"| | {label} | " + " | ".join(cell(model, n) for n in names) + " |"
-                 for label, *names in (("RTN", "w4-rtn", "w4a8-rtn", "w4a8sym-rtn", "w4a8fp8-rtn", "w8a8-rtn"),
-                                       ("GPTQ", "w4-gptq", "w4a8-gptq", "w4a8sym-gptq", "w4a8fp8-gptq", None),
-                                       ("AWQ", "w4-awq", "w4a8-awq", None, "w4a8fp8-awq", None),
-                                       ("QuaRot", None, "w4a8-quarot-clean", None, "w4a8fp8-quarot-clean",
+                 for label, *names in (("RTN", "w4-rtn", "w4a8-rtn", "w4a8g128-rtn", "w4a8sym-rtn", "w4a8fp8-rtn",
+                                        "w8a8-rtn"),
+                                       ("GPTQ", "w4-gptq", "w4a8-gptq", "w4a8g128-gptq", "w4a8sym-gptq", "w4a8fp8-gptq",
+                                        None),
+                                       ("AWQ", "w4-awq", "w4a8-awq", "w4a8g128-awq", None, "w4a8fp8-awq", None),
+                                       ("QuaRot", None, "w4a8-quarot-clean", None, None, "w4a8fp8-quarot-clean",
                                         "w8a8-quarot-clean"))]
     rows += ["", "| model | QuaRot W4A4, o_proj rotated within heads | across heads (QuaRot's) | "
              "trajectory calibration: QuaRot + GPTQ | QuaRot + DLLMQuant (CGQ) |", "|---" * 5 + "|"]
