@@ -512,16 +512,17 @@ if __name__ == "__main__":
     p.add_argument("--parts", type=int, metavar="M", help="instead: the fp8, w4a8, w4f8 layers at M tokens split "
                    "into their kernels' times (torch.profiler) and the gaps between them, against bf16")
     opts = p.parse_args()
+    fmts = opts.formats.split(",")
+    if set(fmts) - set(FMT):
+        p.error(f"--formats: unknown {sorted(set(fmts) - set(FMT))}; the formats are {', '.join(FMT)}")
     if opts.once:
         once(*map(int, opts.once.split(",")))
     elif opts.pipeline:
-        pipeline(opts.formats.split(","))
+        pipeline(fmts)
     elif opts.sass:
-        sass(opts.formats.split(","))
+        sass(fmts)
     elif opts.parts:
         parts(opts.parts)
     else:
-        fmts, tokens = opts.formats.split(","), tuple(int(m) for m in opts.tokens.split(","))
-        if set(fmts) - set(FMT):
-            p.error(f"--formats: unknown {sorted(set(fmts) - set(FMT))}; the formats are {', '.join(FMT)}")
+        tokens = tuple(int(m) for m in opts.tokens.split(","))
         bench(fmts, tokens, hadamard=tokens == TOKENS)
