@@ -1,7 +1,7 @@
 """
 What the kernel files share: whether Triton runs in its CPU interpreter, the shims that make the interpreter compute
-what the GPU computes, the launch grid of the split-K GEMMs, and the autotuners' timer. Imports nothing of the
-project.
+what the GPU computes, the launch grid of the split-K GEMMs, the autotuners' timer, and a kernel's Hopper build read
+without a GPU (kernels/hopper_builds.py). Imports nothing of the project.
 
 Triton's interpreter (TRITON_INTERPRET=1, set before triton is imported; tests/conftest.py does it without a GPU)
 runs a kernel with numpy on the CPU, which lets CPU tests check every kernel against its twin on small shapes. Where
@@ -131,6 +131,40 @@ def time_in_graph(f, quantiles):
     launches, one config's launch overhead can hide another's faster kernel)."""
     from triton.testing import do_bench_cudagraph
     return do_bench_cudagraph(f, quantiles=quantiles)
+
+
+def hopper(fn, types, consts, aligned, warps, stages):
+    """Without a GPU: the jitted fn compiled for Hopper (sm_90a) by Triton and the ptxas its wheel ships, as the JIT
+    would compile a launch. types: the Triton type of each pointer or scalar argument ("*bf16", "i32", ...), every
+    other argument a constexpr in consts; aligned: the arguments the JIT would find divisible by 16."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    if INTERPRET:
+        raise SystemExit("compiling for the GPU needs TRITON_INTERPRET unset")
+    sig = {n: types.get(n, "constexpr") for n in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n in aligned}
+    return triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=warps, num_stages=stages))
+
+
+def machine_code(kernel):
+    """A kernel compiled by `hopper`: its shared memory a block (bytes, dynamic and static), registers a thread, stack
+    frame a thread (bytes: where registers spill) and a hash of its SASS without addresses, read from its cubin by
+    the cuobjdump Triton's wheel ships."""
+    import hashlib
+    import re
+    import subprocess
+    import tempfile
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        code, use = (subprocess.run([tool, flag, path], capture_output=True, text=True, check=True).stdout
+                     for flag in ("-sass", "-res-usage"))
+    r = {key: int(v) for key, v in re.findall(r"(REG|STACK|SHARED):(\d+)", use)}
+    digest = hashlib.sha256(re.sub(r"/\*[0-9a-f]{4}\*/", "", code).encode()).hexdigest()[:12]
+    return kernel.metadata.shared + r["SHARED"], r["REG"], r["STACK"], digest
 
 
 def grid(M, N, meta):

@@ -64,8 +64,8 @@ once.
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
     python -m kernels.wa_gemm --parts 16   # where the fp8 / w4a8 / w4f8 layers' time goes at 16 tokens, by kernel
     python -m kernels.wa_gemm --pipeline   # no GPU needed: which formats' products Triton leaves in flight on Hopper
-    python -m kernels.wa_gemm --sass       # no GPU needed: each config's shared memory, registers, spills and a
-                                           # hash of its Hopper machine code (equal hashes: a refactor changed nothing)
+    python -m kernels.hopper_builds --kernels wa_gemm   # no GPU needed: each config's shared memory,
+                                       # registers, spills and a hash of its Hopper machine code
     ncu -k regex:_wa_gemm --section SpeedOfLight python -m kernels.wa_gemm --once 12288,4096,320
                                        # one GEMM per format at one tile shape, untimed: for a profiler
 """
@@ -74,7 +74,7 @@ import triton
 import triton.language as tl
 
 from kernels import act_quant
-from kernels.shims import INTERPRET, mma, nibble, signs, time_in_graph, to_dtype
+from kernels.shims import INTERPRET, hopper, mma, nibble, signs, time_in_graph, to_dtype
 from quantizers.format import fit_grid, fp8_grid, pack, quantize, unpack
 
 FMT = {"fp8": 0, "int8": 1, "int4": 2, "w4a8": 3, "w4f8": 4}
@@ -428,23 +428,17 @@ def once(N, K, M, tile=(64, 128)):
 
 
 def _hopper(fmt, config, full=True):
-    """Without a GPU: the kernel of one format and config compiled for Hopper (sm_90) by Triton and ptxas, as the JIT
-    would at a layer's shapes (K a multiple of 256 when full; pointers and strides aligned to 16)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    if INTERPRET:
-        raise SystemExit("wa_gemm: compiling for the GPU needs TRITON_INTERPRET unset")
-    fn, ints = _wa_gemm, ("M", "N", "K", "stride_am", "stride_bn", "stride_cm", "a_words", "b_words", "M_BUCKET")
+    """Without a GPU: the kernel of one format and config compiled for Hopper (shims.hopper) as the JIT would at a
+    layer's shapes (K a multiple of 256 when full; pointers, N, K and strides multiples of 16)."""
+    ints = ("M", "N", "K", "stride_am", "stride_bn", "stride_cm", "a_words", "b_words", "M_BUCKET")
     x = {"fp8": "*fp8e4nv", "int8": "*i8", "int4": "*i32"}[ACT[fmt]]
     w = {"fp8": "*fp8e4nv", "int8": "*u8", "int4": "*i32"}.get(fmt, "*i8")  # (as weight_operand views it)
     ptrs = dict(a_ptr=x, b_ptr=w, sa_ptr="*fp32", sum_ptr="*fp32" if ACT[fmt] == "fp8" else "*i32", sb_ptr="*bf16",
                 zb_ptr="*bf16", bias_ptr="*bf16", c_ptr="*bf16", ws_ptr="*fp32", count_ptr="*i32")
-    sig = {n: ptrs.get(n, "i32" if n in ints else "constexpr") for n in fn.arg_names}
-    const = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=ACT[fmt] != "fp8", HAS_BIAS=False,
-                 FULL=full, EMULATE=False, **config.kwargs)
-    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if n in ptrs or n in ints[1:-1]}
-    return triton.compile(ASTSource(fn, sig, const, aligned), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+    consts = dict(FMT=FMT[fmt], OFFSET=128 if fmt == "int8" else 0, HAS_ZERO=ACT[fmt] != "fp8", HAS_BIAS=False,
+                  FULL=full, EMULATE=False, **config.kwargs)
+    types = {**ptrs, **dict.fromkeys(ints, "i32")}
+    return hopper(_wa_gemm, types, consts, (*ptrs, *ints[1:-1]), config.num_warps, config.num_stages)
 
 
 def pipeline(fmts=tuple(FMT), tile=(64, 128)):
@@ -460,53 +454,12 @@ def pipeline(fmts=tuple(FMT), tile=(64, 128)):
               f"leave {', '.join(waits)} products in flight")
 
 
-def sass(fmts=tuple(FMT)):
-    """Without a GPU: every config of each format compiled for Hopper (K whole and ragged where the format reads
-    FULL), with what ptxas gave it (shared memory: Hopper has 227 KB a block; registers a thread; the stack frame,
-    where registers spill) and a hash of its machine code, addresses left out. Two trees whose hashes agree run the same
-    instructions: a change to the kernel's source that leaves them all equal needs no new timing (Triton and
-    ptxas of the same versions: each Triton wheel ships its ptxas, so another version's machine code comes from
-    `pip install --no-deps --target DIR triton==X` and PYTHONPATH=DIR; results/kernels-h100/hopper-builds.log)."""
-    print(f"triton {triton.__version__}, sm_90\n\n| format | tokens | BLOCK_M x N x K, split | warps, stages | K | "
-          "shared KB | registers | stack bytes | SASS hash |\n" + "|---" * 9 + "|")
-    rows = [(fmt, few, c, full) for fmt in fmts for few in (False, True) for c in configs(fmt, few)
-            for full in ((True, False) if fmt in NIBBLES else (True,))]
-    for fmt, few, c, full in rows:
-        shared, regs, stack, digest = _machine_code(_hopper(fmt, c, full))
-        kw, k = c.kwargs, "any" if fmt not in NIBBLES else "whole" if full else "ragged"
-        print(f"| {fmt} | {'<= 64' if few else '> 64'} | {kw['BLOCK_M']} x {kw['BLOCK_N']} x {kw['BLOCK_K']}, "
-              f"{kw['SPLIT_K']} | {c.num_warps}, {c.num_stages} | {k} | {shared / 1024:.0f} | {regs} | {stack} | "
-              f"{digest} |", flush=True)
-
-
-def _machine_code(kernel):
-    """A compiled kernel's shared memory (bytes), registers a thread, stack frame (bytes) and a hash of its SASS,
-    read from its cubin by the cuobjdump that ships with Triton."""
-    import hashlib
-    import os
-    import re
-    import subprocess
-    import tempfile
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(kernel.asm["cubin"])
-        code, use = (subprocess.run([tool, flag, path], capture_output=True, text=True, check=True).stdout
-                     for flag in ("-sass", "-res-usage"))
-    r = {key: int(v) for key, v in re.findall(r"(REG|STACK|SHARED):(\d+)", use)}
-    digest = hashlib.sha256(re.sub(r"/\*[0-9a-f]{4}\*/", "", code).encode()).hexdigest()[:12]
-    return kernel.metadata.shared + r["SHARED"], r["REG"], r["STACK"], digest
-
-
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description="check and time the W8A8 / W4A8 / W4A4 GEMMs (see the module's header)")
     p.add_argument("--once", help="N,K,M: run one GEMM per format at a 64 x 128 tile instead, for a profiler")
     p.add_argument("--pipeline", action="store_true", help="instead, no GPU needed: compile each format for Hopper "
                    "and print whether Triton leaves its tensor-core products in flight")
-    p.add_argument("--sass", action="store_true", help="instead, no GPU needed: compile every config of each format "
-                   "for Hopper and print its shared memory, registers, spills and a hash of its machine code")
     p.add_argument("--formats", default=",".join(FMT), help="the table's formats, of " + ", ".join(FMT))
     p.add_argument("--tokens", default=",".join(map(str, TOKENS)), help="the table's token counts M")
     p.add_argument("--parts", type=int, metavar="M", help="instead: the fp8, w4a8, w4f8 layers at M tokens split "
@@ -519,8 +472,6 @@ if __name__ == "__main__":
         once(*map(int, opts.once.split(",")))
     elif opts.pipeline:
         pipeline(fmts)
-    elif opts.sass:
-        sass(fmts)
     elif opts.parts:
         parts(opts.parts)
     else:
