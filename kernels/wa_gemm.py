@@ -49,17 +49,17 @@ into an accumulator held in registers. Programs are numbered so that GROUP_M nei
 another down a column of tiles: they read the same weight tile while it sits in L2. The INT8 kernel computes the
 transposed product W x^T: the left operand is the one Hopper's tensor cores read from registers, so the flipped
 weight tile goes straight in instead of back through shared memory (results/kernels-h100 has the timings). Triton
-keeps a tensor-core product with int32 sums synchronous (its Hopper pipeliner leaves only fp32 sums in flight), so
-the int8 and w4a8 loops wait for each product before they make the next tile's operands, where fp8's and w4f8's
-overlap (--pipeline below shows it). At M <= 64 there are too few tiles to fill the GPU (a 4096-wide layer: 32
-programs for 132 SMs), so K is split too: SPLIT_K programs per tile each walk 1/SPLIT_K of it and store their scaled
-fp32 partial sums in a workspace, then count themselves in on the tile's counter (an atomic add); the one that
-arrives last adds the SPLIT_K partials, stores the tile in the activation dtype and sets the counter back to 0 for
-the next call. One kernel, where adding the partials atomically into a zeroed fp32 output took three (the zero-fill
-and a cast after); with tiles of 16 tokens as well, the fp8 layer at 16 tokens ran 1.11-1.76x faster and the w4a8
-one 1.30-1.76x (two H100s, bf16 within 4% on both; results/kernels-h100/compare.md). The counters are one int32 per
-tile, shared by every call on a device: GEMMs on one CUDA stream run one after another, so no two share them at
-once.
+keeps a tensor-core product with int32 sums synchronous (its Hopper pipeliner leaves only fp32 sums in flight:
+`dotCanBeProperlyAsync` in Triton's WGMMAPipeline.cpp declines any other accumulator), so the int8 and w4a8 loops
+wait for each product before they make the next tile's operands, where fp8's and w4f8's overlap (--pipeline below
+shows it). At M <= 64 there are too few tiles to fill the GPU (a 4096-wide layer: 32 programs for 132 SMs), so K is
+split too: SPLIT_K programs per tile each walk 1/SPLIT_K of it and store their scaled fp32 partial sums in a
+workspace, then count themselves in on the tile's counter (an atomic add); the one that arrives last adds the
+SPLIT_K partials, stores the tile in the activation dtype and sets the counter back to 0 for the next call. One
+kernel, where adding the partials atomically into a zeroed fp32 output took three (the zero-fill and a cast after);
+with tiles of 16 tokens as well, the fp8 layer at 16 tokens ran 1.11-1.76x faster and the w4a8 one 1.30-1.76x (two
+H100s, bf16 within 4% on both; results/kernels-h100/compare.md). The counters are one int32 per tile, shared by
+every call on a device: GEMMs on one CUDA stream run one after another, so no two share them at once.
 
     python -m kernels.wa_gemm          # on a GPU: check against the twin, then time each format against bf16
     python -m kernels.wa_gemm --parts 16   # where the fp8 / w4a8 / w4f8 layers' time goes at 16 tokens, by kernel
