@@ -15,6 +15,8 @@ needs only that wheel (the GPU machines here run triton 3.6.0):
 """
 import argparse
 
+import triton
+
 from kernels import act_quant, wa_gemm, wq_factored, wq_gemm
 from kernels.shims import hopper, machine_code
 
@@ -62,8 +64,8 @@ def _act_quant():
         types = dict(x_ptr="*bf16", q_ptr=q, s_ptr="*fp32", sum_ptr="*i32", K="i32", stride_xm="i32", stride_qm="i32",
                      clip="fp32")
         consts = dict(QMAX=act_quant.QMAX[fmt], FMT=act_quant.FMT[fmt], BLOCK=act_quant.CHUNK, EMULATE=False)
-        yield (f"_quant_rows {fmt}", None, hopper(act_quant._quant_rows, types, consts, tuple(types)[:-1],
-                                                  act_quant.WARPS, 3))
+        aligned = ("x_ptr", "q_ptr", "s_ptr", "sum_ptr", "K", "stride_xm", "stride_qm")
+        yield f"_quant_rows {fmt}", None, hopper(act_quant._quant_rows, types, consts, aligned, act_quant.WARPS, 3)
     for K in WIDTHS:  # the fused rotation: QuaRot's Hadamard of each width
         form = act_quant.hadamard_form(K)
         for fmt, q in codes.items():
@@ -97,20 +99,19 @@ def main():
     names = opts.kernels.split(",")
     if set(names) - set(KERNELS):
         p.error(f"--kernels: unknown {sorted(set(names) - set(KERNELS))}; the kernels are {', '.join(KERNELS)}")
-    import triton
     print(f"triton {triton.__version__}, sm_90a\n\n| kernel | variant | config | shared KB | registers | stack bytes | "
           "SASS hash |\n|---|---|---|---|---|---|---|")
-    big, spills, n = [], [], 0
+    rows = []  # (row, shared bytes, stack bytes)
     for name in names:
         for variant, config, kernel in KERNELS[name]():
             shared, regs, stack, digest = machine_code(kernel)
             row = f"{name} | {variant} | {describe(config)}"
             print(f"| {row} | {shared / 1024:.0f} | {regs} | {stack} | {digest} |", flush=True)
-            n += 1
-            big += [row] if shared > HOPPER_SHARED else []
-            spills += [row] if stack else []
-    print(f"\n{n} builds; {len(big)} need more than Hopper's 227 KB of shared memory (they never run: the autotuner "
-          f"drops them), {len(spills)} spill registers to the stack")
+            rows.append((row, shared, stack))
+    big = [row for row, shared, _ in rows if shared > HOPPER_SHARED]
+    spills = sum(stack > 0 for _, _, stack in rows)
+    print(f"\n{len(rows)} builds; {len(big)} need more than Hopper's 227 KB of shared memory (they never run: the "
+          f"autotuner drops them), {spills} spill registers to the stack")
     for row in big:
         print(f"  too large: {row}")
 

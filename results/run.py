@@ -75,7 +75,7 @@ def cells():
     for m in ("rtn", "gptq", "awq"):  # W4A8: 4-bit weights per channel, 8-bit activations per token (wa_gemm's w4a8)
         c[f"w4a8-{m}"] = f"--method {m} --wbits 4 --abits 8 {WA}"
     c["w4a8-quarot-clean"] = "--method quarot --wbits 4 --abits 8 --calib_mode clean"
-    for m in ("rtn", "gptq", "awq"):  # W4A8 with weights in groups of 128 (no kernel takes it: what groups would buy)
+    for m in ("rtn", "gptq", "awq"):  # W4A8 in groups of 128 (the W4A8 kernels do not take it: what groups would buy)
         c[f"w4a8g128-{m}"] = f"--method {m} --wbits 4 --abits 8 --group_size 128"
     for m in ("rtn", "gptq"):  # W4A8 with W4A8-FP8's symmetric grid, int8 activations: what e4m3 ones cost
         c[f"w4a8sym-{m}"] = f"--method {m} --wbits 4 --abits 8 --sym {WA}"
